@@ -1,0 +1,32 @@
+"""magma_pymc: MAGMA multi-task Gaussian processes with a common mean process, in PyMC.
+
+Leroy, Latouche, Guedj & Gey, "MAGMA: inference and prediction using multi-task Gaussian
+processes with common mean", Machine Learning 111 (2022).
+"""
+
+from magma_pymc import datasets, kernels
+from magma_pymc.data import MagmaInputError
+from magma_pymc.datasets import simulate, split_observed
+from magma_pymc.estimator import Magma
+from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
+from magma_pymc.params import HyperParameters
+from magma_pymc.warnings import ConvergenceWarning, MagmaWarning, NumericalWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Magma",
+    "HyperParameters",
+    "Kernel",
+    "SquaredExponential",
+    "Matern52",
+    "MagmaInputError",
+    "ConvergenceWarning",
+    "NumericalWarning",
+    "MagmaWarning",
+    "simulate",
+    "split_observed",
+    "datasets",
+    "kernels",
+    "__version__",
+]

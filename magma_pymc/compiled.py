@@ -1,0 +1,201 @@
+"""Compiled PyTensor functions for one model structure, built once and reused across fits.
+
+A *structure* is (mean-process kernel, individual kernel, common HP or not, common-grid fast path
+or not, compile mode). All data enter the graphs as inputs with symbolic shapes, so fitting other
+data, another number of individuals or another grid reuses the same compiled functions: only
+the first fit of a structure in a process pays for compilation. Functions are compiled lazily
+(prediction graphs only when predicting).
+
+Compile mode: PyTensor's default backend (Numba) JIT-compiles every new graph, which costs tens
+of seconds per graph on a cold cache. ``DEFAULT_MODE`` is chosen from the measurements in
+``benchmarks/``; any PyTensor mode name can be passed instead (``Magma(compile_mode=...)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile import Function
+
+from magma_pymc.hyperposterior import (
+    EStep,
+    TrainingTensors,
+    build_estep,
+    build_estep_common,
+    build_mean_process_at,
+)
+from magma_pymc.kernels import Kernel
+from magma_pymc.mstep import individual_objective, individual_objective_common, mean_process_objective
+from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
+
+__all__ = ["DEFAULT_MODE", "ModelGraphs", "graphs_for"]
+
+#: PyTensor compile mode used unless the user chooses another.
+DEFAULT_MODE = "FAST_RUN"
+
+
+def _compile(inputs, outputs, mode: str) -> Function:
+    return pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore", trust_input=False)
+
+
+@dataclass(frozen=True)
+class ModelGraphs:
+    """Lazily compiled functions of one model structure (see module docstring)."""
+
+    mean_kernel: Kernel
+    individual_kernel: Kernel
+    common_hp: bool
+    common_grid: bool
+    mode: str = DEFAULT_MODE
+
+    @property
+    def fast_path(self) -> bool:
+        """Common grid and common HP: one factorisation per evaluation instead of M."""
+        return self.common_hp and self.common_grid
+
+    # ---- symbolic inputs -------------------------------------------------------------------
+    def _hp(self):
+        mean_hp = pt.vector("mean_log_params", dtype="float64")
+        ind_hp = pt.vector("log_params", dtype="float64") if self.common_hp else pt.matrix("log_params", dtype="float64")
+        return mean_hp, ind_hp
+
+    def _estep_graph(self, mean_hp, ind_hp) -> tuple[list, EStep, TrainingTensors]:
+        data = TrainingTensors.symbolic()
+        if self.fast_path:
+            # Common grid: `residuals` is (M, N) on the grid itself; inputs/mask/index unused.
+            estep = build_estep_common(
+                self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data.grid, data.residuals, data.jitter
+            )
+        else:
+            estep = build_estep(self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data)
+        return [mean_hp, ind_hp, *data], estep, data
+
+    # ---- E-step ----------------------------------------------------------------------------
+    @cached_property
+    def estep(self) -> Function:
+        """``(mean_hp, hp, grid, inputs, residuals, mask, index, jitter) ->
+        (mean, cov, cov_factor, log_likelihood, deviations, cov_blocks)``.
+
+        ``deviations`` (:math:`y_i - \\hat m_i`) and ``cov_blocks`` (:math:`\\hat K_i`) are what the
+        individual M-step needs, padded like the data (on the fast path: ``(M, N)`` and ``Khat``).
+        """
+        inputs, estep, data = self._estep_graph(*self._hp())
+        if self.fast_path:
+            deviations = data.residuals - estep.mean[None, :]
+            blocks = estep.cov
+        else:
+            n_grid = data.grid.shape[0]
+            mean_padded = pt.concatenate([estep.mean, pt.zeros((1,))])
+            cov_padded = pt.zeros((n_grid + 1, n_grid + 1))[:n_grid, :n_grid].set(estep.cov)
+            deviations = (data.residuals - mean_padded[data.index]) * data.mask
+            blocks = cov_padded[data.index[:, :, None], data.index[:, None, :]]
+        outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, deviations, blocks]
+        return _compile(inputs, outputs, self.mode)
+
+    @cached_property
+    def log_likelihood(self) -> Function:
+        """Exact marginal log-likelihood (``DESIGN.md`` section 4) and its gradient w.r.t. both HP blocks."""
+        mean_hp, ind_hp = self._hp()
+        inputs, estep, _ = self._estep_graph(mean_hp, ind_hp)
+        grads = pytensor.grad(estep.log_likelihood, [mean_hp, ind_hp])
+        return _compile(inputs, [estep.log_likelihood, *grads], self.mode)
+
+    # ---- M-step ----------------------------------------------------------------------------
+    @cached_property
+    def mean_process_step(self) -> Function:
+        """``(mean_hp, grid, centred_mean, cov_factor, jitter) -> (value, grad)`` of :math:`-Q_0`."""
+        log_params = pt.vector("mean_log_params", dtype="float64")
+        grid = pt.matrix("grid", dtype="float64")
+        centred_mean = pt.vector("centred_mean", dtype="float64")
+        cov_factor = pt.matrix("cov_factor", dtype="float64")
+        jitter = pt.scalar("jitter", dtype="float64")
+        value = mean_process_objective(self.mean_kernel, log_params, grid, centred_mean, cov_factor, jitter)
+        return _compile(
+            [log_params, grid, centred_mean, cov_factor, jitter], [value, pytensor.grad(value, log_params)], self.mode
+        )
+
+    @cached_property
+    def individual_step(self) -> Function:
+        """``(hp, inputs, deviations, cov_blocks, mask, jitter) -> (value, grad)`` of :math:`-\\sum_i Q_i`.
+
+        On the fast path ``inputs`` is the grid ``(N, d)``, ``deviations`` ``(M, N)``, ``cov_blocks``
+        the ``(N, N)`` hyper-posterior covariance and ``mask`` is ignored.
+        """
+        _, log_params = self._hp()
+        jitter = pt.scalar("jitter", dtype="float64")
+        mask = pt.matrix("mask", dtype="float64")
+        deviations = pt.matrix("deviations", dtype="float64")
+        if self.fast_path:
+            inputs = pt.matrix("grid", dtype="float64")
+            blocks = pt.matrix("cov", dtype="float64")
+            value = individual_objective_common(self.individual_kernel, log_params, inputs, deviations, blocks, jitter)
+        else:
+            inputs = pt.tensor3("inputs", dtype="float64")
+            blocks = pt.tensor3("cov_blocks", dtype="float64")
+            value = individual_objective(self.individual_kernel, log_params, inputs, deviations, blocks, mask, jitter)
+        return _compile(
+            [log_params, inputs, deviations, blocks, mask, jitter], [value, pytensor.grad(value, log_params)], self.mode
+        )
+
+    # ---- prediction ------------------------------------------------------------------------
+    @cached_property
+    def mean_process_at(self) -> Function:
+        """``(mean_hp, hp, <training data>, new_inputs) -> (centred mean, cov)`` of :math:`\\mu_0` at new inputs."""
+        mean_hp, ind_hp = self._hp()
+        inputs, estep, data = self._estep_graph(mean_hp, ind_hp)
+        new_inputs = pt.matrix("new_inputs", dtype="float64")
+        mean, cov = build_mean_process_at(self.mean_kernel, mean_hp, data.grid, estep, new_inputs, data.jitter)
+        return _compile([*inputs, new_inputs], [mean, cov], self.mode)
+
+    @cached_property
+    def new_individual_step(self) -> Function:
+        """``(hp, obs_inputs, obs_outputs, mean, cov, jitter) -> (value, grad)``: negative
+        log-likelihood of the new individual's HP (``DESIGN.md`` section 5.2)."""
+        log_params = pt.vector("log_params", dtype="float64")
+        args = _new_individual_inputs()
+        value = build_new_individual_objective(self.individual_kernel, log_params, *args)
+        return _compile([log_params, *args], [value, pytensor.grad(value, log_params)], self.mode)
+
+    @cached_property
+    def predictive(self) -> Function:
+        """``(hp, obs_inputs, obs_outputs, obs_mean, pred_inputs, joint_mean, joint_cov, jitter) ->
+        (mean, latent_cov, predictive_cov)`` (``DESIGN.md`` section 5.3)."""
+        log_params = pt.vector("log_params", dtype="float64")
+        obs_inputs = pt.matrix("obs_inputs", dtype="float64")
+        obs_outputs = pt.vector("obs_outputs", dtype="float64")
+        pred_inputs = pt.matrix("pred_inputs", dtype="float64")
+        joint_mean = pt.vector("joint_mean", dtype="float64")
+        joint_cov = pt.matrix("joint_cov", dtype="float64")
+        jitter = pt.scalar("jitter", dtype="float64")
+        outputs = build_predictive(
+            self.individual_kernel, log_params, obs_inputs, obs_outputs, pred_inputs, joint_mean, joint_cov, jitter
+        )
+        return _compile(
+            [log_params, obs_inputs, obs_outputs, pred_inputs, joint_mean, joint_cov, jitter], list(outputs), self.mode
+        )
+
+
+def _new_individual_inputs():
+    return (
+        pt.matrix("obs_inputs", dtype="float64"),
+        pt.vector("obs_outputs", dtype="float64"),
+        pt.vector("obs_mean", dtype="float64"),
+        pt.matrix("obs_cov", dtype="float64"),
+        pt.scalar("jitter", dtype="float64"),
+    )
+
+
+_GRAPHS: dict[tuple, ModelGraphs] = {}
+
+
+def graphs_for(
+    mean_kernel: Kernel, individual_kernel: Kernel, *, common_hp: bool, common_grid: bool, mode: str = DEFAULT_MODE
+) -> ModelGraphs:
+    """The (process-wide, shared) compiled functions of a model structure."""
+    key = (mean_kernel, individual_kernel, common_hp, common_grid, mode)
+    if key not in _GRAPHS:
+        _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode)
+    return _GRAPHS[key]

@@ -1,0 +1,170 @@
+r"""The EM loop: ``em_step(state, problem) -> (state, info)`` and :func:`run_em`.
+
+One iteration alternates the closed-form E-step (hyper-posterior of :math:`\mu_0`) with the two
+independent M-steps (mean-process HP, individual HP). The exact marginal log-likelihood of
+``DESIGN.md`` section 4 is computed with every E-step; EM never decreases it, up to the
+M-step optimiser's tolerance. Iteration stops when its relative change falls below ``tol``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from magma_pymc.compiled import ModelGraphs
+from magma_pymc.mstep import minimize_log_params
+from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
+
+__all__ = ["EMState", "EStepResult", "Problem", "estep", "em_step", "run_em", "EMTrace"]
+
+#: Jitter, relative to the output variance, tried first on every factorised covariance.
+JITTER_DEFAULT = 1e-10
+#: Largest relative jitter tried before giving up; jitter grows tenfold per failure.
+JITTER_MAX = 1e-3
+
+
+class EMState(NamedTuple):
+    """Hyper-parameters on the log scale, and the jitter in use (absolute)."""
+
+    mean_log_params: np.ndarray  # (P0,)
+    log_params: np.ndarray       # (P + 1,) common HP, (M, P + 1) different HP; last column: log noise
+    jitter: float
+
+
+class EStepResult(NamedTuple):
+    """Numeric outputs of the E-step at a state's HP."""
+
+    mean: np.ndarray            # mhat - m0 on the grid
+    cov: np.ndarray             # Khat
+    cov_factor: np.ndarray      # V, Khat = V'V
+    log_likelihood: float
+    deviations: np.ndarray      # y_i - mhat_i (padded)
+    cov_blocks: np.ndarray      # Khat_i (padded)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything EM needs besides the state: compiled graphs, numeric data and optimiser bounds."""
+
+    graphs: ModelGraphs
+    data_args: tuple            # (grid, inputs, residuals, mask, index) as fed to the graphs
+    mean_bounds: list
+    bounds: list                # per individual parameter (flattened per individual when different HP)
+    output_scale: float         # output variance, the unit of the jitter
+
+    @property
+    def n_individuals(self) -> int:
+        return self.data_args[2].shape[0]
+
+
+def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
+    """E-step with the smallest working jitter; returns the result and the state (jitter possibly grown).
+
+    The jitter grows tenfold whenever a factorisation fails (PyTensor's Cholesky returns NaN),
+    from the state's value up to ``JITTER_MAX`` times the output variance, and a
+    :class:`NumericalWarning` reports the value that worked.
+    """
+    jitter = state.jitter
+    while True:
+        outputs = problem.graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, jitter)
+        result = EStepResult(*(np.asarray(o) for o in outputs[:3]), float(outputs[3]), *outputs[4:])
+        if np.isfinite(result.log_likelihood) and np.all(np.isfinite(result.mean)):
+            break
+        if jitter >= JITTER_MAX * problem.output_scale:
+            raise np.linalg.LinAlgError(
+                f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: the hyper-parameters "
+                f"give numerically singular covariances (mean process {np.exp(state.mean_log_params)}, "
+                f"individuals {np.exp(state.log_params)})"
+            )
+        jitter *= 10.0
+    if jitter != state.jitter:
+        warnings.warn(
+            f"Cholesky failed; jitter raised from {state.jitter:.3g} to {jitter:.3g} (recorded in the results)",
+            NumericalWarning,
+            stacklevel=3,
+        )
+        state = state._replace(jitter=jitter)
+    return result, state
+
+
+def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
+    """M-step given the current E-step: new HP for the mean process and the individuals."""
+    graphs = problem.graphs
+    grid = problem.data_args[0]
+
+    def mean_objective(log_params):
+        return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
+
+    mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
+
+    _, inputs, _, mask, _ = problem.data_args
+    individual_inputs = grid if graphs.fast_path else inputs
+
+    def individual_objective(log_params):
+        return graphs.individual_step(
+            log_params, individual_inputs, current.deviations, current.cov_blocks, mask, state.jitter
+        )
+
+    individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
+    return state._replace(mean_log_params=mean_fit.x, log_params=individual_fit.x)
+
+
+class EMTrace(NamedTuple):
+    """What :func:`run_em` returns: final state and E-step, and the per-iteration trace."""
+
+    state: EMState
+    estep: EStepResult
+    mean_log_params: np.ndarray  # (iterations + 1, P0), row 0: initial values
+    log_params: np.ndarray       # (iterations + 1, ...) individual log HP
+    log_likelihood: np.ndarray   # (iterations + 1,)
+    converged: bool
+    interrupted: bool
+
+
+def run_em(
+    state: EMState,
+    problem: Problem,
+    *,
+    max_iter: int = 25,
+    tol: float = 1e-3,
+    callback: Callable[[int, EMState, float], None] | None = None,
+) -> EMTrace:
+    """Iterate E and M steps until the relative change of the log-likelihood is below ``tol``.
+
+    Stopping rule (as MagmaClustR): ``|ll_k - ll_{k-1}| < tol * |ll_{k-1}|``. A
+    :class:`ConvergenceWarning` is emitted after ``max_iter`` iterations without convergence.
+    A ``KeyboardInterrupt`` stops the loop and keeps the last completed iteration.
+    """
+    current, state = estep(state, problem)
+    means, individuals, lls = [state.mean_log_params], [state.log_params], [current.log_likelihood]
+    converged = interrupted = False
+    try:
+        for iteration in range(1, max_iter + 1):
+            proposal = em_step(state, problem, current)
+            proposed_estep, proposal = estep(proposal, problem)
+            state, current = proposal, proposed_estep
+            means.append(state.mean_log_params)
+            individuals.append(state.log_params)
+            lls.append(current.log_likelihood)
+            if callback is not None:
+                callback(iteration, state, current.log_likelihood)
+            if abs(lls[-1] - lls[-2]) < tol * abs(lls[-2]):
+                converged = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(
+            f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning, stacklevel=2
+        )
+    if not converged and not interrupted and len(lls) > 1:
+        warnings.warn(
+            f"EM did not converge in {max_iter} iterations (last relative change "
+            f"{abs(lls[-1] - lls[-2]) / abs(lls[-2]):.2e} >= tol={tol:g}); increase max_iter",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return EMTrace(state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted)

@@ -1,0 +1,364 @@
+"""``Magma``: configuration in ``__init__``, ``fit(data) -> self``, then predictions.
+
+>>> import magma_pymc as mp
+>>> sim = mp.simulate(n_individuals=20, n_points=30, seed=1)
+>>> model = mp.Magma(common_hp=True).fit(sim.data)          # doctest: +SKIP
+>>> pred = model.predict(new_observed, inputs)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import pymc as pm
+import xarray as xr
+from scipy import stats
+
+from magma_pymc.compiled import DEFAULT_MODE, graphs_for
+from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
+from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, estep, run_em
+from magma_pymc.kernels import Kernel, SquaredExponential
+from magma_pymc.params import HyperParameters
+from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
+from magma_pymc.results import hp_dataset, input_coords, training_datatree
+
+__all__ = ["Magma"]
+
+PriorMean = float | Callable[[np.ndarray], np.ndarray] | None
+
+
+class Magma:
+    r"""MAGMA: multi-task GP regression with a common mean process (Leroy et al., 2022).
+
+    .. math::
+
+        y_i(t) = \mu_0(t) + f_i(t) + \varepsilon_i(t), \quad
+        \mu_0 \sim GP(m_0, k_{\theta_0}),\ f_i \sim GP(0, c_{\theta_i}),\
+        \varepsilon_i \sim \mathcal N(0, \sigma_i^2).
+
+    Parameters
+    ----------
+    common_hp
+        Share :math:`(\theta_i, \sigma_i^2)` across individuals (``True``) or give each its own.
+    mean_kernel, kernel
+        :class:`~magma_pymc.kernels.Kernel` of the mean process and of the individual processes
+        (default: squared exponential for both). Any ``pm.gp.cov`` expression can be wrapped.
+    prior_mean
+        :math:`m_0`: a constant, a function of an ``(n, d)`` input array, or ``None`` for the mean
+        of all training outputs (a constant).
+    max_iter, tol
+        EM stops when the relative change of the marginal log-likelihood is below ``tol``
+        (default ``1e-3``, as MagmaClustR) or after ``max_iter`` iterations.
+    compile_mode
+        PyTensor compile mode of the model's graphs (see :mod:`magma_pymc.compiled`).
+    jitter
+        Initial jitter, relative to the output variance, added to covariance diagonals before
+        factorisation; raised tenfold only when a factorisation fails (recorded in ``idata_``).
+
+    Attributes
+    ----------
+    hyperparameters_ : HyperParameters
+        Fitted HP on the natural scale (layout in :mod:`magma_pymc.params`).
+    idata_ : xarray.DataTree
+        Results (layout in :mod:`magma_pymc.results`).
+    data_ : TrainingData
+        The validated training data.
+    """
+
+    def __init__(
+        self,
+        *,
+        common_hp: bool = True,
+        mean_kernel: Kernel | None = None,
+        kernel: Kernel | None = None,
+        prior_mean: PriorMean = None,
+        max_iter: int = 25,
+        tol: float = 1e-3,
+        compile_mode: str = DEFAULT_MODE,
+        jitter: float = JITTER_DEFAULT,
+    ) -> None:
+        self.common_hp = common_hp
+        self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
+        self.kernel = kernel if kernel is not None else SquaredExponential()
+        self.prior_mean = prior_mean
+        self.max_iter = max_iter
+        self.tol = tol
+        self.compile_mode = compile_mode
+        self.jitter = jitter
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        data: Any,
+        *,
+        method: Literal["em", "fixed"] = "em",
+        hyperparameters: HyperParameters | dict | None = None,
+        **data_options: Any,
+    ) -> Magma:
+        """Learn the hyper-parameters and the hyper-posterior of :math:`\\mu_0`.
+
+        Parameters
+        ----------
+        data
+            Long DataFrame (columns ``ID``, input(s), ``Output``), dict ``{id: (inputs, outputs)}``
+            or list of ``(inputs, outputs)``; see :func:`magma_pymc.data.as_training_data`.
+        method
+            ``"em"`` (default) or ``"fixed"``: keep ``hyperparameters`` as given and only compute
+            the hyper-posterior (how to reproduce results at known HP).
+        hyperparameters
+            Initial values for EM, or the fixed values. A :class:`HyperParameters` or a dict
+            ``{"mean_process": {"variance": ..., "lengthscale": ...}, "individual": {"variance": ...,
+            "lengthscale": ..., "noise": ...}}`` (``individual`` may also be a DataFrame indexed by
+            ID, for different HP). Default for EM: :meth:`initial_hyperparameters`.
+        **data_options
+            Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
+            ``output_col``, ``duplicates``).
+        """
+        if method not in ("em", "fixed"):
+            raise ValueError(f"method must be 'em' or 'fixed', got {method!r}")
+        if method == "fixed" and hyperparameters is None:
+            raise ValueError("method='fixed' needs hyperparameters=")
+        train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
+        self._check_kernels(train)
+        self.data_ = train
+        self._prior_mean_value = self._resolve_prior_mean(train)
+        problem = self._problem(train)
+        if hyperparameters is None:
+            hp = self.initial_hyperparameters(train)
+        else:
+            hp = HyperParameters.coerce(hyperparameters, self.mean_kernel, self.kernel)
+        mean_log, log_params = hp.to_log(self.mean_kernel, self.kernel, None if self.common_hp else train.ids)
+        state = EMState(mean_log, log_params, self.jitter * problem.output_scale)
+        trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
+        self._state, self._problem_ = trace.state, problem
+        ids = None if self.common_hp else train.ids
+        self.hyperparameters_ = HyperParameters.from_log(
+            self.mean_kernel, self.kernel, trace.state.mean_log_params, trace.state.log_params, ids
+        )
+        self.log_likelihood_ = trace.estep.log_likelihood
+        self.converged_ = trace.converged
+        self.n_iter_ = len(trace.log_likelihood) - 1
+        self.idata_ = self._datatree(trace, method)
+        return self
+
+    def initial_hyperparameters(self, data: Any) -> HyperParameters:
+        """Data-driven starting values of EM.
+
+        Variances start at the variance of all outputs (the noise at a tenth of it), lengthscales
+        at a tenth of the input range (the largest range over input dimensions), other
+        parameters at 1; values given in a kernel's ``initial`` take precedence.
+        """
+        train = data if isinstance(data, TrainingData) else as_training_data(data)
+        input_range, output_var = _scales(train)
+        mean_log = self.mean_kernel.initial_log_params(input_range, output_var)
+        log_params = np.append(self.kernel.initial_log_params(input_range, output_var), np.log(0.1 * output_var))
+        if not self.common_hp:
+            log_params = np.tile(log_params, (train.n_individuals, 1))
+        return HyperParameters.from_log(
+            self.mean_kernel, self.kernel, mean_log, log_params, None if self.common_hp else train.ids
+        )
+
+    # ----------------------------------------------------------------------- predictions
+    def hyperposterior(self, inputs: Any | None = None, *, prob: float = 0.95) -> xr.Dataset:
+        r"""Posterior of the mean process :math:`\mu_0` at ``inputs`` (default: the training grid).
+
+        Returns an ``xarray.Dataset`` on dim ``input`` with ``mean``, ``variance``, ``lower`` and
+        ``upper`` (central ``prob`` credible interval) and the full covariance ``cov``
+        (dims ``input``, ``input_bis``).
+        """
+        self._check_fitted()
+        x = self.data_.grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
+        mean, cov = self._mean_process_at(x)
+        return _gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
+
+    def predict(
+        self,
+        new_data: Any,
+        inputs: Any,
+        *,
+        prob: float = 0.95,
+        full_cov: bool = False,
+        **data_options: Any,
+    ) -> xr.Dataset:
+        r"""Predict a new individual at ``inputs`` from its observed points ``new_data``.
+
+        Parameters
+        ----------
+        new_data
+            The new individual's observed points (Type I prediction): a long DataFrame with one
+            ID (the ID column is optional) or an ``(inputs, outputs)`` pair. ``None`` for a Type
+            II prediction (no observed point: the prediction relies on :math:`\mu_0` alone).
+        inputs
+            Where to predict; any order, duplicates allowed, may extend beyond the training range.
+        prob
+            Mass of the central credible intervals.
+        full_cov
+            Also return the full predictive covariance ``cov`` (dims ``input``, ``input_bis``).
+
+        Returns
+        -------
+        xarray.Dataset
+            On dim ``input``: ``mean``; predictive ``variance``, ``lower``, ``upper`` (for a new
+            noisy observation, including :math:`\sigma_*^2`); ``latent_variance``,
+            ``latent_lower``, ``latent_upper`` (for :math:`\mu_0 + f_*`, without noise). The new
+            individual's HP are in ``attrs`` (``hp_source``: ``"common"``, ``"fitted"`` or, for
+            Type II with different HP, ``"median"`` of the training individuals' HP).
+        """
+        self._check_fitted()
+        d = self.data_.input_dim
+        individual = as_individual(new_data, input_dim=d, **data_options)
+        pred_inputs = as_inputs(inputs, input_dim=d)
+        joint_inputs = np.concatenate([individual.inputs, pred_inputs])
+        joint_mean, joint_cov = self._mean_process_at(joint_inputs)
+        n_obs = individual.n_points
+        graphs, problem = self._problem_.graphs, self._problem_
+        jitter = self._state.jitter
+        hp = fit_new_individual(
+            graphs,
+            individual,
+            joint_mean[:n_obs],
+            joint_cov[:n_obs, :n_obs],
+            self._state.log_params,
+            problem.bounds[: len(self.kernel.names) + 1],
+            jitter,
+        )
+        pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
+        ds = _gaussian_dataset(pred_inputs, self.data_.input_names, pred.mean, pred.predictive_cov, prob, full_cov)
+        latent_var = np.diag(pred.latent_cov)
+        half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(latent_var, 0.0))
+        ds["latent_variance"] = ("input", latent_var)
+        ds["latent_lower"] = ("input", pred.mean - half)
+        ds["latent_upper"] = ("input", pred.mean + half)
+        ds.attrs.update(
+            individual=str(individual.id),
+            prediction_type="I" if n_obs else "II",
+            hp_source=hp.source,
+            **{f"hp_{name}": float(v) for name, v in zip((*self.kernel.names, "noise"), np.exp(hp.log_params))},
+        )
+        return ds
+
+    # ------------------------------------------------------------------------- PyMC model
+    def build_model(self, data: Any | None = None) -> pm.Model:
+        """The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`)."""
+        from magma_pymc.model import build_model
+
+        train = self.data_ if data is None else as_training_data(data, input_dim=self.mean_kernel.input_dim)
+        prior_mean = self._resolve_prior_mean(train) if data is not None or not hasattr(self, "data_") else self._prior_mean_value
+        return build_model(train, self.mean_kernel, self.kernel, prior_mean, common_hp=self.common_hp)
+
+    # -------------------------------------------------------------------------- internals
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "hyperparameters_"):
+            raise RuntimeError("this Magma model is not fitted yet: call .fit(data) first")
+
+    def _check_kernels(self, train: TrainingData) -> None:
+        for role, kern in (("mean_kernel", self.mean_kernel), ("kernel", self.kernel)):
+            if kern.input_dim != train.input_dim:
+                raise ValueError(
+                    f"{role} acts on {kern.input_dim}-dimensional inputs but the data have {train.input_dim} "
+                    f"input column(s) {train.input_names}"
+                )
+
+    def _resolve_prior_mean(self, train: TrainingData) -> Callable[[np.ndarray], np.ndarray]:
+        m0 = self.prior_mean
+        if m0 is None:
+            value = float(np.concatenate([ind.outputs for ind in train.individuals]).mean())
+            return _Constant(value)
+        if callable(m0):
+            return m0
+        return _Constant(float(m0))
+
+    def _problem(self, train: TrainingData) -> Problem:
+        graphs = graphs_for(
+            self.mean_kernel,
+            self.kernel,
+            common_hp=self.common_hp,
+            common_grid=train.common_grid,
+            mode=self.compile_mode,
+        )
+        m0 = self._prior_mean_value
+        if graphs.fast_path:
+            residuals = np.stack([ind.outputs for ind in train.individuals]) - m0(train.grid)[None, :]
+        else:
+            flat_inputs = train.inputs.reshape(-1, train.input_dim)
+            residuals = (train.outputs - m0(flat_inputs).reshape(train.mask.shape)) * train.mask
+        input_range, output_var = _scales(train)
+        ind_bounds = [*self.kernel.log_bounds(input_range, output_var), (np.log(1e-8 * output_var), np.log(1e4 * output_var))]
+        return Problem(
+            graphs=graphs,
+            data_args=(train.grid, train.inputs, residuals, train.mask, train.index),
+            mean_bounds=self.mean_kernel.log_bounds(input_range, output_var),
+            bounds=ind_bounds * (1 if self.common_hp else train.n_individuals),
+            output_scale=output_var,
+        )
+
+    def _mean_process_at(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hp_args = (self._state.mean_log_params, self._state.log_params)
+        return mean_process_at(
+            self._problem_.graphs, hp_args, self._problem_.data_args, self._state.jitter, inputs, self._prior_mean_value(inputs)
+        )
+
+    def _datatree(self, trace, method: str) -> xr.DataTree:
+        ids = None if self.common_hp else self.data_.ids
+        names = (self.mean_kernel.names, self.kernel.names)
+        posterior = hp_dataset(
+            *names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"), ids
+        )
+        em_trace = hp_dataset(*names, trace.mean_log_params, trace.log_params, ("em_iteration",), ids)
+        em_trace["log_likelihood"] = ("em_iteration", trace.log_likelihood)
+        em_trace = em_trace.assign_coords(em_iteration=np.arange(len(trace.log_likelihood)))
+        em_trace.attrs.update(converged=int(trace.converged), interrupted=int(trace.interrupted), tol=self.tol)
+        estep_result = trace.estep
+        grid_m0 = self._prior_mean_value(self.data_.grid)
+        attrs = {
+            "method": method,
+            "common_hp": int(self.common_hp),
+            "jitter": trace.state.jitter,
+            "log_likelihood": estep_result.log_likelihood,
+            "n_individuals": self.data_.n_individuals,
+        }
+        return training_datatree(
+            self.data_, posterior, grid_m0 + estep_result.mean, estep_result.cov, attrs, {"em_trace": em_trace}
+        )
+
+
+class _Constant:
+    """A constant prior mean, kept as a value so that it can be saved."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(inputs)[0], self.value)
+
+    def __repr__(self) -> str:
+        return f"{self.value!r}"
+
+
+def _scales(train: TrainingData) -> tuple[float, float]:
+    """Input range (largest over dimensions) and output variance: the units of HP defaults and bounds."""
+    span = float(np.max(np.ptp(train.grid, axis=0))) if train.n_inputs > 1 else 1.0
+    outputs = np.concatenate([ind.outputs for ind in train.individuals])
+    variance = float(np.var(outputs)) if outputs.size > 1 else 1.0
+    return (span if span > 0 else 1.0), (variance if variance > 0 else 1.0)
+
+
+def _gaussian_dataset(
+    inputs: np.ndarray, names: tuple[str, ...], mean: np.ndarray, cov: np.ndarray, prob: float, full_cov: bool
+) -> xr.Dataset:
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    variance = np.diag(cov).copy()
+    half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(variance, 0.0))
+    coords = input_coords(inputs, names)
+    ds = xr.Dataset(
+        {"mean": ("input", mean), "variance": ("input", variance), "lower": ("input", mean - half), "upper": ("input", mean + half)},
+        coords=coords,
+    )
+    if full_cov:
+        ds["cov"] = (("input", "input_bis"), cov)
+        ds = ds.assign_coords(input_bis=coords["input"])
+    ds.attrs["prob"] = prob
+    return ds
