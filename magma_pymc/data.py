@@ -17,6 +17,7 @@ import pandas as pd
 
 __all__ = ["MagmaInputError", "Individual", "TrainingData", "as_training_data", "as_individual", "as_inputs"]
 
+
 class MagmaInputError(ValueError):
     """Invalid user data; the message names the individual (by ID) and the field."""
 
@@ -164,6 +165,7 @@ def as_training_data(data: Any, *, id_col: str = "ID", input_cols: str | Sequenc
         maps back). Invalid data raise ``MagmaInputError`` naming individual and field.
     """
     if isinstance(data, TrainingData):
+        _check_dim(data.grid, "training data", input_dim)
         return data
     if isinstance(data, pd.DataFrame):
         ids, x, y, labels, names = _parse_frame(data, id_col, input_cols, output_col, need_id=True)
@@ -312,11 +314,9 @@ def _parse_frame(df: pd.DataFrame, id_col: str, input_cols: Any, output_col: str
             else [input_cols] if isinstance(input_cols, str) else list(input_cols))
     missing = [f"{id_col!r} (ID)"] if need_id and id_col not in df.columns else []
     missing += [f"{output_col!r} (Output)"] if output_col not in df.columns else []
-    missing += [f"{c!r} (input)" for c in cols if c not in df.columns]
+    missing += [f"{c!r} (input)" for c in cols if c not in df.columns] or ([] if cols else ["input(s)"])
     if missing:
         raise MagmaInputError(f"missing column(s) {', '.join(missing)}; available: {list(df.columns)}")
-    if not cols:
-        raise MagmaInputError(f"no input column: available columns are {list(df.columns)}")
     ids = None
     if id_col in df.columns:
         na = df[id_col].isna().to_numpy()
@@ -361,11 +361,10 @@ def _sort_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _build(ident: Any, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None, names: tuple[str, ...] | None,
            output_name: str, duplicates: str, input_dim: int | None) -> tuple[Individual, int]:
-    """Check one individual's data, sort it by input and handle duplicates.
-
-    ``labels`` name the rows in messages (DataFrame index; default positions)."""
+    """Check one individual's data, sort it by input, handle duplicates; ``labels`` name rows."""
     who = f"individual {ident!r}"
-    x, labels = _check_dim(x, who, input_dim), np.arange(len(x)) if labels is None else labels
+    x = _check_dim(x, who, input_dim)
+    labels = np.arange(len(x)) if labels is None else labels  # DataFrame index, else positions
     if duplicates not in ("error", "mean"):
         raise MagmaInputError(f"duplicates must be 'error' or 'mean', got {duplicates!r}")
     if len(x) != len(y):

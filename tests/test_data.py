@@ -128,6 +128,8 @@ def test_signed_zero_is_one_grid_point():
 def test_training_data_passthrough_and_from_individuals():
     td = as_training_data(make_long(seed=7))
     assert as_training_data(td) is td
+    with pytest.raises(MagmaInputError, match="training data: inputs have 1 dimension"):
+        as_training_data(td, input_dim=2)
     again = TrainingData.from_individuals(td.individuals, td.input_names)
     np.testing.assert_array_equal(again.index, td.index)
     with pytest.raises(MagmaInputError, match=rf"'{td.ids[0]}'.*unique ID"):
@@ -183,6 +185,8 @@ def test_missing_columns(drop, missing):
 def test_missing_input_column_given_explicitly():
     with pytest.raises(MagmaInputError, match=r"missing column.*'Time' \(input\)"):
         as_training_data(make_long(seed=9), input_cols=["Time"])
+    with pytest.raises(MagmaInputError, match=r"missing column\(s\) input\(s\).*'ID', 'Output'"):
+        as_training_data(make_long(seed=9).drop(columns="Input"))
 
 
 def test_non_numeric_input_names_column_and_individual():

@@ -1,0 +1,73 @@
+"""Dense NumPy/SciPy references: MAGMA as one joint Gaussian process over all observations.
+
+Independent of the library's linear algebra: stack every observation, build
+
+    cov((t, i), (t', j)) = k0(t, t') + delta_ij (c_i(t, t') + sigma_i^2 delta_tt')
+
+and condition with ``numpy.linalg.solve`` / ``scipy.stats.multivariate_normal``. Only small
+problems. Kernels are squared exponential, written out here (not taken from PyMC).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def se(x1, x2, variance, lengthscale):
+    x1, x2 = np.atleast_2d(x1.T).T, np.atleast_2d(x2.T).T
+    d2 = ((x1[:, None, :] - x2[None, :, :]) ** 2).sum(-1)
+    return variance * np.exp(-0.5 * d2 / lengthscale**2)
+
+
+class JointGP:
+    """Dense joint GP of a MAGMA model with SE kernels.
+
+    ``individuals``: list of (inputs (n,), outputs (n,)); ``hp0`` = (v0, l0); ``hps``: list of
+    (v, l, noise) per individual; ``m0``: constant prior mean.
+    """
+
+    def __init__(self, individuals, hp0, hps, m0=0.0):
+        self.t = [np.asarray(t, float) for t, _ in individuals]
+        self.y = np.concatenate([np.asarray(y, float) for _, y in individuals])
+        self.hp0, self.hps, self.m0 = hp0, hps, m0
+        self.t_all = np.concatenate(self.t)
+        self.owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(self.t)])
+        cov = se(self.t_all, self.t_all, *hp0)
+        for i, t in enumerate(self.t):
+            block = np.ix_(self.owner == i, self.owner == i)
+            v, l, s2 = hps[i]
+            cov[block] += se(t, t, v, l) + s2 * np.eye(len(t))
+        self.cov = cov
+
+    def log_likelihood(self) -> float:
+        return stats.multivariate_normal(np.full(len(self.y), self.m0), self.cov).logpdf(self.y)
+
+    def mean_process(self, s):
+        """Exact posterior of mu0 at s given all observations."""
+        k_sy = se(s, self.t_all, *self.hp0)
+        mean = self.m0 + k_sy @ np.linalg.solve(self.cov, self.y - self.m0)
+        cov = se(s, s, *self.hp0) - k_sy @ np.linalg.solve(self.cov, k_sy.T)
+        return mean, cov
+
+    def predict(self, t_obs, y_obs, t_pred, hp_new):
+        """Exact posterior of mu0 + f_new at t_pred given training data and the new individual's points.
+
+        Returns (mean, latent cov); the predictive cov adds hp_new[2] on the diagonal.
+        """
+        v, l, s2 = hp_new
+        t_obs = np.asarray(t_obs, float)
+        n = len(self.y)
+        k_oy = se(t_obs, self.t_all, *self.hp0)
+        big = np.block(
+            [
+                [self.cov, k_oy.T],
+                [k_oy, se(t_obs, t_obs, *self.hp0) + se(t_obs, t_obs, v, l) + s2 * np.eye(len(t_obs))],
+            ]
+        )
+        cross = np.hstack([se(t_pred, self.t_all, *self.hp0), se(t_pred, t_obs, *self.hp0) + se(t_pred, t_obs, v, l)])
+        resid = np.concatenate([self.y, y_obs]) - self.m0
+        mean = self.m0 + cross @ np.linalg.solve(big, resid)
+        prior = se(t_pred, t_pred, *self.hp0) + se(t_pred, t_pred, v, l)
+        assert big.shape[0] == n + len(t_obs)
+        return mean, prior - cross @ np.linalg.solve(big, cross.T)
