@@ -105,6 +105,15 @@ class ModelGraphs:
 
     # ---- M-step ----------------------------------------------------------------------------
     @cached_property
+    def mean_process_marginal_step(self) -> Function:
+        """``(mean_hp, hp, <training data>, jitter) -> (value, grad)`` of :math:`-\log p(y)` w.r.t. the
+        mean-process HP at fixed individual HP (the ECME variant of the mean-process M-step)."""
+        mean_hp, ind_hp = self._hp()
+        inputs, estep, _ = self._estep_graph(mean_hp, ind_hp)
+        value = -estep.log_likelihood
+        return _compile(inputs, [value, pytensor.grad(value, mean_hp)], self.mode)
+
+    @cached_property
     def mean_process_step(self) -> Function:
         """``(mean_hp, grid, centred_mean, cov_factor, jitter) -> (value, grad)`` of :math:`-Q_0`."""
         log_params = pt.vector("mean_log_params", dtype="float64")

@@ -55,6 +55,7 @@ class Problem:
     mean_bounds: list
     bounds: list                # per individual parameter (flattened per individual when different HP)
     output_scale: float         # output variance, the unit of the jitter
+    mean_step: str = "marginal"  # "marginal" (ECME) or "expected" (the textbook M-step of theta0)
 
     @property
     def n_individuals(self) -> int:
@@ -96,8 +97,15 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
     graphs = problem.graphs
     grid = problem.data_args[0]
 
-    def mean_objective(log_params):
-        return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
+    if problem.mean_step == "marginal":
+
+        def mean_objective(log_params):
+            return graphs.mean_process_marginal_step(log_params, state.log_params, *problem.data_args, state.jitter)
+
+    else:
+
+        def mean_objective(log_params):
+            return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
 
     mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
 

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import numpy as np
 import pymc as pm
 import xarray as xr
-from scipy import stats
 
 from magma_pymc.compiled import DEFAULT_MODE, graphs_for
 from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
@@ -22,7 +21,7 @@ from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, estep, run_em
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.params import HyperParameters
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
-from magma_pymc.results import hp_dataset, input_coords, training_datatree
+from magma_pymc.results import gaussian_dataset, hp_dataset, latent_bounds, training_datatree
 
 __all__ = ["Magma"]
 
@@ -56,6 +55,14 @@ class Magma:
     jitter
         Initial jitter, relative to the output variance, added to covariance diagonals before
         factorisation; raised tenfold only when a factorisation fails (recorded in ``idata_``).
+    mean_step
+        How EM updates the mean-process HP :math:`\theta_0`. ``"expected"``: the textbook M-step,
+        maximising :math:`\log\mathcal N(\hat m; m_0, K_{\theta_0}) - \tfrac12
+        \mathrm{tr}(\hat K K_{\theta_0}^{-1})`. On a dense grid :math:`K_{\theta_0}` is numerically
+        singular and this objective is so sharply peaked at the current :math:`\theta_0` that EM
+        barely moves it. ``"marginal"`` (default, ECME): maximise the exact marginal likelihood
+        over :math:`\theta_0` at the current individual HP; it also never decreases the
+        likelihood, and converges in far fewer iterations.
 
     Attributes
     ----------
@@ -78,6 +85,7 @@ class Magma:
         tol: float = 1e-3,
         compile_mode: str = DEFAULT_MODE,
         jitter: float = JITTER_DEFAULT,
+        mean_step: Literal["marginal", "expected"] = "marginal",
     ) -> None:
         self.common_hp = common_hp
         self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
@@ -87,6 +95,9 @@ class Magma:
         self.tol = tol
         self.compile_mode = compile_mode
         self.jitter = jitter
+        if mean_step not in ("marginal", "expected"):
+            raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
+        self.mean_step = mean_step
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
@@ -171,7 +182,7 @@ class Magma:
         self._check_fitted()
         x = self.data_.grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
         mean, cov = self._mean_process_at(x)
-        return _gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
+        return gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
 
     def predict(
         self,
@@ -225,12 +236,8 @@ class Magma:
             jitter,
         )
         pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
-        ds = _gaussian_dataset(pred_inputs, self.data_.input_names, pred.mean, pred.predictive_cov, prob, full_cov)
-        latent_var = np.diag(pred.latent_cov)
-        half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(latent_var, 0.0))
-        ds["latent_variance"] = ("input", latent_var)
-        ds["latent_lower"] = ("input", pred.mean - half)
-        ds["latent_upper"] = ("input", pred.mean + half)
+        ds = gaussian_dataset(pred_inputs, self.data_.input_names, pred.mean, pred.predictive_cov, prob, full_cov)
+        ds = latent_bounds(ds, pred, prob)
         ds.attrs.update(
             individual=str(individual.id),
             prediction_type="I" if n_obs else "II",
@@ -241,12 +248,24 @@ class Magma:
 
     # ------------------------------------------------------------------------- PyMC model
     def build_model(self, data: Any | None = None) -> pm.Model:
-        """The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`)."""
+        """The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`), for ``data``
+        (default: the training data), with the default priors centred on the data-driven initial HP.
+        Visualise it with ``pm.model_to_graphviz(model.build_model())``."""
         from magma_pymc.model import build_model
 
-        train = self.data_ if data is None else as_training_data(data, input_dim=self.mean_kernel.input_dim)
-        prior_mean = self._resolve_prior_mean(train) if data is not None or not hasattr(self, "data_") else self._prior_mean_value
-        return build_model(train, self.mean_kernel, self.kernel, prior_mean, common_hp=self.common_hp)
+        if data is None:
+            self._check_fitted()
+            train = self.data_
+        else:
+            train = as_training_data(data, input_dim=self.mean_kernel.input_dim)
+        initial = self.initial_hyperparameters(train)
+        centres = (
+            np.log(initial.mean_process.to_numpy()),
+            np.log(initial.individual.to_numpy()[0]),
+        )
+        return build_model(
+            train, self.mean_kernel, self.kernel, self._resolve_prior_mean(train), common_hp=self.common_hp, centres=centres
+        )
 
     # -------------------------------------------------------------------------- internals
     def _check_fitted(self) -> None:
@@ -292,6 +311,7 @@ class Magma:
             mean_bounds=self.mean_kernel.log_bounds(input_range, output_var),
             bounds=ind_bounds * (1 if self.common_hp else train.n_individuals),
             output_scale=output_var,
+            mean_step=self.mean_step,
         )
 
     def _mean_process_at(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -343,22 +363,3 @@ def _scales(train: TrainingData) -> tuple[float, float]:
     outputs = np.concatenate([ind.outputs for ind in train.individuals])
     variance = float(np.var(outputs)) if outputs.size > 1 else 1.0
     return (span if span > 0 else 1.0), (variance if variance > 0 else 1.0)
-
-
-def _gaussian_dataset(
-    inputs: np.ndarray, names: tuple[str, ...], mean: np.ndarray, cov: np.ndarray, prob: float, full_cov: bool
-) -> xr.Dataset:
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must be in (0, 1), got {prob}")
-    variance = np.diag(cov).copy()
-    half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(variance, 0.0))
-    coords = input_coords(inputs, names)
-    ds = xr.Dataset(
-        {"mean": ("input", mean), "variance": ("input", variance), "lower": ("input", mean - half), "upper": ("input", mean + half)},
-        coords=coords,
-    )
-    if full_cov:
-        ds["cov"] = (("input", "input_bis"), cov)
-        ds = ds.assign_coords(input_bis=coords["input"])
-    ds.attrs["prob"] = prob
-    return ds

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy import stats
 
 from magma_pymc.data import TrainingData
 from magma_pymc.params import NOISE
 
-__all__ = ["hp_dataset", "training_datatree", "input_coords"]
+__all__ = ["hp_dataset", "training_datatree", "input_coords", "gaussian_dataset", "latent_bounds"]
 
 MEAN_PREFIX = "mu0_"
 
@@ -85,3 +86,34 @@ def training_datatree(
     tree = xr.DataTree.from_dict({name: ds for name, ds in groups.items()})
     tree.attrs.update(attrs)
     return tree
+
+
+def gaussian_dataset(
+    inputs: np.ndarray, names: tuple[str, ...], mean: np.ndarray, cov: np.ndarray, prob: float, full_cov: bool
+) -> xr.Dataset:
+    """Mean, variance and central ``prob`` credible bounds on dim ``input`` (and ``cov`` if ``full_cov``)."""
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    variance = np.diag(cov).copy()
+    half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(variance, 0.0))
+    coords = input_coords(inputs, names)
+    ds = xr.Dataset(
+        {"mean": ("input", mean), "variance": ("input", variance), "lower": ("input", mean - half), "upper": ("input", mean + half)},
+        coords=coords,
+    )
+    if full_cov:
+        ds["cov"] = (("input", "input_bis"), cov)
+        ds = ds.assign_coords(input_bis=coords["input"])
+    ds.attrs["prob"] = prob
+    return ds
+
+
+def latent_bounds(ds: xr.Dataset, prediction, prob: float) -> xr.Dataset:
+    """Add ``latent_variance``, ``latent_lower``, ``latent_upper`` (mu0 + f, without noise) to ``ds``."""
+    latent_var = np.diag(prediction.latent_cov).copy()
+    half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(latent_var, 0.0))
+    return ds.assign(
+        latent_variance=("input", latent_var),
+        latent_lower=("input", prediction.mean - half),
+        latent_upper=("input", prediction.mean + half),
+    )

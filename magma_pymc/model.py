@@ -1,0 +1,108 @@
+r"""The MAGMA model declared in PyMC.
+
+.. math::
+
+    \log\theta_0, \log\theta_i, \log\sigma_i^2 &\sim \mathcal N(\text{data-scaled centre}, 2^2) \text{ (default priors)}\\
+    \mu_0(t) &\sim \mathcal N(m_0(t), K_{\theta_0}(t,t)) \quad \text{on the union grid } t\\
+    f_i(t_i) &\sim \mathcal N(0, C_{\theta_i}(t_i,t_i))\\
+    y_i &\sim \mathcal N(\mu_0(t_i) + f_i(t_i), \sigma_i^2 I)
+
+Coordinates: ``individual``, ``input`` (the union grid), ``slot`` (position within an individual,
+padded to the largest individual), ``obs`` (the observations), ``mean_hp`` and ``hp``. The
+covariances are the same :class:`~magma_pymc.kernels.Kernel` expressions EM compiles, so
+``pm.model_to_graphviz(model)`` shows the model EM fits. Padded slots of :math:`f` are
+independent standard normals that no observation touches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from magma_pymc.data import TrainingData
+from magma_pymc.kernels import Kernel
+from magma_pymc.params import NOISE
+
+__all__ = ["build_model", "MEAN_LOG_HP", "LOG_HP"]
+
+#: Names of the log hyper-parameter variables in the model.
+MEAN_LOG_HP = "log_mu0_hp"
+LOG_HP = "log_hp"
+#: Standard deviation of the default normal priors on log hyper-parameters.
+PRIOR_SD = 2.0
+
+LogPriorFactory = Callable[[str, tuple[str, ...]], pm.Distribution]
+
+
+def build_model(
+    data: TrainingData,
+    mean_kernel: Kernel,
+    kernel: Kernel,
+    prior_mean: Callable[[np.ndarray], np.ndarray],
+    *,
+    common_hp: bool = True,
+    centres: tuple[np.ndarray, np.ndarray],
+    priors: Mapping[str, LogPriorFactory] | None = None,
+    jitter: float = 1e-8,
+) -> pm.Model:
+    """Declare the MAGMA model for ``data``.
+
+    Parameters
+    ----------
+    centres
+        ``(mean_centre, centre)``: centres of the default priors on the log HP (``(P0,)`` and
+        ``(P + 1,)``), e.g. the data-driven initial values of EM.
+    priors
+        Optional ``{"mean_hp": f, "hp": g}`` where each callable receives the variable name and
+        its dims and returns a PyMC distribution of the log hyper-parameters (created inside the
+        model). Default: independent normals with standard deviation 2 around ``centres`` (a
+        factor e^2 ~ 7 either way at one standard deviation). EM maximises the likelihood
+        alone (flat priors).
+    jitter
+        Added to the diagonal of the mean process's prior covariance.
+    """
+    priors = dict(priors or {})
+    grid = data.grid
+    input_coord = grid[:, 0] if data.input_dim == 1 else np.arange(data.n_inputs)
+    coords = {
+        "individual": [str(i) for i in data.ids],
+        "input": input_coord,
+        "slot": np.arange(data.n_max),
+        "obs": np.arange(int(data.mask.sum())),
+        "mean_hp": list(mean_kernel.names),
+        "hp": [*kernel.names, NOISE],
+    }
+    hp_dims = ("hp",) if common_hp else ("individual", "hp")
+    observed_rows, observed_slots = np.nonzero(data.mask)
+    with pm.Model(coords=coords) as model:
+        grid_data = pm.Data("grid", grid)
+        inputs = pm.Data("inputs", data.inputs)
+        mean_centre, centre = centres
+        default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
+        default = lambda name, dims: pm.Normal(name, mu=centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
+        mean_log = priors.get("mean_hp", default_mean)(MEAN_LOG_HP, ("mean_hp",))
+        log_hp = priors.get("hp", default)(LOG_HP, hp_dims)
+        for k, name in enumerate(mean_kernel.names):
+            pm.Deterministic(f"mu0_{name}", pt.exp(mean_log[k]))
+        for k, name in enumerate([*kernel.names, NOISE]):
+            pm.Deterministic(name, pt.exp(log_hp[..., k]), dims=None if common_hp else "individual")
+
+        prior_cov = mean_kernel.covariance(mean_log)(grid_data) + jitter * pt.eye(data.n_inputs)
+        mu0 = pm.MvNormal("mu0", mu=prior_mean(grid), cov=prior_cov, dims="input")
+
+        mask = pt.as_tensor(data.mask)
+        cov = kernel.batched(inputs, log_hp[..., :-1])
+        # Padded slots: identity rows/columns keep the batch positive definite.
+        cov = cov * (mask[:, :, None] * mask[:, None, :]) + (1.0 - mask)[:, :, None] * pt.eye(data.n_max)
+        f = pm.MvNormal("f", mu=0.0, cov=cov, dims=("individual", "slot"))
+
+        mu0_padded = pt.concatenate([mu0, pt.zeros((1,))])[data.index]
+        noise_sd = pt.sqrt(pt.exp(log_hp[..., -1]))
+        noise_sd = noise_sd if common_hp else noise_sd[observed_rows]
+        latent = (mu0_padded + f)[observed_rows, observed_slots]
+        pm.Normal("y", mu=latent, sigma=noise_sd, observed=data.outputs[observed_rows, observed_slots], dims="obs")
+    return model
+

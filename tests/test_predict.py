@@ -1,0 +1,89 @@
+"""New-individual prediction (Type I and II) against the dense joint-GP reference."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_long
+from reference import JointGP
+
+import magma_pymc as mp
+
+HP0 = (3.0, 2.0)
+DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
+T_PRED = np.array([0.0, 1.3, 4.0, 4.0, 8.8, 11.0])   # unsorted-safe, a duplicate, one outside the range
+NEW_T = np.array([6.0, 0.5, 3.5])                    # deliberately unsorted
+NEW_Y = np.array([1.6, 1.5, 0.7])
+
+
+def fit_fixed(individuals, common_hp):
+    ids = [f"i{k}" for k in range(len(individuals))]
+    if common_hp:
+        individual = dict(variance=1.0, lengthscale=0.8, noise=0.25)
+        hps = [(1.0, 0.8, 0.25)] * len(individuals)
+    else:
+        hps = DIFFERENT[: len(individuals)]
+        individual = pd.DataFrame(hps, index=ids, columns=["variance", "lengthscale", "noise"])
+    hp = {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": individual}
+    model = mp.Magma(common_hp=common_hp, prior_mean=0.4).fit(make_long(individuals, ids), method="fixed", hyperparameters=hp)
+    return model, JointGP(individuals, HP0, hps, m0=0.4)
+
+
+@pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
+@pytest.mark.parametrize("type_", ["I", "II"])
+def test_prediction_matches_dense_joint_gp(small_problem, common_hp, type_):
+    model, reference = fit_fixed(small_problem, common_hp)
+    new = (NEW_T, NEW_Y) if type_ == "I" else None
+    pred = model.predict(new, T_PRED, full_cov=True)
+    assert pred.attrs["prediction_type"] == type_
+    hp_new = (pred.attrs["hp_variance"], pred.attrs["hp_lengthscale"], pred.attrs["hp_noise"])
+    if common_hp:
+        assert pred.attrs["hp_source"] == "common" and np.allclose(hp_new, (1.0, 0.8, 0.25))
+    elif type_ == "II":
+        assert pred.attrs["hp_source"] == "median"
+        np.testing.assert_allclose(hp_new, np.exp(np.median(np.log(DIFFERENT), axis=0)))
+    obs_t, obs_y = (NEW_T, NEW_Y) if type_ == "I" else (np.empty(0), np.empty(0))
+    mean, latent = reference.predict(obs_t, obs_y, T_PRED, hp_new)
+    np.testing.assert_allclose(pred["mean"].values, mean, atol=1e-7)
+    np.testing.assert_allclose(pred["latent_variance"].values, np.diag(latent), atol=1e-7)
+    np.testing.assert_allclose(pred["variance"].values, np.diag(latent) + hp_new[2], atol=1e-7)
+    np.testing.assert_allclose(pred["cov"].values, latent + hp_new[2] * np.eye(len(T_PRED)), atol=1e-7)
+    half = 1.959963984540054 * np.sqrt(pred["variance"].values)
+    np.testing.assert_allclose(pred["upper"].values - pred["mean"].values, half, rtol=1e-9)
+    np.testing.assert_array_equal(pred["input"].values, T_PRED)
+
+
+def test_new_individual_hp_maximise_its_likelihood(small_problem):
+    """Different HP, Type I: the fitted HP are a local maximum of log N(y*; mhat, Khat + Psi*)."""
+    model, reference = fit_fixed(small_problem, common_hp=False)
+    pred = model.predict((NEW_T, NEW_Y), T_PRED)
+    assert pred.attrs["hp_source"] == "fitted"
+    best = np.log([pred.attrs["hp_variance"], pred.attrs["hp_lengthscale"], pred.attrs["hp_noise"]])
+    mhat, khat = reference.mean_process(NEW_T)
+
+    def dense_nll(log_hp):
+        v, l, s2 = np.exp(log_hp)
+        from reference import se
+        from scipy import stats
+
+        cov = khat + se(NEW_T, NEW_T, v, l) + s2 * np.eye(3)
+        return -stats.multivariate_normal(mhat, cov).logpdf(NEW_Y)
+
+    at_best = dense_nll(best)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert dense_nll(best + rng.normal(0, 0.05, 3)) >= at_best - 1e-6
+    assert dense_nll(np.log(np.median(DIFFERENT, axis=0))) >= at_best
+
+
+def test_prediction_accepts_long_dataframe_and_keeps_user_order(small_problem):
+    model, _ = fit_fixed(small_problem, common_hp=True)
+    frame = pd.DataFrame({"ID": "new", "Input": NEW_T, "Output": NEW_Y})
+    a = model.predict(frame, T_PRED)
+    b = model.predict((NEW_T[::-1], NEW_Y[::-1]), T_PRED)
+    np.testing.assert_allclose(a["mean"].values, b["mean"].values, atol=1e-12)
+    assert a.attrs["individual"] == "new"
+
+
+def test_predict_before_fit_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        mp.Magma().predict(None, [1.0, 2.0])
