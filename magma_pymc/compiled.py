@@ -13,6 +13,7 @@ of seconds per graph on a cold cache. ``DEFAULT_MODE`` is chosen from the measur
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -33,8 +34,9 @@ from magma_pymc.predict_graphs import build_new_individual_objective, build_pred
 
 __all__ = ["DEFAULT_MODE", "ModelGraphs", "graphs_for"]
 
-#: PyTensor compile mode used unless the user chooses another.
-DEFAULT_MODE = "FAST_RUN"
+#: PyTensor compile mode used unless the user chooses another (``Magma(compile_mode=...)``, or the
+#: environment variable ``MAGMA_PYMC_COMPILE_MODE`` for the process-wide default).
+DEFAULT_MODE = os.environ.get("MAGMA_PYMC_COMPILE_MODE", "FAST_RUN")
 
 
 def _compile(inputs, outputs, mode: str) -> Function:
@@ -106,7 +108,7 @@ class ModelGraphs:
     # ---- M-step ----------------------------------------------------------------------------
     @cached_property
     def mean_process_marginal_step(self) -> Function:
-        """``(mean_hp, hp, <training data>, jitter) -> (value, grad)`` of :math:`-\log p(y)` w.r.t. the
+        """``(mean_hp, hp, <training data>, jitter) -> (value, grad)`` of :math:`-\\log p(y)` w.r.t. the
         mean-process HP at fixed individual HP (the ECME variant of the mean-process M-step)."""
         mean_hp, ind_hp = self._hp()
         inputs, estep, _ = self._estep_graph(mean_hp, ind_hp)

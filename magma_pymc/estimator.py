@@ -246,6 +246,21 @@ class Magma:
         )
         return ds
 
+    # --------------------------------------------------------------------------- save/load
+    def save(self, path) -> None:
+        """Save the fitted model to netCDF (see :mod:`magma_pymc.persistence`)."""
+        from magma_pymc.persistence import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path, **kwargs: Any) -> Magma:
+        """Load a model saved with :meth:`save`; custom kernels or a callable prior mean must be
+        passed again as keyword arguments (``mean_kernel=``, ``kernel=``, ``prior_mean=``)."""
+        from magma_pymc.persistence import load_model
+
+        return load_model(path, **kwargs)
+
     # ------------------------------------------------------------------------- PyMC model
     def build_model(self, data: Any | None = None) -> pm.Model:
         """The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`), for ``data``

@@ -46,6 +46,7 @@ __all__ = [
     "build_estep",
     "build_mean_process_at",
     "log_diagonal_sum",
+    "batched_diagonal",
 ]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -90,9 +91,18 @@ class EStep(NamedTuple):
     log_likelihood: TensorVariable  # () exact marginal log-likelihood (DESIGN section 4)
 
 
+def batched_diagonal(matrix: TensorVariable) -> TensorVariable:
+    """Diagonal of (a batch of) square matrices, as a masked row sum.
+
+    Elementwise on purpose: the gradient of ``pt.diagonal`` on a batch is a batched ``AllocDiag``
+    that the Numba backend can only run in object mode, which is slow and defeats its cache.
+    """
+    return (matrix * pt.eye(matrix.shape[-1])).sum(axis=-1)
+
+
 def log_diagonal_sum(chol: TensorVariable) -> TensorVariable:
     """Sum of the log-diagonal of (a batch of) Cholesky factors: half the log-determinant."""
-    return pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum()
+    return pt.log(batched_diagonal(chol)).sum()
 
 
 def _with_jitter(matrix: TensorVariable, jitter: TensorVariable) -> TensorVariable:

@@ -25,7 +25,7 @@ from pytensor.tensor.linalg import cholesky, solve_triangular
 from pytensor.tensor.variable import TensorVariable
 from scipy.optimize import OptimizeResult, minimize
 
-from magma_pymc.hyperposterior import LOG_2PI, individual_covariances, log_diagonal_sum
+from magma_pymc.hyperposterior import LOG_2PI, batched_diagonal, individual_covariances, log_diagonal_sum
 from magma_pymc.kernels import Kernel
 
 __all__ = ["mean_process_objective", "individual_objective", "individual_objective_common", "minimize_log_params"]
@@ -80,7 +80,7 @@ def individual_objective(
     white = solve_triangular(chol, deviations, lower=True, b_ndim=1)
     half = solve_triangular(chol, cov_blocks, lower=True, b_ndim=2)               # L^{-1} K
     full = solve_triangular(chol, half.mT, lower=True, b_ndim=2)                  # L^{-1} K L^{-T}
-    trace = pt.diagonal(full, axis1=-2, axis2=-1).sum()
+    trace = batched_diagonal(full).sum()
     return 0.5 * ((white**2).sum() + trace) + log_diagonal_sum(chol) + 0.5 * mask.sum() * LOG_2PI
 
 
@@ -105,7 +105,7 @@ def individual_objective_common(
     white = solve_triangular(chol, deviations.T, lower=True, b_ndim=2)
     half = solve_triangular(chol, cov, lower=True, b_ndim=2)
     full = solve_triangular(chol, half.T, lower=True, b_ndim=2)
-    per_individual = log_diagonal_sum(chol) + 0.5 * pt.trace(full) + 0.5 * n_grid * LOG_2PI
+    per_individual = log_diagonal_sum(chol) + 0.5 * batched_diagonal(full).sum() + 0.5 * n_grid * LOG_2PI
     return 0.5 * (white**2).sum() + n_individuals * per_individual
 
 
