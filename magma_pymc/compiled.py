@@ -6,14 +6,19 @@ data, another number of individuals or another grid reuses the same compiled fun
 the first fit of a structure in a process pays for compilation. Functions are compiled lazily
 (prediction graphs only when predicting).
 
-Compile mode: PyTensor's default backend (Numba) JIT-compiles every new graph, which costs tens
-of seconds per graph on a cold cache. ``DEFAULT_MODE`` is chosen from the measurements in
-``benchmarks/``; any PyTensor mode name can be passed instead (``Magma(compile_mode=...)``).
+Compile mode: PyTensor's default backend (Numba) JIT-compiles every new graph: measured here,
+80-90 s for the graphs of one fit on an empty cache and ~15 s per new process with a warm cache.
+The C backend (``"CVM"``) compiles each *op* once per machine (about a minute on an empty cache)
+and then builds new graphs in seconds, so it is the default: cold starts dominate interactive
+use and test suites. Numba runs each call faster, and pays off for long fits (thousands of
+individuals); choose it with ``Magma(compile_mode="NUMBA")`` or ``MAGMA_PYMC_COMPILE_MODE=NUMBA``.
+Measurements: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,11 +41,15 @@ __all__ = ["DEFAULT_MODE", "ModelGraphs", "graphs_for"]
 
 #: PyTensor compile mode used unless the user chooses another (``Magma(compile_mode=...)``, or the
 #: environment variable ``MAGMA_PYMC_COMPILE_MODE`` for the process-wide default).
-DEFAULT_MODE = os.environ.get("MAGMA_PYMC_COMPILE_MODE", "FAST_RUN")
+DEFAULT_MODE = os.environ.get("MAGMA_PYMC_COMPILE_MODE", "CVM")
 
 
 def _compile(inputs, outputs, mode: str) -> Function:
-    return pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore", trust_input=False)
+    with warnings.catch_warnings():
+        # PyTensor warns once that pip installs find no BLAS to link its C code to; it then uses
+        # NumPy's BLAS through the C-API, which is what the benchmarks measure.
+        warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
+        return pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
 
 
 @dataclass(frozen=True)

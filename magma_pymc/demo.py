@@ -30,9 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     from magma_pymc.baselines import SingleGP
 
     weight = mp.datasets.load_weight()[["ID", "Input", "Output"]]
-    ids = weight["ID"].unique()
-    rng = np.random.default_rng(args.seed)
-    rng.shuffle(ids)
+    ids = np.random.default_rng(args.seed).permutation(np.asarray(weight["ID"].unique(), dtype=object))
     # A test child with visits both before and after 24 months.
     counts = weight.groupby("ID")["Input"].agg(lambda t: ((t <= 24).sum(), (t > 24).sum()))
     test_id = next(i for i in ids if min(counts[i]) >= 3)
@@ -68,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     plots.plot_prediction(prediction, ax=axes[1], observed=observed, target=target, mean_process=model.hyperposterior(grid))
     axes[1].set_title(f"Child {test_id}: forecast after 24 months (MSE {results['magma_mse']:.2f})")
     axes[1].set_xlabel("age (months)")
+    axes[1].set_ylabel("weight (kg)")
     fig.savefig(args.output, dpi=110)
     print(
         f"MAGMA fit on {len(train['ID'].unique())} children in {fit_seconds:.1f} s "
