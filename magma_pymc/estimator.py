@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -104,7 +105,7 @@ class Magma:
         self,
         data: Any,
         *,
-        method: Literal["em", "fixed"] = "em",
+        method: Literal["em", "fixed", "nuts"] = "em",
         hyperparameters: HyperParameters | dict | None = None,
         **data_options: Any,
     ) -> Magma:
@@ -117,7 +118,8 @@ class Magma:
             or list of ``(inputs, outputs)``; see :func:`magma_pymc.data.as_training_data`.
         method
             ``"em"`` (default) or ``"fixed"``: keep ``hyperparameters`` as given and only compute
-            the hyper-posterior (how to reproduce results at known HP).
+            the hyper-posterior (how to reproduce results at known HP), or ``"nuts"``: sample the HP
+            posterior (:mod:`magma_pymc.bayes`; ``hyperparameters`` then start the chains).
         hyperparameters
             Initial values for EM, or the fixed values. A :class:`HyperParameters` or a dict
             ``{"mean_process": {"variance": ..., "lengthscale": ...}, "individual": {"variance": ...,
@@ -125,10 +127,20 @@ class Magma:
             ID, for different HP). Default for EM: :meth:`initial_hyperparameters`.
         **data_options
             Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
-            ``output_col``, ``duplicates``).
+            ``output_col``, ``duplicates``). With ``method="nuts"`` also the sampler options of
+            :data:`magma_pymc.bayes.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
+            ``nuts_sampler``, ``target_accept``, ``priors``, ``thin``, ``progressbar``).
         """
-        if method not in ("em", "fixed"):
-            raise ValueError(f"method must be 'em' or 'fixed', got {method!r}")
+        # --- NUTS (magma_pymc.bayes): sampler options travel in **data_options ---
+        from magma_pymc.bayes import NUTS_DEFAULTS
+
+        nuts_options = {k: data_options.pop(k) for k in NUTS_DEFAULTS if k in data_options}
+        if nuts_options and method != "nuts":
+            raise ValueError(f"sampler options {sorted(nuts_options)} need method='nuts'")
+        # --- end NUTS ---
+        start = time.perf_counter()
+        if method not in ("em", "fixed", "nuts"):
+            raise ValueError(f"method must be 'em', 'fixed' or 'nuts', got {method!r}")
         if method == "fixed" and hyperparameters is None:
             raise ValueError("method='fixed' needs hyperparameters=")
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
@@ -142,6 +154,14 @@ class Magma:
             hp = HyperParameters.coerce(hyperparameters, self.mean_kernel, self.kernel)
         mean_log, log_params = hp.to_log(self.mean_kernel, self.kernel, None if self.common_hp else train.ids)
         state = EMState(mean_log, log_params, self.jitter * problem.output_scale)
+        # --- NUTS (magma_pymc.bayes) ---
+        if method == "nuts":
+            from magma_pymc.bayes import fit_nuts
+
+            fit_nuts(self, problem, state, initial=hyperparameters is not None, **nuts_options)
+            self.fit_seconds_ = time.perf_counter() - start
+            return self
+        # --- end NUTS ---
         trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
         self._state, self._problem_ = trace.state, problem
         ids = None if self.common_hp else train.ids
@@ -152,6 +172,7 @@ class Magma:
         self.converged_ = trace.converged
         self.n_iter_ = len(trace.log_likelihood) - 1
         self.idata_ = self._datatree(trace, method)
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
     def initial_hyperparameters(self, data: Any) -> HyperParameters:
@@ -180,6 +201,10 @@ class Magma:
         (dims ``input``, ``input_bis``).
         """
         self._check_fitted()
+        from magma_pymc.bayes import hyperposterior_nuts, is_nuts  # --- NUTS: mixture over draws ---
+
+        if is_nuts(self):
+            return hyperposterior_nuts(self, inputs, prob=prob)
         x = self.data_.grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
         mean, cov = self._mean_process_at(x)
         return gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
@@ -218,6 +243,10 @@ class Magma:
             Type II with different HP, ``"median"`` of the training individuals' HP).
         """
         self._check_fitted()
+        from magma_pymc.bayes import is_nuts, predict_nuts  # --- NUTS: mixture over draws ---
+
+        if is_nuts(self):
+            return predict_nuts(self, new_data, inputs, prob=prob, full_cov=full_cov, **data_options)
         d = self.data_.input_dim
         individual = as_individual(new_data, input_dim=d, **data_options)
         pred_inputs = as_inputs(inputs, input_dim=d)

@@ -1,0 +1,205 @@
+"""Full-Bayesian mode (NUTS over the HP, mu0 marginalised): target density, sampling, prediction."""
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytest
+import xarray as xr
+from conftest import make_long
+from reference import JointGP
+from scipy import optimize, stats
+
+import magma_pymc as mp
+from magma_pymc.bayes import (
+    SAMPLING_JITTER,
+    _check_diagnostics,
+    build_marginal_model,
+    compare_fits,
+    mixture_quantiles,
+)
+from magma_pymc.model import PRIOR_SD
+
+HP0 = (3.0, 2.0)
+DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
+HP_NAMES = ["mu0_variance", "mu0_lengthscale", "variance", "lengthscale", "noise"]
+SAMPLER = dict(nuts_sampler="pymc", progressbar=False)
+
+
+# ----------------------------------------------------------------------------- target density
+@pytest.mark.parametrize("setting", ["common", "different", "common_grid"])
+def test_potential_is_dense_joint_gp_log_density(small_problem, setting):
+    """The Potential is log N(y; m0, K) with K((t,i),(t',j)) = k0(t,t') + d_ij (c_i(t,t') + s_i^2 d_tt')
+    (dense, SE kernels by hand in tests/reference.py); the model's logp adds the default N(c, 2^2) priors."""
+    individuals = small_problem
+    if setting == "common_grid":
+        t = np.linspace(0.0, 10.0, 7)
+        individuals = [(t, np.sin(t) + 0.3 * k) for k in range(4)]
+    common = setting != "different"
+    hps = [(1.0, 0.8, 0.25)] * 4 if common else DIFFERENT
+    ids = [f"i{k}" for k in range(4)]
+    individual = dict(zip(("variance", "lengthscale", "noise"), hps[0])) if common else pd.DataFrame(
+        hps, index=ids, columns=["variance", "lengthscale", "noise"])
+    hp = {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": individual}
+    model = mp.Magma(common_hp=common, prior_mean=0.4)
+    model.fit(make_long(individuals, ids), method="fixed", hyperparameters=hp)
+    assert model._problem_.graphs.fast_path == (setting == "common_grid")
+    # The "common" case also overrides the prior of the individual log HP (priors={"hp": ...}).
+    custom = {"hp": lambda name, dims: pm.Normal(name, mu=0.0, sigma=1.0, dims=dims)} if setting == "common" else None
+    pm_model = build_marginal_model(model, model._problem_, 1e-10, priors=custom)
+    expected = {"log_mu0_hp", "log_hp", "mu0_variance", "variance", "noise", "marginal_likelihood"}
+    assert set(pm_model.named_vars) >= expected
+    assert pm_model.named_vars_to_dims["log_hp"] == (("hp",) if common else ("individual", "hp"))
+    potential_term = pm_model.logp(vars=[pm_model["marginal_likelihood"]])
+    fn = pm_model.compile_fn([potential_term, pm_model.logp()], point_fn=True, mode=model.compile_mode)
+    log_mu0 = np.log(HP0)
+    log_hp = np.log(hps[0]) if common else np.log(hps)
+    potential, logp = fn({"log_mu0_hp": log_mu0, "log_hp": log_hp})
+    reference = JointGP(individuals, HP0, hps, m0=0.4)
+    np.testing.assert_allclose(potential, reference.log_likelihood(), rtol=1e-8)
+
+    initial = model.initial_hyperparameters(model.data_)
+    centre0, centre = np.log(initial.mean_process.to_numpy()), np.log(initial.individual.to_numpy()[0])
+    hp_prior = stats.norm(0.0, 1.0) if custom else stats.norm(centre, PRIOR_SD)
+    priors = stats.norm(centre0, PRIOR_SD).logpdf(log_mu0).sum() + hp_prior.logpdf(log_hp).sum()
+    np.testing.assert_allclose(logp, potential + priors, rtol=1e-8)
+
+
+def test_mixture_quantiles_against_root_finding():
+    rng = np.random.default_rng(0)
+    means, variances = rng.normal(0, 1, (5, 3)), rng.uniform(0.1, 2.0, (5, 3))
+    q = mixture_quantiles(means, variances, (0.025, 0.5, 0.975))
+    for j in range(3):
+        for k, p in enumerate((0.025, 0.5, 0.975)):
+            cdf = lambda x: stats.norm(means[:, j], np.sqrt(variances[:, j])).cdf(x).mean() - p  # noqa: E731
+            np.testing.assert_allclose(q[k, j], optimize.brentq(cdf, -20, 20, xtol=1e-14), atol=1e-10)
+    one = mixture_quantiles(means[:1], variances[:1], (0.975,))
+    np.testing.assert_allclose(one[0], means[0] + stats.norm.ppf(0.975) * np.sqrt(variances[0]), rtol=1e-12)
+
+
+def test_diagnostics_warn_on_divergences_rhat_and_ess():
+    rng = np.random.default_rng(1)
+    post = xr.Dataset({
+        "log_mu0_hp": (("chain", "draw", "mean_hp"), rng.normal(0, 1, (2, 50, 2)) + np.array([0, 5])[:, None, None]),
+        "log_hp": (("chain", "draw", "hp"), rng.normal(0, 1, (2, 50, 3))),
+    })
+    stats_ = xr.Dataset({"diverging": (("chain", "draw"), np.arange(100).reshape(2, 50) == 7)})
+    tree = xr.DataTree.from_dict({"posterior": post, "sample_stats": stats_})
+    with pytest.warns(mp.ConvergenceWarning, match="1 divergent") as record:
+        problems = _check_diagnostics(tree)
+    assert "r_hat" in str(record[0].message) and "ESS" in str(record[0].message) and len(problems) == 3
+
+
+# ----------------------------------------------------------------------------------- sampling
+@pytest.fixture(scope="module")
+def simulation():
+    return mp.simulate(n_individuals=8, n_points=10, common_grid=True, seed=3, n_new=2)
+
+
+@pytest.fixture(scope="module")
+def nuts_common(simulation):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = mp.Magma(common_hp=True).fit(simulation.data, method="nuts", draws=300, tune=300, chains=2,
+                                             random_seed=11, thin=10, **SAMPLER)
+    return model, [w for w in caught if issubclass(w.category, mp.ConvergenceWarning)]
+
+
+@pytest.fixture(scope="module")
+def em_common(simulation):
+    return mp.Magma(common_hp=True).fit(simulation.data)
+
+
+def test_nuts_posterior_contains_em_estimate(nuts_common, em_common):
+    model, convergence_warnings = nuts_common
+    tree = model.idata_
+    print("diagnostics:", tree.attrs["diagnostics"], "sampling_time:", tree["posterior"].attrs.get("sampling_time"))
+    summary = az.summary(tree, var_names=HP_NAMES)
+    print(summary)
+    assert "r_hat" in summary.columns and "ess_bulk" in summary.columns
+    assert tree["posterior"]["variance"].dims == ("chain", "draw")
+    assert tree["posterior"]["log_hp"].dims == ("chain", "draw", "hp")
+    assert dict(tree["posterior"].sizes) == {"chain": 2, "draw": 300, "mean_hp": 2, "hp": 3}
+    assert {"sample_stats", "hyperposterior", "observed_data"} <= set(tree.children)
+    assert tree["hyperposterior"]["mu0_mean_draws"].dims == ("chain", "draw", "input")
+    assert tree["hyperposterior"].sizes["draw"] == 30            # thin=10
+    assert model.converged_ == (not convergence_warnings)
+    assert int(tree["sample_stats"]["diverging"].sum()) == 0
+    assert float(summary["r_hat"].max()) < 1.05
+    # EM's estimate (MLE, flat priors) lies in the central 95% posterior interval of every HP.
+    em = em_common.idata_["posterior"]
+    for name in HP_NAMES:
+        draws = tree["posterior"][name].values.ravel()
+        lo, hi = np.quantile(draws, [0.025, 0.975])
+        assert lo < float(em[name].values.ravel()[0]) < hi, (name, lo, hi, float(em[name].values.ravel()[0]))
+    # hyperparameters_ is the posterior median; the likelihood is evaluated there.
+    np.testing.assert_allclose(model.hyperparameters_.individual["noise"].iloc[0],
+                               np.median(tree["posterior"]["noise"].values), rtol=1e-4)
+    assert np.isfinite(model.log_likelihood_) and model.fit_seconds_ > 0
+
+
+def test_nuts_predict_is_mixture_over_draws(nuts_common, simulation, tmp_path):
+    model, _ = nuts_common
+    observed, _ = mp.split_observed(simulation.new, 6)
+    new = observed[observed["ID"] == simulation.new_ids[0]]
+    t_pred = np.array([0.5, 3.0, 7.7, 12.0])
+    pred = model.predict(new, t_pred)
+    assert pred.attrs["n_draws"] == 60
+    for name in ("mean", "variance", "lower", "upper", "latent_variance", "latent_lower", "latent_upper"):
+        assert np.all(np.isfinite(pred[name].values)), name
+    # Reference: a fixed-HP MAGMA prediction at every (thinned) draw, averaged (law of total variance).
+    post = model.idata_["posterior"].to_dataset().isel(draw=slice(None, None, 10)).stack(sample=("chain", "draw"))
+    means, variances = [], []
+    for s in range(post.sizes["sample"]):
+        hp = {"mean_process": {n: float(post["mu0_" + n][s]) for n in ("variance", "lengthscale")},
+              "individual": {n: float(post[n][s]) for n in ("variance", "lengthscale", "noise")}}
+        fixed = mp.Magma(common_hp=True, jitter=SAMPLING_JITTER)
+        fixed.fit(simulation.data, method="fixed", hyperparameters=hp)
+        one = fixed.predict(new, t_pred)
+        means.append(one["mean"].values), variances.append(one["variance"].values)
+    means, variances = np.array(means), np.array(variances)
+    np.testing.assert_allclose(pred["mean"].values, means.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(pred["variance"].values, variances.mean(0) + means.var(0), rtol=1e-6)
+    assert np.all(pred["variance"].values >= variances.mean(0))
+    assert np.all(pred["lower"].values < pred["mean"].values) and np.all(pred["mean"].values < pred["upper"].values)
+    hyper = model.hyperposterior()
+    np.testing.assert_allclose(hyper["mean"].values, model.idata_["hyperposterior"]["mu0_mean"].values, rtol=1e-6)
+    # Saved and loaded, the model still predicts by averaging over its draws.
+    model.save(tmp_path / "nuts.nc")
+    loaded = mp.Magma.load(tmp_path / "nuts.nc")
+    np.testing.assert_allclose(loaded.predict(new, t_pred)["variance"].values, pred["variance"].values, rtol=1e-10)
+
+
+def test_compare_fits_table(nuts_common, em_common, simulation):
+    model, _ = nuts_common
+    observed, target = mp.split_observed(simulation.new, 6)
+    table = compare_fits({"em": em_common, "nuts": model}, observed, target)
+    print(table.T)
+    assert list(table.index) == ["em", "nuts"] and list(table["method"]) == ["em", "nuts"]
+    assert set(HP_NAMES) | {"log_likelihood", "fit_seconds", "mse", "coverage"} <= set(table.columns)
+    assert table[["log_likelihood", "fit_seconds", "mse"]].notna().all().all()
+    assert ((table["coverage"] >= 0) & (table["coverage"] <= 1)).all()
+    # EM maximises the likelihood: the posterior median cannot beat it by more than EM's tolerance.
+    em_ll = table.loc["em", "log_likelihood"]
+    assert em_ll >= table.loc["nuts", "log_likelihood"] - 1e-3 * abs(em_ll)
+
+
+def test_nuts_different_hp_reproducible(small_problem):
+    """Different HP: posterior dims (chain, draw, individual, hp); same seed, identical draws; Type II prediction."""
+    data = make_long(small_problem)
+    fits = []
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mp.ConvergenceWarning)
+            fits.append(mp.Magma(common_hp=False).fit(data, method="nuts", draws=30, tune=30, chains=1,
+                                                      random_seed=5, thin=10, **SAMPLER))
+    first, second = (f.idata_["posterior"] for f in fits)
+    assert first["log_hp"].dims == ("chain", "draw", "individual", "hp")
+    assert first["noise"].dims == ("chain", "draw", "individual")
+    np.testing.assert_array_equal(first["log_hp"].values, second["log_hp"].values)
+    np.testing.assert_array_equal(first["log_mu0_hp"].values, second["log_mu0_hp"].values)
+    pred = fits[0].predict(None, [1.0, 2.0])
+    assert pred.attrs["hp_source"] == "median" and pred.attrs["n_draws"] == 3
+    assert np.all(np.isfinite(pred["variance"].values)) and np.all(pred["variance"].values > 0)
