@@ -5,6 +5,7 @@ processes with common mean", Machine Learning 111 (2022).
 """
 
 from magma_pymc import datasets, kernels
+from magma_pymc.bayes import compare_fits
 from magma_pymc.data import MagmaInputError
 from magma_pymc.datasets import simulate, split_observed
 from magma_pymc.estimator import Magma
@@ -26,6 +27,7 @@ __all__ = [
     "MagmaWarning",
     "simulate",
     "split_observed",
+    "compare_fits",
     "datasets",
     "kernels",
     "__version__",

@@ -108,7 +108,7 @@ class ModelGraphs:
 
     @cached_property
     def log_likelihood(self) -> Function:
-        """Exact marginal log-likelihood (``DESIGN.md`` section 4) and its gradient w.r.t. both HP blocks."""
+        """Exact marginal log-likelihood (theory page, *Marginal likelihood*) and its gradient w.r.t. both HP blocks."""
         mean_hp, ind_hp = self._hp()
         inputs, estep, _ = self._estep_graph(mean_hp, ind_hp)
         grads = pytensor.grad(estep.log_likelihood, [mean_hp, ind_hp])
@@ -173,7 +173,7 @@ class ModelGraphs:
     @cached_property
     def new_individual_step(self) -> Function:
         """``(hp, obs_inputs, obs_outputs, mean, cov, jitter) -> (value, grad)``: negative
-        log-likelihood of the new individual's HP (``DESIGN.md`` section 5.2)."""
+        log-likelihood of the new individual's HP (theory page, *Prediction*)."""
         log_params = pt.vector("log_params", dtype="float64")
         args = _new_individual_inputs()
         value = build_new_individual_objective(self.individual_kernel, log_params, *args)
@@ -182,7 +182,7 @@ class ModelGraphs:
     @cached_property
     def predictive(self) -> Function:
         """``(hp, obs_inputs, obs_outputs, obs_mean, pred_inputs, joint_mean, joint_cov, jitter) ->
-        (mean, latent_cov, predictive_cov)`` (``DESIGN.md`` section 5.3)."""
+        (mean, latent_cov, predictive_cov)`` (theory page, *Prediction*)."""
         log_params = pt.vector("log_params", dtype="float64")
         obs_inputs = pt.matrix("obs_inputs", dtype="float64")
         obs_outputs = pt.vector("obs_outputs", dtype="float64")

@@ -2,7 +2,7 @@ r"""The EM loop: ``em_step(state, problem) -> (state, info)`` and :func:`run_em`
 
 One iteration alternates the closed-form E-step (hyper-posterior of :math:`\mu_0`) with the two
 independent M-steps (mean-process HP, individual HP). The exact marginal log-likelihood of
-``DESIGN.md`` section 4 is computed with every E-step; EM never decreases it, up to the
+theory page, *Marginal likelihood* is computed with every E-step; EM never decreases it, up to the
 M-step optimiser's tolerance. Iteration stops when its relative change falls below ``tol``.
 """
 
@@ -81,7 +81,7 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
                 f"give numerically singular covariances (mean process {np.exp(state.mean_log_params)}, "
                 f"individuals {np.exp(state.log_params)})"
             )
-        jitter *= 10.0
+        jitter = jitter * 10.0 if jitter > 0 else JITTER_DEFAULT * problem.output_scale  # 0 * 10 would loop
     if jitter != state.jitter:
         warnings.warn(
             f"Cholesky failed; jitter raised from {state.jitter:.3g} to {jitter:.3g} (recorded in the results)",

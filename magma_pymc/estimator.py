@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +18,7 @@ import pymc as pm
 import xarray as xr
 
 from magma_pymc.compiled import DEFAULT_MODE, graphs_for
-from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
+from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inputs, as_training_data
 from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, estep, run_em
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.params import HyperParameters
@@ -99,6 +100,7 @@ class Magma:
         if mean_step not in ("marginal", "expected"):
             raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
         self.mean_step = mean_step
+        _check_settings(common_hp, max_iter, tol, jitter)
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
@@ -147,6 +149,7 @@ class Magma:
         self._check_kernels(train)
         self.data_ = train
         self._prior_mean_value = self._resolve_prior_mean(train)
+        self._prior_mean_value(train.grid)  # checks a callable prior mean early, on the distinct inputs
         problem = self._problem(train)
         if hyperparameters is None:
             hp = self.initial_hyperparameters(train)
@@ -291,10 +294,19 @@ class Magma:
         return load_model(path, **kwargs)
 
     # ------------------------------------------------------------------------- PyMC model
-    def build_model(self, data: Any | None = None) -> pm.Model:
-        """The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`), for ``data``
-        (default: the training data), with the default priors centred on the data-driven initial HP.
-        Visualise it with ``pm.model_to_graphviz(model.build_model())``."""
+    def build_model(
+        self,
+        data: Any | None = None,
+        *,
+        priors: Mapping[str, Any] | None = None,
+        jitter: float = 1e-8,
+        noncentred: bool = False,
+    ) -> pm.Model:
+        r"""The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`), for ``data``
+        (default: the training data), with the default priors centred on the data-driven initial HP
+        (or ``priors``). Visualise it with ``pm.model_to_graphviz(model.build_model())``; sample it
+        (latent :math:`\mu_0` and :math:`f_i`, small data only) with ``fit(..., method="nuts",
+        marginalised=False)``."""
         from magma_pymc.model import build_model
 
         if data is None:
@@ -308,7 +320,8 @@ class Magma:
             np.log(initial.individual.to_numpy()[0]),
         )
         return build_model(
-            train, self.mean_kernel, self.kernel, self._resolve_prior_mean(train), common_hp=self.common_hp, centres=centres
+            train, self.mean_kernel, self.kernel, self._resolve_prior_mean(train), common_hp=self.common_hp,
+            centres=centres, priors=priors, jitter=jitter, noncentred=noncentred,
         )
 
     # -------------------------------------------------------------------------- internals
@@ -330,8 +343,14 @@ class Magma:
             value = float(np.concatenate([ind.outputs for ind in train.individuals]).mean())
             return _Constant(value)
         if callable(m0):
-            return m0
-        return _Constant(float(m0))
+            return _CheckedPriorMean(m0)
+        try:
+            value = float(m0)
+        except (TypeError, ValueError):
+            raise MagmaInputError(f"prior_mean must be a number, a callable or None, got {m0!r}") from None
+        if not np.isfinite(value):
+            raise MagmaInputError(f"prior_mean must be finite, got {value!r}")
+        return _Constant(value)
 
     def _problem(self, train: TrainingData) -> Problem:
         graphs = graphs_for(
@@ -365,7 +384,8 @@ class Magma:
         )
 
     def _datatree(self, trace, method: str) -> xr.DataTree:
-        ids = None if self.common_hp else self.data_.ids
+        # IDs as strings here: hp_dataset's np.asarray(ids, dtype=str) fails on tuple IDs
+        ids = None if self.common_hp else np.array([str(i) for i in self.data_.ids])
         names = (self.mean_kernel.names, self.kernel.names)
         posterior = hp_dataset(
             *names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"), ids
@@ -401,9 +421,57 @@ class _Constant:
         return f"{self.value!r}"
 
 
+class _CheckedPriorMean:
+    """A callable prior mean whose values are checked: shape ``(n,)`` (a scalar is broadcast), finite."""
+
+    def __init__(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.function = function
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        n = np.shape(inputs)[0]
+        values = np.asarray(self.function(inputs), dtype=float)
+        if values.ndim == 0:
+            values = np.full(n, float(values))
+        if values.shape != (n,):
+            raise MagmaInputError(
+                f"prior_mean returned shape {values.shape} for {n} input(s) of shape {np.shape(inputs)}; "
+                f"it must return one value per input row, shape ({n},)"
+            )
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise MagmaInputError(
+                f"prior_mean returned {int(bad.sum())} NaN/inf value(s), e.g. at input(s) "
+                f"{np.asarray(inputs)[bad][:3].tolist()}"
+            )
+        return values
+
+    def __repr__(self) -> str:
+        return repr(self.function)
+
+
+def _check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any) -> None:
+    """Early, explicit errors for the estimator's settings (a zero or NaN jitter could loop forever)."""
+    if common_hp not in (True, False):
+        raise ValueError(f"common_hp must be True or False, got {common_hp!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    for name, value in (("tol", tol), ("jitter", jitter)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def _scales(train: TrainingData) -> tuple[float, float]:
     """Input range (largest over dimensions) and output variance: the units of HP defaults and bounds."""
-    span = float(np.max(np.ptp(train.grid, axis=0))) if train.n_inputs > 1 else 1.0
     outputs = np.concatenate([ind.outputs for ind in train.individuals])
-    variance = float(np.var(outputs)) if outputs.size > 1 else 1.0
+    with np.errstate(over="ignore", invalid="ignore"):  # finite data whose spread overflows float64
+        span = float(np.max(np.ptp(train.grid, axis=0))) if train.n_inputs > 1 else 1.0
+        variance = float(np.var(outputs)) if outputs.size > 1 else 1.0
+    for field, value, names in (("inputs", span, train.input_names), ("outputs", variance, ("Output",))):
+        if not np.isfinite(value):
+            size = {ind.id: float(np.max(np.abs(getattr(ind, field)))) for ind in train.individuals}
+            worst = max(size, key=size.get)
+            raise MagmaInputError(
+                f"individual {worst!r}: {field} {names} as large as {size[worst]:.3g} make the "
+                f"{'range' if field == 'inputs' else 'variance'} of the {field} overflow float64; rescale them"
+            )
     return (span if span > 0 else 1.0), (variance if variance > 0 else 1.0)

@@ -4,7 +4,7 @@ Pure functions from symbolic tensors to symbolic tensors; compiling happens else
 (:mod:`magma_pymc.compiled`). EM, NUTS and prediction all build on :func:`build_estep`, so the
 linear algebra below is written once.
 
-Notation (``DESIGN.md`` sections 1, 2 and 4): union grid :math:`t` of :math:`N` inputs, individual
+Notation (theory page: *Model*, *E-step*, *Marginal likelihood*): union grid :math:`t` of :math:`N` inputs, individual
 :math:`i` observed at :math:`t_i \subset t` (selection :math:`P_i`, an integer index), residuals
 :math:`r_i = y_i - m_0(t_i)`, :math:`\Psi_i = C_{\theta_i}(t_i,t_i) + \sigma_i^2 I`.
 
@@ -88,7 +88,7 @@ class EStep(NamedTuple):
     alpha: TensorVariable           # (N,) B^{-1} c, so that mhat - m0 = L0 alpha
     chol_prior: TensorVariable      # (N, N) L0
     chol_b: TensorVariable          # (N, N) L_B
-    log_likelihood: TensorVariable  # () exact marginal log-likelihood (DESIGN section 4)
+    log_likelihood: TensorVariable  # () exact marginal log-likelihood (theory: marginal likelihood)
 
 
 def batched_diagonal(matrix: TensorVariable) -> TensorVariable:
@@ -136,7 +136,7 @@ def build_estep(
 ) -> EStep:
     r"""Hyper-posterior :math:`\mathcal N(\hat m, \hat K)` of :math:`\mu_0` on the grid, and :math:`\log p(y)`.
 
-    Implements the whitened E-step of the module docstring (``DESIGN.md`` section 2) with one
+    Implements the whitened E-step of the module docstring (theory page, *E-step*) with one
     Cholesky factorisation per individual (batched) plus two of size :math:`N`. Padded slots are
     neutral: :math:`\Psi` is the identity there, residuals and the rows of :math:`P_i L_0` are zero.
     """
@@ -171,7 +171,7 @@ def build_estep_common(
 
     With :math:`t_i = t` and :math:`\Psi_i = \Psi` for all i (``residuals`` is ``(M, N)``):
     :math:`B = I + M\, W^\top W` with :math:`W = L_\Psi^{-1} L_0`, and
-    :math:`c = W^\top L_\Psi^{-1} \sum_i r_i` (``DESIGN.md`` section 2).
+    :math:`c = W^\top L_\Psi^{-1} \sum_i r_i` (theory page, *E-step*).
     """
     n_individuals, n_grid = residuals.shape
     prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter)
@@ -220,7 +220,7 @@ def build_mean_process_at(
     new_inputs: TensorVariable,
     jitter: TensorVariable,
 ) -> tuple[TensorVariable, TensorVariable]:
-    r"""Posterior of :math:`\mu_0` at new inputs :math:`s`, exact given all training data (``DESIGN.md`` 5.1).
+    r"""Posterior of :math:`\mu_0` at new inputs :math:`s`, exact given all training data (theory page, *Prediction*).
 
     The data inform :math:`\mu_0` only through its values on the grid, so with
     :math:`Q = K_0(s,t) L_0^{-\top}`:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+from pytensor.tensor.linalg import cholesky
 
 from magma_pymc.data import TrainingData
 from magma_pymc.kernels import Kernel
@@ -47,8 +48,9 @@ def build_model(
     centres: tuple[np.ndarray, np.ndarray],
     priors: Mapping[str, LogPriorFactory] | None = None,
     jitter: float = 1e-8,
+    noncentred: bool = False,
 ) -> pm.Model:
-    """Declare the MAGMA model for ``data``.
+    r"""Declare the MAGMA model for ``data``.
 
     Parameters
     ----------
@@ -63,6 +65,11 @@ def build_model(
         alone (flat priors).
     jitter
         Added to the diagonal of the mean process's prior covariance.
+    noncentred
+        Declare :math:`\mu_0 = m_0 + L_0 z_0` and :math:`f_i = L_i z_i` with standard normal
+        ``mu0_white``, ``f_white`` and Cholesky factors :math:`L` of the prior covariances (same
+        distribution; the geometry NUTS samples well when the data say little about the latent
+        values). ``mu0`` and ``f`` are then Deterministics.
     """
     priors = dict(priors or {})
     grid = data.grid
@@ -91,13 +98,21 @@ def build_model(
             pm.Deterministic(name, pt.exp(log_hp[..., k]), dims=None if common_hp else "individual")
 
         prior_cov = mean_kernel.covariance(mean_log)(grid_data) + jitter * pt.eye(data.n_inputs)
-        mu0 = pm.MvNormal("mu0", mu=prior_mean(grid), cov=prior_cov, dims="input")
+        if noncentred:
+            white0 = pm.Normal("mu0_white", dims="input")
+            mu0 = pm.Deterministic("mu0", prior_mean(grid) + cholesky(prior_cov, lower=True) @ white0, dims="input")
+        else:
+            mu0 = pm.MvNormal("mu0", mu=prior_mean(grid), cov=prior_cov, dims="input")
 
         mask = pt.as_tensor(data.mask)
         cov = kernel.batched(inputs, log_hp[..., :-1])
         # Padded slots: identity rows/columns keep the batch positive definite.
         cov = cov * (mask[:, :, None] * mask[:, None, :]) + (1.0 - mask)[:, :, None] * pt.eye(data.n_max)
-        f = pm.MvNormal("f", mu=0.0, cov=cov, dims=("individual", "slot"))
+        if noncentred:
+            white = pm.Normal("f_white", dims=("individual", "slot"))
+            f = pm.Deterministic("f", (cholesky(cov, lower=True) @ white[..., None])[..., 0], dims=("individual", "slot"))
+        else:
+            f = pm.MvNormal("f", mu=0.0, cov=cov, dims=("individual", "slot"))
 
         mu0_padded = pt.concatenate([mu0, pt.zeros((1,))])[data.index]
         noise_sd = pt.sqrt(pt.exp(log_hp[..., -1]))

@@ -1,4 +1,4 @@
-r"""M-step objectives (``DESIGN.md`` section 3) as PyTensor graphs, and the L-BFGS-B driver.
+r"""M-step objectives (theory page, *M-step*) as PyTensor graphs, and the L-BFGS-B driver.
 
 Each builder returns the *negative* expected complete-data log-likelihood (to minimise) of one
 block of hyper-parameters given the current hyper-posterior :math:`\mathcal N(\hat m, \hat K)`:

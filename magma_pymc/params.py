@@ -65,7 +65,8 @@ class HyperParameters:
     ) -> HyperParameters:
         columns = [*kernel.names, NOISE]
         rows = np.exp(np.atleast_2d(log_params))
-        index = pd.Index([COMMON_ROW] if ids is None else list(ids), name="individual")
+        # tupleize_cols=False: tuple IDs stay labels (not a MultiIndex, which rejects a single name)
+        index = pd.Index([COMMON_ROW] if ids is None else list(ids), name="individual", tupleize_cols=False)
         return cls(
             mean_process=pd.Series(np.exp(mean_log), index=list(mean_kernel.names), name="mean_process"),
             individual=pd.DataFrame(rows, index=index, columns=columns),
@@ -87,12 +88,16 @@ class HyperParameters:
                 raise ValueError(
                     f"hyper-parameters need exactly the keys 'mean_process' and 'individual'; got {sorted(value)}"
                 )
-            mean = pd.Series(dict(value["mean_process"]), dtype=float, name="mean_process")
-            individual = value["individual"]
-            if isinstance(individual, pd.DataFrame):
-                table = individual.astype(float)
-            else:
-                table = pd.DataFrame([dict(individual)], index=pd.Index([COMMON_ROW], name="individual"), dtype=float)
+            try:
+                group = "mean_process"
+                mean = pd.Series(dict(value["mean_process"]), dtype=float, name="mean_process")
+                group, individual = "individual", value["individual"]
+                if isinstance(individual, pd.DataFrame):
+                    table = individual.astype(float)
+                else:
+                    table = pd.DataFrame([dict(individual)], index=pd.Index([COMMON_ROW], name="individual"), dtype=float)
+            except (TypeError, ValueError) as err:  # e.g. a string value, or not a mapping
+                raise ValueError(f"{group} hyper-parameters must be a mapping of numbers: {err}") from None
             hp = cls(mean, table)
         else:
             raise TypeError(f"hyper-parameters must be a HyperParameters or a dict, got {type(value).__name__}")

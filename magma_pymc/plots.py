@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = ["plot_data", "plot_mean_process", "plot_prediction", "plot_heatmap", "plot_em_trace",
-           "animate_prediction"]
+           "plot_hp_posterior", "animate_prediction"]
 
 #: Points of one individual: a long frame (``Input``, ``Output`` columns) or an ``(x, y)`` pair.
 Points = pd.DataFrame | tuple[Any, Any]
@@ -329,6 +329,56 @@ def plot_em_trace(model_or_idata: Any, axes: Any = None, *, truth: Mapping | Non
     legend_ax = axes[1] if len(axes) > 1 and truth is not None else axes[0]
     legend_ax.legend(fontsize="small")
     return axes
+
+
+def plot_hp_posterior(
+    nuts: Any, point_estimates: Mapping[str, Any] | None = None, axes: Any = None, *, truth: Mapping | None = None,
+    bins: int = 40,
+) -> np.ndarray:
+    """Posterior draws of every hyper-parameter (log-scale histograms), beside point estimates.
+
+    Parameters
+    ----------
+    nuts : Magma or xarray.DataTree
+        A model fitted with ``method="nuts"`` (or its ``idata_``). With different HP, each
+        individual HP panel pools the draws of all individuals.
+    point_estimates : dict, optional
+        ``{label: fitted Magma or its idata_}`` (e.g. ``{"EM": em_model}``), drawn as vertical
+        lines at their ``posterior`` values (chain 0, draw 0; one line per individual).
+    truth : dict, optional
+        True HP laid out as ``simulate(...).hyperparameters``, dashed black lines.
+
+    Returns
+    -------
+    numpy.ndarray
+        The axes, one per hyper-parameter, flat.
+    """
+    import matplotlib.pyplot as plt
+
+    post = getattr(nuts, "idata_", nuts)["posterior"]
+    names = [v for v in post.data_vars if not v.startswith("log_") and set(post[v].dims) <= {"chain", "draw", "individual"}]
+    if axes is None:
+        fig, grid = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False, layout="constrained")
+        axes = grid
+    axes = np.asarray(axes, dtype=object).ravel()
+    if axes.size < len(names):
+        raise ValueError(f"need {len(names)} axes (one per hyper-parameter), got {axes.size}")
+    for ax, name in zip(axes, names):
+        draws = post[name].values.ravel()
+        edges = np.geomspace(draws.min(), draws.max(), bins + 1) if draws.min() < draws.max() else bins
+        ax.hist(draws, bins=edges, density=True, color="0.7", label="NUTS draws")
+        for k, (label, fitted) in enumerate((point_estimates or {}).items()):
+            values = np.ravel(getattr(fitted, "idata_", fitted)["posterior"][name].isel(chain=0, draw=0).values)
+            for j, v in enumerate(values):
+                ax.axvline(v, color=f"C{k}", lw=1.5, label=label if j == 0 else None)
+        value = None if truth is None else _truth_value(truth, name)
+        if value is not None:
+            for j, v in enumerate(np.ravel(np.asarray(value, dtype=float))):
+                ax.axvline(v, ls="--", color="k", lw=1.2, label="truth" if j == 0 else None)
+        ax.set_xscale("log")
+        ax.set(title=name, yticks=[])
+    axes[0].legend(fontsize="small")
+    return axes[: len(names)]
 
 
 def animate_prediction(

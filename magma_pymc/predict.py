@@ -1,4 +1,4 @@
-r"""Prediction for a new individual (``DESIGN.md`` section 5): Type I (some points observed) and Type II (none).
+r"""Prediction for a new individual (theory page, *Prediction*): Type I (some points observed) and Type II (none).
 
 1. Hyper-posterior of :math:`\mu_0` at :math:`s = (t_*, t_p)` given all training data
    (:func:`magma_pymc.hyperposterior.build_mean_process_at`).

@@ -1,4 +1,4 @@
-r"""Graphs for a new individual (``DESIGN.md`` section 5.2 and 5.3).
+r"""Graphs for a new individual (theory page, *Prediction*).
 
 Given the hyper-posterior of :math:`\mu_0` at :math:`s = (t_*, t_p)` -- observed inputs of the new
 individual first, prediction inputs after -- with mean :math:`\hat m(s)` and covariance

@@ -175,7 +175,7 @@ def test_nuts_predict_is_mixture_over_draws(nuts_common, simulation, tmp_path):
 def test_compare_fits_table(nuts_common, em_common, simulation):
     model, _ = nuts_common
     observed, target = mp.split_observed(simulation.new, 6)
-    table = compare_fits({"em": em_common, "nuts": model}, observed, target)
+    table = compare_fits({"em": em_common, "nuts": model}, new_data=observed, target=target)
     print(table.T)
     assert list(table.index) == ["em", "nuts"] and list(table["method"]) == ["em", "nuts"]
     assert set(HP_NAMES) | {"log_likelihood", "fit_seconds", "mse", "coverage"} <= set(table.columns)
@@ -203,3 +203,23 @@ def test_nuts_different_hp_reproducible(small_problem):
     pred = fits[0].predict(None, [1.0, 2.0])
     assert pred.attrs["hp_source"] == "median" and pred.attrs["n_draws"] == 3
     assert np.all(np.isfinite(pred["variance"].values)) and np.all(pred["variance"].values > 0)
+
+
+@pytest.mark.slow
+def test_literal_model_gives_the_same_hp_posterior():
+    """Marginalised target vs the literal model (mu0 and every f_i latent, non-centred): posterior
+    means of every log HP agree within 4 combined Monte Carlo standard errors, sds within 30%."""
+    sim = mp.simulate(n_individuals=3, n_points=5, common_grid=False, seed=7)
+    summaries = []
+    for marginalised in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mp.ConvergenceWarning)  # a few divergences in the literal funnel
+            fit = mp.Magma().fit(sim.data, method="nuts", marginalised=marginalised, draws=500, tune=500, chains=2,
+                                 random_seed=2, target_accept=0.95, compile_mode="NUMBA", **SAMPLER)
+        assert fit.idata_.attrs["marginalised"] == int(marginalised)
+        summaries.append(az.summary(fit.idata_, var_names=["log_mu0_hp", "log_hp"]).astype(float))
+    marginal, literal = summaries
+    print(pd.concat({"marginal": marginal[["mean", "sd", "mcse_mean"]], "literal": literal[["mean", "sd", "mcse_mean"]]}, axis=1))
+    z = (marginal["mean"] - literal["mean"]).abs() / np.hypot(marginal["mcse_mean"], literal["mcse_mean"])
+    assert (z < 4).all(), z
+    np.testing.assert_allclose(literal["sd"], marginal["sd"], rtol=0.3)

@@ -70,7 +70,7 @@ def test_mean_process_at_new_inputs_grid_formula_vs_dense(small_problem):
 
 
 def test_mean_process_at_new_inputs_equals_estep_recomputed_on_union(small_problem):
-    """DESIGN 5.1: the grid formula and MagmaClustR's recomputation on t U s agree."""
+    """Theory, prediction: the grid formula and MagmaClustR's recomputation on t U s agree."""
     model, _ = fixed_model(small_problem, common_hp=True)
     s = np.array([0.3, 2.55, 7.1])
     post = model.hyperposterior(s)

@@ -220,3 +220,26 @@ def test_animate_prediction_pairs_type_ii_and_samples(fitted, tmp_path):
     assert "type II" in ax.get_title() and "observed" not in _labels(ax)
     assert len(ax.get_lines()) == 3 and "95% latent interval" in _labels(ax)
     assert path.read_bytes()[:4] == b"GIF8"
+
+
+def test_plot_hp_posterior(fitted, tmp_path):
+    """One log-x histogram per HP of the draws, the EM estimate and the truth as vertical lines."""
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    names = ["mu0_variance", "mu0_lengthscale", "variance", "lengthscale", "noise"]
+    post = xr.Dataset({n: (("chain", "draw"), np.exp(rng.normal(0, 0.3, (2, 100)))) for n in names})
+    post["log_hp"] = (("chain", "draw", "hp"), rng.normal(size=(2, 100, 3)))  # not drawn: log scale
+    tree = xr.DataTree.from_dict({"posterior": post})
+    sim, model = fitted["sim"], fitted["model"]
+    axes = plots.plot_hp_posterior(tree, {"EM": model}, truth=sim.hyperparameters, bins=20)
+    assert [ax.get_title() for ax in axes] == names
+    for ax, name in zip(axes, names):
+        assert len(ax.patches) == 20 and ax.get_xscale() == "log"
+        em_value = float(model.idata_["posterior"][name].values.ravel()[0])
+        xs = [line.get_xdata()[0] for line in ax.get_lines()]
+        assert np.isclose(xs[0], em_value)
+    truth_lines = [ln for ln in axes[0].get_lines() if ln.get_label() == "truth"]
+    assert np.isclose(truth_lines[0].get_xdata()[0], sim.hyperparameters["mean_process"]["variance"])
+    assert {"NUTS draws", "EM", "truth"} <= set(_labels(axes[0]))
+    _save(axes[0], tmp_path, "hp_posterior")
