@@ -32,7 +32,6 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 from scipy.special import ndtr
-from threadpoolctl import threadpool_limits
 
 from magma_pymc.data import as_individual, as_inputs
 from magma_pymc.em import EMState, Problem, estep
@@ -143,7 +142,7 @@ def fit_nuts(
     options = dict(initvals={MEAN_LOG_HP: state.mean_log_params, LOG_HP: state.log_params}) if initial else {}
     if nuts_sampler == "pymc":
         options["compile_kwargs"] = {"mode": compile_mode or model.compile_mode}
-    with threadpool_limits(1), pm_model, warnings.catch_warnings():
+    with pm_model, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
         tree = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=random_seed, nuts_sampler=nuts_sampler,
                          target_accept=target_accept, progressbar=progressbar, compute_convergence_checks=False,
@@ -216,11 +215,10 @@ def _hyperposterior_group(
     chains, draws = mean_log.shape[:2]
     jitter = model._state.jitter
     mixture = _Mixture()
-    with threadpool_limits(1):  # small matrices: BLAS threads only add overhead (10x measured)
-        for c in range(chains):
-            for d in range(draws):
-                outputs = problem.graphs.estep(mean_log[c, d], log_params[c, d], *problem.data_args, jitter)
-                mixture.add(outputs[0], outputs[1])
+    for c in range(chains):
+        for d in range(draws):
+            outputs = problem.graphs.estep(mean_log[c, d], log_params[c, d], *problem.data_args, jitter)
+            mixture.add(outputs[0], outputs[1])
     means = np.array(mixture.means).reshape(chains, draws, -1)
     mix_mean, mix_cov = mixture.moments()
     m0 = model._prior_mean_value(grid)
@@ -297,9 +295,8 @@ def hyperposterior_nuts(model: Magma, inputs: Any | None = None, *, prob: float 
     draws, jitter = _draw_args(model)
     problem, m0 = model._problem_, model._prior_mean_value(x)
     mixture = _Mixture()
-    with threadpool_limits(1):
-        for hp in draws:
-            mixture.add(*mean_process_at(problem.graphs, hp, problem.data_args, jitter, x, m0))
+    for hp in draws:
+        mixture.add(*mean_process_at(problem.graphs, hp, problem.data_args, jitter, x, m0))
     ds = gaussian_dataset(x, model.data_.input_names, *mixture.moments(), prob, full_cov=True)
     lower, upper = mixture.quantiles((0.5 - prob / 2, 0.5 + prob / 2))
     ds["lower"], ds["upper"] = ("input", lower), ("input", upper)
@@ -329,18 +326,17 @@ def predict_nuts(
     graphs, m0 = problem.graphs, model._prior_mean_value(joint_inputs)
     bounds = problem.bounds[: len(model.kernel.names) + 1]
     latent, predictive, new_hp = _Mixture(), _Mixture(), []
-    with threadpool_limits(1):
-        for mean_log, log_params in draws:
-            joint_mean, joint_cov = mean_process_at(
-                graphs, (mean_log, log_params), problem.data_args, jitter, joint_inputs, m0
-            )
-            hp = fit_new_individual(
-                graphs, individual, joint_mean[:n_obs], joint_cov[:n_obs, :n_obs], log_params, bounds, jitter
-            )
-            pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
-            latent.add(pred.mean, pred.latent_cov)
-            predictive.add(pred.mean, pred.predictive_cov)
-            new_hp.append(hp.log_params)
+    for mean_log, log_params in draws:
+        joint_mean, joint_cov = mean_process_at(
+            graphs, (mean_log, log_params), problem.data_args, jitter, joint_inputs, m0
+        )
+        hp = fit_new_individual(
+            graphs, individual, joint_mean[:n_obs], joint_cov[:n_obs, :n_obs], log_params, bounds, jitter
+        )
+        pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
+        latent.add(pred.mean, pred.latent_cov)
+        predictive.add(pred.mean, pred.predictive_cov)
+        new_hp.append(hp.log_params)
     ds = gaussian_dataset(pred_inputs, model.data_.input_names, *predictive.moments(), prob, full_cov)
     probs = (0.5 - prob / 2, 0.5 + prob / 2)
     lower, upper = predictive.quantiles(probs)

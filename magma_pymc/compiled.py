@@ -17,14 +17,17 @@ Measurements: ``benchmarks/README.md``.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import Function
+from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
     EStep,
@@ -37,11 +40,30 @@ from magma_pymc.kernels import Kernel
 from magma_pymc.mstep import individual_objective, individual_objective_common, mean_process_objective
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
 
-__all__ = ["DEFAULT_MODE", "ModelGraphs", "graphs_for"]
+__all__ = ["BLAS_THREADS", "DEFAULT_MODE", "ModelGraphs", "blas_limited", "graphs_for"]
 
 #: PyTensor compile mode used unless the user chooses another (``Magma(compile_mode=...)``, or the
 #: environment variable ``MAGMA_PYMC_COMPILE_MODE`` for the process-wide default).
 DEFAULT_MODE = os.environ.get("MAGMA_PYMC_COMPILE_MODE", "CVM")
+
+#: BLAS threads while fitting and predicting (``None``: leave the process's setting). The
+#: matrices of MAGMA are small (N_i x N_i blocks, an N x N grid of a few hundred): there threads
+#: only add synchronisation, pathologically so on a busy machine (measured: a 30 x 30 triangular
+#: solve took 20 ms with OpenBLAS's default threads on 2 loaded cores, 0.04 ms with one thread).
+BLAS_THREADS: int | None = 1
+
+
+def blas_limited(method: Callable) -> Callable:
+    """Run ``method`` with at most :data:`BLAS_THREADS` BLAS threads (read at call time)."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if BLAS_THREADS is None:
+            return method(*args, **kwargs)
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _compile(inputs, outputs, mode: str) -> Function:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -17,13 +18,14 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from magma_pymc.compiled import DEFAULT_MODE, graphs_for
+from magma_pymc.compiled import DEFAULT_MODE, blas_limited, graphs_for
 from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inputs, as_training_data
 from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, estep, run_em
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.params import HyperParameters
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import gaussian_dataset, hp_dataset, latent_bounds, training_datatree
+from magma_pymc.warnings import NumericalWarning
 
 __all__ = ["Magma"]
 
@@ -63,7 +65,7 @@ class Magma:
         \mathrm{tr}(\hat K K_{\theta_0}^{-1})`. On a dense grid :math:`K_{\theta_0}` is numerically
         singular and this objective is so sharply peaked at the current :math:`\theta_0` that EM
         barely moves it. ``"marginal"`` (default, ECME): maximise the exact marginal likelihood
-        over :math:`\theta_0` at the current individual HP; it also never decreases the
+        over :math:`\theta_0` at the just-updated individual HP; it also never decreases the
         likelihood, and converges in far fewer iterations.
 
     Attributes
@@ -103,6 +105,7 @@ class Magma:
         _check_settings(common_hp, max_iter, tol, jitter)
 
     # ------------------------------------------------------------------------------------ fit
+    @blas_limited
     def fit(
         self,
         data: Any,
@@ -150,6 +153,7 @@ class Magma:
         self.data_ = train
         self._prior_mean_value = self._resolve_prior_mean(train)
         self._prior_mean_value(train.grid)  # checks a callable prior mean early, on the distinct inputs
+        _warn_far_inputs(train.grid, _scales(train)[0], train.input_names, "training data")
         problem = self._problem(train)
         if hyperparameters is None:
             hp = self.initial_hyperparameters(train)
@@ -196,6 +200,7 @@ class Magma:
         )
 
     # ----------------------------------------------------------------------- predictions
+    @blas_limited
     def hyperposterior(self, inputs: Any | None = None, *, prob: float = 0.95) -> xr.Dataset:
         r"""Posterior of the mean process :math:`\mu_0` at ``inputs`` (default: the training grid).
 
@@ -212,6 +217,7 @@ class Magma:
         mean, cov = self._mean_process_at(x)
         return gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
 
+    @blas_limited
     def predict(
         self,
         new_data: Any,
@@ -254,6 +260,7 @@ class Magma:
         individual = as_individual(new_data, input_dim=d, **data_options)
         pred_inputs = as_inputs(inputs, input_dim=d)
         joint_inputs = np.concatenate([individual.inputs, pred_inputs])
+        _warn_far_inputs(joint_inputs, _scales(self.data_)[0], self.data_.input_names, "predict")
         joint_mean, joint_cov = self._mean_process_at(joint_inputs)
         n_obs = individual.n_points
         graphs, problem = self._problem_.graphs, self._problem_
@@ -458,6 +465,29 @@ def _check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any) -> Non
     for name, value in (("tol", tol), ("jitter", jitter)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+#: Inputs farther from 0 than this many input ranges make kernel distances lose precision.
+FAR_INPUTS = 1e4
+
+
+def _warn_far_inputs(inputs: np.ndarray, span: float, names: tuple[str, ...], where: str) -> None:
+    """Warn when inputs are far from 0 relative to the training input range (``span``).
+
+    ``pm.gp.cov`` kernels compute squared distances as ``|x|^2 + |y|^2 - 2 x.y``, which cancels
+    catastrophically then (measured: inputs ``t + 1e6`` with ``t`` in [0, 10] change the
+    log-likelihood by 0.27 and predictions by 1e-2; ``t + 1e8`` makes the E-step fail).
+    """
+    size = np.max(np.abs(inputs), axis=0) if inputs.size else np.zeros(len(names))
+    far = size > FAR_INPUTS * span
+    if far.any():
+        warnings.warn(
+            f"{where}: input(s) {[n for n, f in zip(names, far) if f]} reach {float(np.max(size[far])):.3g}, more "
+            f"than {FAR_INPUTS:g} times the training input range {span:.3g}: kernel distances lose precision "
+            "(|x|^2 + |y|^2 - 2xy); shift the inputs towards 0 (e.g. subtract the first training input)",
+            NumericalWarning,
+            stacklevel=3,
+        )
 
 
 def _scales(train: TrainingData) -> tuple[float, float]:
