@@ -41,6 +41,7 @@ from magma_pymc.params import NOISE, HyperParameters
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import MEAN_PREFIX, gaussian_dataset, input_coords
 from magma_pymc.warnings import ConvergenceWarning
+from magma_pymc.warnings import warn as _warn
 
 if TYPE_CHECKING:
     from magma_pymc.estimator import Magma
@@ -189,11 +190,10 @@ def _check_diagnostics(tree: xr.DataTree) -> list[str]:
     if not ess >= MIN_ESS:
         problems.append(f"min bulk ESS {ess:.0f} < {MIN_ESS:.0f}")
     if problems:
-        warnings.warn(
+        _warn(
             "NUTS diagnostics: " + ", ".join(problems)
             + " (raise tune/draws or target_accept; see az.summary(model.idata_))",
             ConvergenceWarning,
-            stacklevel=4,
         )
     return problems
 

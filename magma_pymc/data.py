@@ -7,13 +7,14 @@ explicit errors, and builds the grid, per-individual index maps and padded ``(M,
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from magma_pymc.warnings import warn as _warn
 
 __all__ = ["MagmaInputError", "Individual", "TrainingData", "as_training_data", "as_individual", "as_inputs"]
 
@@ -394,5 +395,5 @@ def _build(ident: Any, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None, 
 def _warn_merged(merged: dict) -> None:
     if any(merged.values()):
         detail = ", ".join(f"{k!r}: {v}" for k, v in merged.items() if v)
-        warnings.warn(f"duplicates='mean': merged {sum(merged.values())} duplicated input row(s) by "
-                      f"averaging their outputs, for individual(s) {{{detail}}}", UserWarning, stacklevel=3)
+        _warn(f"duplicates='mean': merged {sum(merged.values())} duplicated input row(s) by "
+                      f"averaging their outputs, for individual(s) {{{detail}}}", UserWarning)

@@ -1,14 +1,13 @@
 r"""The EM loop: ``em_step(state, problem) -> (state, info)`` and :func:`run_em`.
 
 One iteration alternates the closed-form E-step (hyper-posterior of :math:`\mu_0`) with the two
-independent M-steps (mean-process HP, individual HP). The exact marginal log-likelihood of
-theory page, *Marginal likelihood* is computed with every E-step; EM never decreases it, up to the
+M-steps: individual HP, then mean-process HP (see :func:`em_step`). The exact marginal
+log-likelihood of theory page, *Marginal likelihood* is computed with every E-step; EM never decreases it, up to the
 M-step optimiser's tolerance. Iteration stops when its relative change falls below ``tol``.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,6 +17,7 @@ import numpy as np
 from magma_pymc.compiled import ModelGraphs
 from magma_pymc.mstep import minimize_log_params
 from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
+from magma_pymc.warnings import warn as _warn
 
 __all__ = ["EMState", "EStepResult", "Problem", "estep", "em_step", "run_em", "EMTrace"]
 
@@ -83,32 +83,25 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
             )
         jitter = jitter * 10.0 if jitter > 0 else JITTER_DEFAULT * problem.output_scale  # 0 * 10 would loop
     if jitter != state.jitter:
-        warnings.warn(
+        _warn(
             f"Cholesky failed; jitter raised from {state.jitter:.3g} to {jitter:.3g} (recorded in the results)",
             NumericalWarning,
-            stacklevel=3,
         )
         state = state._replace(jitter=jitter)
     return result, state
 
 
 def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
-    """M-step given the current E-step: new HP for the mean process and the individuals."""
+    """M-step given the current E-step: new HP for the individuals, then for the mean process.
+
+    The individual step maximises the expected complete-data log-likelihood of the current E-step
+    (so the marginal likelihood does not decrease at the current mean-process HP). With
+    ``mean_step="marginal"`` the mean-process step then maximises the exact marginal likelihood at
+    the *new* individual HP, so neither step can decrease it (ECME); run at the old individual HP,
+    as both steps from one E-step, it could (the two gains are not additive).
+    """
     graphs = problem.graphs
     grid = problem.data_args[0]
-
-    if problem.mean_step == "marginal":
-
-        def mean_objective(log_params):
-            return graphs.mean_process_marginal_step(log_params, state.log_params, *problem.data_args, state.jitter)
-
-    else:
-
-        def mean_objective(log_params):
-            return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
-
-    mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
-
     _, inputs, _, mask, _ = problem.data_args
     individual_inputs = grid if graphs.fast_path else inputs
 
@@ -118,6 +111,18 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         )
 
     individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
+
+    if problem.mean_step == "marginal":
+
+        def mean_objective(log_params):
+            return graphs.mean_process_marginal_step(log_params, individual_fit.x, *problem.data_args, state.jitter)
+
+    else:
+
+        def mean_objective(log_params):
+            return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
+
+    mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
     return state._replace(mean_log_params=mean_fit.x, log_params=individual_fit.x)
 
 
@@ -165,14 +170,12 @@ def run_em(
                 break
     except KeyboardInterrupt:
         interrupted = True
-        warnings.warn(
-            f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning, stacklevel=2
-        )
+        _warn(
+            f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning)
     if not converged and not interrupted and len(lls) > 1:
-        warnings.warn(
+        _warn(
             f"EM did not converge in {max_iter} iterations (last relative change "
             f"{abs(lls[-1] - lls[-2]) / abs(lls[-2]):.2e} >= tol={tol:g}); increase max_iter",
             ConvergenceWarning,
-            stacklevel=2,
         )
     return EMTrace(state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted)

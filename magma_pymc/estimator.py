@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numbers
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -20,12 +19,13 @@ import xarray as xr
 
 from magma_pymc.compiled import DEFAULT_MODE, blas_limited, graphs_for
 from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inputs, as_training_data
-from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, estep, run_em
+from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, run_em
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.params import HyperParameters
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import gaussian_dataset, hp_dataset, latent_bounds, training_datatree
 from magma_pymc.warnings import NumericalWarning
+from magma_pymc.warnings import warn as _warn
 
 __all__ = ["Magma"]
 
@@ -481,12 +481,11 @@ def _warn_far_inputs(inputs: np.ndarray, span: float, names: tuple[str, ...], wh
     size = np.max(np.abs(inputs), axis=0) if inputs.size else np.zeros(len(names))
     far = size > FAR_INPUTS * span
     if far.any():
-        warnings.warn(
+        _warn(
             f"{where}: input(s) {[n for n, f in zip(names, far) if f]} reach {float(np.max(size[far])):.3g}, more "
             f"than {FAR_INPUTS:g} times the training input range {span:.3g}: kernel distances lose precision "
             "(|x|^2 + |y|^2 - 2xy); shift the inputs towards 0 (e.g. subtract the first training input)",
             NumericalWarning,
-            stacklevel=3,
         )
 
 

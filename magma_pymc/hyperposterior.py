@@ -123,7 +123,9 @@ def individual_covariances(
     if log_params.ndim == 2:
         noise = noise[:, None]
     pair_mask = mask[:, :, None] * mask[:, None, :]
-    diagonal = (noise + jitter) * mask + (1.0 - mask)
+    # A switch, not (noise + jitter) * mask + (1 - mask): PyTensor rewrites the sum to
+    # (1 + d * mask) - mask, which loses all digits of a noise below ~1e-16 (outputs ~1e-6).
+    diagonal = pt.switch(mask > 0, noise + jitter, 1.0)
     return cov * pair_mask + diagonal[:, :, None] * pt.eye(inputs.shape[1])
 
 

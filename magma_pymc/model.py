@@ -107,7 +107,7 @@ def build_model(
         mask = pt.as_tensor(data.mask)
         cov = kernel.batched(inputs, log_hp[..., :-1])
         # Padded slots: identity rows/columns keep the batch positive definite.
-        cov = cov * (mask[:, :, None] * mask[:, None, :]) + (1.0 - mask)[:, :, None] * pt.eye(data.n_max)
+        cov = pt.switch(mask[:, :, None] * mask[:, None, :] > 0, cov, pt.eye(data.n_max))
         if noncentred:
             white = pm.Normal("f_white", dims=("individual", "slot"))
             f = pm.Deterministic("f", (cholesky(cov, lower=True) @ white[..., None])[..., 0], dims=("individual", "slot"))

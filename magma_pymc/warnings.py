@@ -1,6 +1,11 @@
 """Warning classes users can filter (``warnings.filterwarnings("ignore", category=...)``)."""
 
-__all__ = ["MagmaWarning", "ConvergenceWarning", "NumericalWarning"]
+import os
+import warnings as _warnings
+
+__all__ = ["MagmaWarning", "ConvergenceWarning", "NumericalWarning", "warn"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class MagmaWarning(UserWarning):
@@ -13,3 +18,9 @@ class ConvergenceWarning(MagmaWarning):
 
 class NumericalWarning(MagmaWarning):
     """A numerical safeguard was used, e.g. jitter added to make a Cholesky factorisation succeed."""
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Emit ``message`` attributed to the first caller outside ``magma_pymc`` (the user's line),
+    however deep in the package it is raised."""
+    _warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))

@@ -7,7 +7,6 @@ from conftest import make_long
 from reference import JointGP, se
 
 import magma_pymc as mp
-from magma_pymc.data import as_training_data
 from magma_pymc.hyperposterior import TrainingTensors, build_estep
 
 HP0 = (3.0, 2.0)
