@@ -35,7 +35,7 @@ from scipy.special import ndtr
 
 from magma_pymc.data import as_individual, as_inputs
 from magma_pymc.em import EMState, Problem, estep
-from magma_pymc.hyperposterior import TrainingTensors, build_estep, build_estep_common
+from magma_pymc.hyperposterior import TrainingTensors, build_estep, build_estep_common, build_estep_projected
 from magma_pymc.model import LOG_HP, MEAN_LOG_HP, PRIOR_SD, LogPriorFactory
 from magma_pymc.params import NOISE, HyperParameters
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
@@ -102,6 +102,8 @@ def build_marginal_model(
             step = build_estep_common(
                 model.mean_kernel, model.kernel, mean_log, log_hp, data.grid, data.residuals, data.jitter
             )
+        elif problem.graphs.projected:  # mu0 on inducing points (`grid`)
+            step = build_estep_projected(model.mean_kernel, model.kernel, mean_log, log_hp, data)
         else:
             step = build_estep(model.mean_kernel, model.kernel, mean_log, log_hp, data)
         loglik = step.log_likelihood
@@ -211,7 +213,8 @@ def _hyperposterior_group(
     model: Magma, tree: xr.DataTree, mean_log: np.ndarray, log_params: np.ndarray, thin: int
 ) -> xr.Dataset:
     """Per-draw E-step means of :math:`\\mu_0` on the grid and their mixture mean/covariance."""
-    problem, grid = model._problem_, model.data_.grid
+    problem = model._problem_
+    grid = problem.data_args[0]  # the union grid, or the inducing points
     chains, draws = mean_log.shape[:2]
     jitter = model._state.jitter
     mixture = _Mixture()
@@ -291,7 +294,7 @@ class _Mixture:
 
 def hyperposterior_nuts(model: Magma, inputs: Any | None = None, *, prob: float = 0.95) -> xr.Dataset:
     """``Magma.hyperposterior`` for a NUTS fit: the mixture over (thinned) draws, exact mixture intervals."""
-    x = model.data_.grid if inputs is None else as_inputs(inputs, input_dim=model.data_.input_dim)
+    x = model.mean_process_grid if inputs is None else as_inputs(inputs, input_dim=model.data_.input_dim)
     draws, jitter = _draw_args(model)
     problem, m0 = model._problem_, model._prior_mean_value(x)
     mixture = _Mixture()

@@ -1,7 +1,7 @@
 """Compiled PyTensor functions for one model structure, built once and reused across fits.
 
 A *structure* is (mean-process kernel, individual kernel, common HP or not, common-grid fast path
-or not, compile mode). All data enter the graphs as inputs with symbolic shapes, so fitting other
+or not, exact or projected mean process, compile mode). All data enter the graphs as inputs with symbolic shapes, so fitting other
 data, another number of individuals or another grid reuses the same compiled functions: only
 the first fit of a structure in a process pays for compilation. Functions are compiled lazily
 (prediction graphs only when predicting).
@@ -26,6 +26,7 @@ from functools import cached_property
 
 import pytensor
 import pytensor.tensor as pt
+from pytensor.tensor.linalg import solve_triangular
 from pytensor.compile import Function
 from threadpoolctl import threadpool_limits
 
@@ -34,6 +35,7 @@ from magma_pymc.hyperposterior import (
     TrainingTensors,
     build_estep,
     build_estep_common,
+    build_estep_projected,
     build_mean_process_at,
 )
 from magma_pymc.kernels import Kernel
@@ -83,11 +85,14 @@ class ModelGraphs:
     common_hp: bool
     common_grid: bool
     mode: str = DEFAULT_MODE
+    #: mu0 represented on inducing points (``data.grid``) instead of the union grid
+    #: (:func:`magma_pymc.hyperposterior.build_estep_projected`).
+    projected: bool = False
 
     @property
     def fast_path(self) -> bool:
         """Common grid and common HP: one factorisation per evaluation instead of M."""
-        return self.common_hp and self.common_grid
+        return self.common_hp and self.common_grid and not self.projected
 
     # ---- symbolic inputs -------------------------------------------------------------------
     def _hp(self):
@@ -102,6 +107,8 @@ class ModelGraphs:
             estep = build_estep_common(
                 self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data.grid, data.residuals, data.jitter
             )
+        elif self.projected:
+            estep = build_estep_projected(self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data)
         else:
             estep = build_estep(self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data)
         return [mean_hp, ind_hp, *data], estep, data
@@ -119,6 +126,12 @@ class ModelGraphs:
         if self.fast_path:
             deviations = data.residuals - estep.mean[None, :]
             blocks = estep.cov
+        elif self.projected:
+            # mu0(t_i) - m0 = S_i z with z | y ~ N(alpha, B^{-1}): mean S_i alpha, cov (S_i L_B^{-T})(.)'
+            deviations = (data.residuals - estep.loadings @ estep.alpha) * data.mask
+            flat = estep.loadings.reshape((-1, estep.alpha.shape[0]))
+            reduced = solve_triangular(estep.chol_b, flat.T, lower=True, b_ndim=2).T.reshape(estep.loadings.shape)
+            blocks = reduced @ reduced.mT
         else:
             n_grid = data.grid.shape[0]
             mean_padded = pt.concatenate([estep.mean, pt.zeros((1,))])
@@ -234,10 +247,16 @@ _GRAPHS: dict[tuple, ModelGraphs] = {}
 
 
 def graphs_for(
-    mean_kernel: Kernel, individual_kernel: Kernel, *, common_hp: bool, common_grid: bool, mode: str = DEFAULT_MODE
+    mean_kernel: Kernel,
+    individual_kernel: Kernel,
+    *,
+    common_hp: bool,
+    common_grid: bool,
+    mode: str = DEFAULT_MODE,
+    projected: bool = False,
 ) -> ModelGraphs:
     """The (process-wide, shared) compiled functions of a model structure."""
-    key = (mean_kernel, individual_kernel, common_hp, common_grid, mode)
+    key = (mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
     if key not in _GRAPHS:
-        _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode)
+        _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
     return _GRAPHS[key]

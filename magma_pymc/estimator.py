@@ -67,6 +67,13 @@ class Magma:
         barely moves it. ``"marginal"`` (default, ECME): maximise the exact marginal likelihood
         over :math:`\theta_0` at the just-updated individual HP; it also never decreases the
         likelihood, and converges in far fewer iterations.
+    inducing
+        ``None`` (default): the exact model, :math:`\mu_0` on the union grid of all training inputs
+        (:math:`O(N^3)` per evaluation). Otherwise represent :math:`\mu_0` on G inducing points
+        :math:`g` and project it on the inputs, :math:`\mu_0(t) = K_0(t,g)K_0(g,g)^{-1}\mu_0(g)`
+        (theory page, *Large union grids*), at :math:`O(G^3)`: an int G (1-D inputs: G evenly
+        spaced points over the training input range) or an ``(G, d)`` array of points. For union
+        grids of thousands of inputs; see ``docs/performance.md`` for its measured error.
 
     Attributes
     ----------
@@ -90,6 +97,7 @@ class Magma:
         compile_mode: str = DEFAULT_MODE,
         jitter: float = JITTER_DEFAULT,
         mean_step: Literal["marginal", "expected"] = "marginal",
+        inducing: int | np.ndarray | None = None,
     ) -> None:
         self.common_hp = common_hp
         self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
@@ -103,6 +111,12 @@ class Magma:
             raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
         self.mean_step = mean_step
         _check_settings(common_hp, max_iter, tol, jitter)
+        self.inducing = _check_inducing(inducing, self.mean_kernel.input_dim)
+        if self.inducing is not None and mean_step != "marginal":
+            raise ValueError(
+                "inducing points need mean_step='marginal': in the projected model the data depend on the "
+                "mean-process HP through the projection, which the textbook ('expected') M-step ignores"
+            )
 
     # ------------------------------------------------------------------------------------ fit
     @blas_limited
@@ -202,7 +216,7 @@ class Magma:
     # ----------------------------------------------------------------------- predictions
     @blas_limited
     def hyperposterior(self, inputs: Any | None = None, *, prob: float = 0.95) -> xr.Dataset:
-        r"""Posterior of the mean process :math:`\mu_0` at ``inputs`` (default: the training grid).
+        r"""Posterior of the mean process :math:`\mu_0` at ``inputs`` (default: :attr:`mean_process_grid`).
 
         Returns an ``xarray.Dataset`` on dim ``input`` with ``mean``, ``variance``, ``lower`` and
         ``upper`` (central ``prob`` credible interval) and the full covariance ``cov``
@@ -213,7 +227,7 @@ class Magma:
 
         if is_nuts(self):
             return hyperposterior_nuts(self, inputs, prob=prob)
-        x = self.data_.grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
+        x = self.mean_process_grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
         mean, cov = self._mean_process_at(x)
         return gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
 
@@ -284,6 +298,13 @@ class Magma:
             **{f"hp_{name}": float(v) for name, v in zip((*self.kernel.names, "noise"), np.exp(hp.log_params))},
         )
         return ds
+
+    @property
+    def mean_process_grid(self) -> np.ndarray:
+        r"""``(N, d)`` inputs on which the fit represents :math:`\mu_0`: the union grid of the
+        training inputs, or the inducing points when ``inducing`` is set."""
+        self._check_fitted()
+        return self._problem_.data_args[0]
 
     # --------------------------------------------------------------------------- save/load
     def save(self, path) -> None:
@@ -360,12 +381,14 @@ class Magma:
         return _Constant(value)
 
     def _problem(self, train: TrainingData) -> Problem:
+        projected = self.inducing is not None
         graphs = graphs_for(
             self.mean_kernel,
             self.kernel,
             common_hp=self.common_hp,
             common_grid=train.common_grid,
             mode=self.compile_mode,
+            projected=projected,
         )
         m0 = self._prior_mean_value
         if graphs.fast_path:
@@ -377,12 +400,18 @@ class Magma:
         ind_bounds = [*self.kernel.log_bounds(input_range, output_var), (np.log(1e-8 * output_var), np.log(1e4 * output_var))]
         return Problem(
             graphs=graphs,
-            data_args=(train.grid, train.inputs, residuals, train.mask, train.index),
+            data_args=(self._inducing_points(train) if projected else train.grid, train.inputs, residuals, train.mask, train.index),
             mean_bounds=self.mean_kernel.log_bounds(input_range, output_var),
             bounds=ind_bounds * (1 if self.common_hp else train.n_individuals),
             output_scale=output_var,
             mean_step=self.mean_step,
         )
+
+    def _inducing_points(self, train: TrainingData) -> np.ndarray:
+        if isinstance(self.inducing, int):
+            low, high = train.grid.min(axis=0), train.grid.max(axis=0)
+            return np.linspace(low, high, self.inducing)
+        return self.inducing
 
     def _mean_process_at(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         hp_args = (self._state.mean_log_params, self._state.log_params)
@@ -402,16 +431,18 @@ class Magma:
         em_trace = em_trace.assign_coords(em_iteration=np.arange(len(trace.log_likelihood)))
         em_trace.attrs.update(converged=int(trace.converged), interrupted=int(trace.interrupted), tol=self.tol)
         estep_result = trace.estep
-        grid_m0 = self._prior_mean_value(self.data_.grid)
+        grid = self._problem_.data_args[0]
+        grid_m0 = self._prior_mean_value(grid)
         attrs = {
             "method": method,
             "common_hp": int(self.common_hp),
             "jitter": trace.state.jitter,
             "log_likelihood": estep_result.log_likelihood,
             "n_individuals": self.data_.n_individuals,
+            "inducing_points": 0 if self.inducing is None else len(grid),
         }
         return training_datatree(
-            self.data_, posterior, grid_m0 + estep_result.mean, estep_result.cov, attrs, {"em_trace": em_trace}
+            self.data_, posterior, grid_m0 + estep_result.mean, estep_result.cov, attrs, {"em_trace": em_trace}, grid
         )
 
 
@@ -465,6 +496,31 @@ def _check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any) -> Non
     for name, value in (("tol", tol), ("jitter", jitter)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_inducing(inducing: Any, input_dim: int) -> int | np.ndarray | None:
+    """``None``, an int >= 2 (1-D inputs only) or a finite ``(G, d)`` array of distinct points."""
+    if inducing is None:
+        return None
+    if isinstance(inducing, numbers.Integral) and not isinstance(inducing, bool):
+        if inducing < 2:
+            raise ValueError(f"inducing must be at least 2 points, got {inducing}")
+        if input_dim != 1:
+            raise ValueError(
+                f"inducing={inducing}: evenly spaced points are chosen for 1-D inputs only; with {input_dim}-d "
+                "inputs pass a (G, d) array of inducing points"
+            )
+        return int(inducing)
+    points = np.asarray(inducing, dtype=float)
+    if points.ndim == 1 and input_dim == 1:
+        points = points[:, None]
+    if points.ndim != 2 or points.shape[1] != input_dim or points.shape[0] < 2:
+        raise ValueError(f"inducing points must be a (G, {input_dim}) array with G >= 2, got shape {points.shape}")
+    if not np.all(np.isfinite(points)):
+        raise ValueError("inducing points contain NaN or inf")
+    if len(np.unique(points, axis=0)) != len(points):
+        raise ValueError("inducing points contain duplicates (their prior covariance would be singular)")
+    return points
 
 
 #: Inputs farther from 0 than this many input ranges make kernel distances lose precision.

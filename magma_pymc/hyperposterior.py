@@ -44,6 +44,7 @@ __all__ = [
     "EStep",
     "individual_covariances",
     "build_estep",
+    "build_estep_projected",
     "build_mean_process_at",
     "log_diagonal_sum",
     "batched_diagonal",
@@ -89,6 +90,8 @@ class EStep(NamedTuple):
     chol_prior: TensorVariable      # (N, N) L0
     chol_b: TensorVariable          # (N, N) L_B
     log_likelihood: TensorVariable  # () exact marginal log-likelihood (theory: marginal likelihood)
+    #: (M, N_max, N) loadings S_i with mu0(t_i) - m0(t_i) = S_i z, z ~ N(0, I) a priori (padded rows zero).
+    loadings: TensorVariable | None = None
 
 
 def batched_diagonal(matrix: TensorVariable) -> TensorVariable:
@@ -146,18 +149,60 @@ def build_estep(
     prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(data.grid), data.jitter)
     chol_prior = cholesky(prior_cov, lower=True)
 
-    psi = individual_covariances(individual_kernel, individual_log_params, data.inputs, data.mask, data.jitter)
-    chol_psi = cholesky(psi, lower=True)
     # P_i L0 by gathering rows; the appended zero row serves the padded slots.
     chol_prior_padded = pt.concatenate([chol_prior, pt.zeros((1, n_grid))], axis=0)
     selected = chol_prior_padded[data.index]                                    # (M, N_max, N)
-    whitened = solve_triangular(chol_psi, selected, lower=True, b_ndim=2)      # W_i
+    return _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, selected)
+
+
+def build_estep_projected(
+    mean_kernel: Kernel,
+    individual_kernel: Kernel,
+    mean_log_params: TensorVariable,
+    individual_log_params: TensorVariable,
+    data: TrainingTensors,
+) -> EStep:
+    r"""E-step of the *projected* model, with :math:`\mu_0` represented on ``data.grid`` = :math:`g`, G points.
+
+    Large union grids (thousands of distinct inputs) make the exact E-step's :math:`O(N^3)` cost
+    prohibitive. The projected model (deterministic training conditional, theory page, *Large
+    union grids*) replaces the exact prior of :math:`\mu_0` at the inputs by its projection on
+    :math:`g`:
+
+    .. math::
+
+        \mu_0(t_i) = K_0(t_i, g) K_0(g, g)^{-1} \mu_0(g) = S_i z,\quad
+        S_i = K_0(t_i, g) L_g^{-\top},\ z = L_g^{-1}(\mu_0(g) - m_0(g)) \sim \mathcal N(0, I),
+
+    so the whitened E-step above applies with :math:`S_i` in place of :math:`P_i L_0`, at cost
+    :math:`O(G^3 + \sum_i N_i^3 + G^2 \sum_i N_i)`. The log-likelihood is that of the projected
+    model (exact when :math:`g` contains every input); ``data.index`` is unused.
+    """
+    n_grid = data.grid.shape[0]
+    n_individuals, n_max, dim = data.inputs.shape
+    prior = mean_kernel.covariance(mean_log_params)
+    chol_prior = cholesky(_with_jitter(prior(data.grid), data.jitter), lower=True)
+    cross = prior(data.grid, data.inputs.reshape((-1, dim)))                      # K0(g, t) (G, M N_max)
+    loadings = solve_triangular(chol_prior, cross, lower=True, b_ndim=2).T         # S (M N_max, G)
+    loadings = (loadings * data.mask.reshape((-1,))[:, None]).reshape((n_individuals, n_max, n_grid))
+    return _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, loadings)
+
+
+def _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, loadings) -> EStep:
+    """Whitened E-step given the loadings :math:`S_i` (zero rows in padded slots)."""
+    n_grid = chol_prior.shape[0]
+    psi = individual_covariances(individual_kernel, individual_log_params, data.inputs, data.mask, data.jitter)
+    chol_psi = cholesky(psi, lower=True)
+    whitened = solve_triangular(chol_psi, loadings, lower=True, b_ndim=2)      # W_i
     whitened_res = solve_triangular(chol_psi, data.residuals, lower=True, b_ndim=1)
 
     flat = whitened.reshape((-1, n_grid))
-    b_matrix = pt.eye(n_grid) + flat.T @ flat                                   # B = I + L0' S L0
-    c = flat.T @ whitened_res.reshape((-1,))                                    # c = L0' b
-    return _finish_estep(chol_prior, b_matrix, c, (whitened_res**2).sum(), log_diagonal_sum(chol_psi), data.mask.sum())
+    b_matrix = pt.eye(n_grid) + flat.T @ flat                                   # B = I + sum_i W_i' W_i
+    c = flat.T @ whitened_res.reshape((-1,))                                    # c = sum_i W_i' L_i^{-1} r_i
+    estep = _finish_estep(
+        chol_prior, b_matrix, c, (whitened_res**2).sum(), log_diagonal_sum(chol_psi), data.mask.sum()
+    )
+    return estep._replace(loadings=loadings)
 
 
 def build_estep_common(

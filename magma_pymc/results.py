@@ -10,7 +10,7 @@ Layout shared by every fit method (arviz 1.x works on ``xarray.DataTree``):
 - ``em_trace`` (EM only): the same variables per ``em_iteration`` (0 = initial values) and the
   exact marginal ``log_likelihood``.
 - ``hyperposterior``: mean ``mu0_mean`` and covariance ``mu0_cov`` of the mean process on the
-  training grid (dims ``input``, ``input_bis``).
+  training grid, or on the inducing points of a projected fit (dims ``input``, ``input_bis``).
 - ``observed_data``: the training data in long format (dim ``obs``: ``ID``, inputs, ``Output``).
 """
 
@@ -68,9 +68,11 @@ def training_datatree(
     cov: np.ndarray,
     attrs: dict,
     extra: dict[str, xr.Dataset] | None = None,
+    grid: np.ndarray | None = None,
 ) -> xr.DataTree:
-    """Assemble the groups listed in the module docstring."""
-    coords = input_coords(data.grid, data.input_names)
+    """Assemble the groups listed in the module docstring; ``mean``/``cov`` are on ``grid``
+    (default: the training grid; the inducing points of a projected fit)."""
+    coords = input_coords(data.grid if grid is None else grid, data.input_names)
     hyperposterior = xr.Dataset(
         {
             "mu0_mean": ("input", mean),

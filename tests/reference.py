@@ -71,3 +71,28 @@ class JointGP:
         prior = se(t_pred, t_pred, *self.hp0) + se(t_pred, t_pred, v, l)
         assert big.shape[0] == n + len(t_obs)
         return mean, prior - cross @ np.linalg.solve(big, cross.T)
+
+
+class ProjectedJointGP(JointGP):
+    """Dense joint GP of the projected model: mu0(t) = k0(t, g) k0(g, g)^{-1} mu0(g) on inducing points g.
+
+    The mean process contributes ``k0(t, g) k0(g, g)^{-1} k0(g, t')`` (formed with
+    ``numpy.linalg.solve``) instead of ``k0(t, t')``; the posterior of mu0 at new inputs s is the
+    Gaussian conditional given mu0(g), ``k0(s, s) - k0(s, g) k0(g, g)^{-1} k0(g, s)``, plus the
+    projection of mu0(g)'s posterior.
+    """
+
+    def __init__(self, individuals, hp0, hps, inducing, m0=0.0):
+        super().__init__(individuals, hp0, hps, m0)
+        self.g = np.asarray(inducing, float)
+        k_gg = se(self.g, self.g, *hp0)
+        k_gt = se(self.g, self.t_all, *hp0)
+        self.cov = self.cov - se(self.t_all, self.t_all, *hp0) + k_gt.T @ np.linalg.solve(k_gg, k_gt)
+
+    def mean_process(self, s):
+        k_gg = se(self.g, self.g, *self.hp0)
+        k_sg = se(s, self.g, *self.hp0)
+        cross = k_sg @ np.linalg.solve(k_gg, se(self.g, self.t_all, *self.hp0))  # cov(mu0(s), y)
+        mean = self.m0 + cross @ np.linalg.solve(self.cov, self.y - self.m0)
+        cov = se(s, s, *self.hp0) - cross @ np.linalg.solve(self.cov, cross.T)
+        return mean, cov
