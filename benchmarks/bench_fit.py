@@ -16,10 +16,13 @@ What is measured (one row per case, each case in its own subprocess, data seeded
 * blas: BLAS threads of the worker (``--blas-threads``; ``default`` inherits the environment).
   On a loaded machine multi-threaded OpenBLAS is pathological for the small matrices of MAGMA
   (measured here: a 30 x 30 triangular solve took 20 ms with default threads, 0.04 ms with 1).
+* G: inducing points of mu0 (``Magma(inducing=G)``), ``-`` for the exact model.
 * iters: EM iterations (``n_iter_``) of the reported fit.
+* pred_mse: MSE of the predicted mean on 5 new individuals' last 10 of 30 points, the first 20
+  observed (compares the approximation with the exact fit on the same data).
 * peak_MiB: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the worker at the end (whole
   process: imports, compilation and all fits).
-* floor_s: a flop-bound floor of one EM iteration: NumPy Cholesky of an N x N SPD matrix plus
+* floor_s: a flop-bound floor of one EM iteration: NumPy Cholesky of an N x N (G x G) SPD matrix plus
   (batched) Cholesky of every individual's N_i x N_i matrix, best of 5, on this machine.
   ratio = fit_s / floor_s / iters: how many "Cholesky passes" one EM iteration costs (an EM
   iteration runs several E-step evaluations, gradients and an optimiser, so >> 1 is expected;
@@ -37,8 +40,8 @@ Run (from the repository root)::
 
 Groups: ``--quick`` (M=20, all four settings warm, plus cold for uncommon grid / common HP),
 ``--cold`` (cold for all four settings), ``--scale`` (M in 20, 200, 2000 on the 201 grid,
-uncommon grids, both HP settings, warm), ``--union`` (union grid N in 500, 2000, uncommon
-grids, both HP settings, warm); ``--full`` is all of them.
+uncommon grids, both HP settings, warm), ``--union`` (union grid N in 500, 2000, 5000, uncommon
+grids, both HP settings, warm; exact up to ``--union-exact-max`` and with G = 100 inducing points); ``--full`` is all of them.
 """
 
 from __future__ import annotations
@@ -63,9 +66,12 @@ SETTINGS = {  # name -> (common_grid, common_hp)
     "uncommon grid / diff HP": (False, False),
 }
 COLUMNS = [
-    "setting", "M", "N_i", "N", "mode", "cache", "blas", "status", "import_s", "fit_s", "predict_s",
-    "iters", "peak_MiB", "floor_s", "ratio",
+    "setting", "M", "N_i", "N", "G", "mode", "cache", "blas", "status", "import_s", "fit_s", "predict_s",
+    "iters", "peak_MiB", "floor_s", "ratio", "pred_mse",
 ]
+#: Inducing points of the approximate cases of ``--union`` (mu0 on G evenly spaced points).
+UNION_INDUCING = 100
+N_NEW = 5
 
 
 # ------------------------------------------------------------------------------------ worker
@@ -123,13 +129,14 @@ def worker(case: dict) -> None:
     grid = None if case["grid_size"] is None else np.linspace(0.0, 10.0, case["grid_size"])
     sim = mp.simulate(
         case["M"], case["N_i"], common_grid=case["common_grid"], common_hp=case["common_hp"],
-        seed=case["seed"], n_new=1, grid=grid,
+        seed=case["seed"], n_new=N_NEW, grid=grid,
     )
-    observed, _ = mp.split_observed(sim.new, 20)
+    observed, target = mp.split_observed(sim.new, 20)
     pred_inputs = np.linspace(sim.grid[0], sim.grid[-1], 100)
+    first = observed["ID"].iloc[0]
 
     def fit_and_predict(prefix: str):
-        model = mp.Magma(common_hp=case["common_hp"], compile_mode=case["mode"])
+        model = mp.Magma(common_hp=case["common_hp"], compile_mode=case["mode"], inducing=case.get("G"))
         t = time.perf_counter()
         model.fit(sim.data)
         result[prefix + "fit_s"] = time.perf_counter() - t
@@ -137,15 +144,26 @@ def worker(case: dict) -> None:
         result["N"] = int(model.data_.grid.shape[0])
         _emit(result)
         t = time.perf_counter()
-        model.predict(observed, pred_inputs)
+        model.predict(observed[observed["ID"] == first], pred_inputs)
         result[prefix + "predict_s"] = time.perf_counter() - t
         _emit(result)
+        return model
+
+    def prediction_mse(model) -> float:
+        """MSE of the predicted mean on the last 10 points of each new individual (first 20 observed)."""
+        errors = []
+        for ident, part in target.groupby("ID", sort=False):
+            pred = model.predict(observed[observed["ID"] == ident], part["Input"].to_numpy())
+            errors.append(pred["mean"].values - part["Output"].to_numpy())
+        return float(np.mean(np.concatenate(errors) ** 2))
 
     if case["cache"] == "warm":
         fit_and_predict("first_")
-    fit_and_predict("")
+    model = fit_and_predict("")
+    result["pred_mse"] = prediction_mse(model)
+    _emit(result)
     sizes = sim.data.groupby("ID").size().tolist()
-    floor = _cholesky_floor(result["N"], sizes)
+    floor = _cholesky_floor(case.get("G") or result["N"], sizes)
     result["floor_s"] = floor
     result["ratio"] = result["fit_s"] / floor / max(result["iters"], 1)
     result["peak_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -156,7 +174,7 @@ def worker(case: dict) -> None:
 # ------------------------------------------------------------------------------------ parent
 def build_cases(args) -> list[dict]:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    specs = []  # (setting, M, grid_size, cache)
+    specs = []  # (setting, M, grid_size, cache[, inducing points])
     if args.quick:
         specs += [(s, 20, None, "warm") for s in SETTINGS]
         if not args.cold:
@@ -167,19 +185,22 @@ def build_cases(args) -> list[dict]:
         for s in ("uncommon grid / common HP", "uncommon grid / diff HP"):
             specs += [(s, m, None, "warm") for m in (20, 200, 2000) if not (args.quick and m == 20)]
     if args.union:
-        for n in (500, 2000):
+        for n in (500, 2000, 5000):
             # Each individual draws N_i of the n grid points at random: M = 4 n / N_i draws cover
             # about 1 - e^-4 = 98% of the grid (the measured union size is reported as N).
             m = math.ceil(4 * n / N_POINTS)
             for s in ("uncommon grid / common HP", "uncommon grid / diff HP"):
-                specs.append((s, m, n, "warm"))
+                if n <= args.union_exact_max:
+                    specs.append((s, m, n, "warm"))
+                specs.append((s, m, n, "warm", UNION_INDUCING))
     cases = []
     for mode in modes:
-        for setting, m, grid_size, cache in specs:
+        for setting, m, grid_size, cache, *inducing in specs:
             common_grid, common_hp = SETTINGS[setting]
             cases.append(dict(
                 setting=setting, common_grid=common_grid, common_hp=common_hp, M=m, N_i=N_POINTS,
                 grid_size=grid_size, mode=mode, cache=cache, seed=args.seed, blas=args.blas_threads,
+                G=inducing[0] if inducing else None,
             ))
     return cases
 
@@ -262,7 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="M=20, four settings warm + one cold (default)")
     parser.add_argument("--cold", action="store_true", help="cold case for each of the four settings")
     parser.add_argument("--scale", action="store_true", help="M in 20, 200, 2000 (warm)")
-    parser.add_argument("--union", action="store_true", help="union grids N in 500, 2000 (warm)")
+    parser.add_argument("--union", action="store_true", help="union grids N in 500, 2000, 5000 (warm)")
+    parser.add_argument(
+        "--union-exact-max", type=int, default=2000,
+        help="largest union grid also fitted exactly (default 2000); the others use inducing points only",
+    )
     parser.add_argument("--full", action="store_true", help="all of the above")
     parser.add_argument(
         "--modes", default=os.environ.get("MAGMA_PYMC_COMPILE_MODE", "CVM"),
