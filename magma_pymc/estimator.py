@@ -24,7 +24,7 @@ from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.params import HyperParameters
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import gaussian_dataset, hp_dataset, latent_bounds, training_datatree
-from magma_pymc.warnings import NumericalWarning
+from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
 from magma_pymc.warnings import warn as _warn
 
 __all__ = ["Magma"]
@@ -184,6 +184,8 @@ class Magma:
             return self
         # --- end NUTS ---
         trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
+        if method == "em":
+            self._warn_hp_at_bounds(trace.state, problem, train)
         self._state, self._problem_ = trace.state, problem
         ids = None if self.common_hp else train.ids
         self.hyperparameters_ = HyperParameters.from_log(
@@ -365,6 +367,30 @@ class Magma:
                     f"input column(s) {train.input_names}"
                 )
 
+    def _warn_hp_at_bounds(self, state: EMState, problem: Problem, train: TrainingData) -> None:
+        """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint (a
+        start far from any optimum, or HP the data do not identify)."""
+        names = (*self.kernel.names, "noise")
+        blocks = [("", [f"mu0_{n}" for n in self.mean_kernel.names], state.mean_log_params, problem.mean_bounds)]
+        rows = np.reshape(state.log_params, (-1, len(names)))
+        bounds = np.reshape(problem.bounds, (len(rows), len(names), 2))
+        for r, (row, row_bounds) in enumerate(zip(rows, bounds)):
+            blocks.append(("" if self.common_hp else f"individual {train.ids[r]!r} ", names, row, row_bounds))
+        hits = [
+            f"{who}{name} = {np.exp(value):.3g} ({'lower' if value - low < high - value else 'upper'})"
+            for who, block_names, values, block_bounds in blocks
+            for name, value, (low, high) in zip(block_names, values, block_bounds)
+            if min(value - low, high - value) < _AT_BOUND
+        ]
+        if hits:
+            more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+            _warn(
+                f"EM ended with hyper-parameter(s) on their bounds: {'; '.join(hits[:5])}{more}. The data may not "
+                "identify them, or EM started far from an optimum: try other starting values "
+                "(fit(..., hyperparameters=...)) or check the data's scale (bounds: Kernel.log_bounds)",
+                ConvergenceWarning,
+            )
+
     def _resolve_prior_mean(self, train: TrainingData) -> Callable[[np.ndarray], np.ndarray]:
         m0 = self.prior_mean
         if m0 is None:
@@ -522,6 +548,9 @@ def _check_inducing(inducing: Any, input_dim: int) -> int | np.ndarray | None:
         raise ValueError("inducing points contain duplicates (their prior covariance would be singular)")
     return points
 
+
+#: Distance (log scale) from a box constraint under which a fitted HP counts as on the bound.
+_AT_BOUND = 1e-4
 
 #: Inputs farther from 0 than this many input ranges make kernel distances lose precision.
 FAR_INPUTS = 1e4

@@ -286,6 +286,23 @@ def test_extreme_initial_lengthscales(small, lengthscale, common_hp):
     assert_finite_prediction(quiet(model.predict, observed, target["Input"]))
 
 
+def test_hp_ending_on_a_bound_is_reported(small):
+    """From lengthscales 1e-6 (below the lower bound, clipped to it) the expected log-likelihood of
+    the individuals is flat in their lengthscale (every input independent of the others), so EM
+    leaves it there: the fit warns and names it; from the default start it ends inside the bounds,
+    without the warning."""
+    sim = small[0]
+    start = {"mean_process": {"variance": 1.0, "lengthscale": 1e-6},
+             "individual": {"variance": 1.0, "lengthscale": 1e-6, "noise": 0.1}}
+    with pytest.warns(mp.ConvergenceWarning, match=r"on their bounds: lengthscale = \S+ \(lower\)"):
+        model = mp.Magma(max_iter=3).fit(sim.data, hyperparameters=start)
+    lower = np.log(1e-3 * np.ptp(model.data_.grid))
+    assert np.log(model.hyperparameters_.individual["lengthscale"].iloc[0]) == pytest.approx(lower, abs=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mp.ConvergenceWarning)
+        mp.Magma().fit(sim.data)
+
+
 def near_duplicates(n_individuals=5, gap=1e-9):
     """Individuals on the same 8 inputs, each shifted by ``gap`` from the previous one."""
     x = np.linspace(0.0, 10.0, 8)
