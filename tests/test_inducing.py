@@ -71,6 +71,20 @@ def test_projected_em_is_monotone_and_close_to_exact():
     np.testing.assert_allclose(a["variance"], b["variance"], rtol=0.05)
 
 
+def test_nuts_target_of_a_projected_fit_is_the_projected_likelihood(small_problem):
+    """The Potential sampled by method="nuts" is the projected model's dense log-density."""
+    from magma_pymc.bayes import build_marginal_model
+
+    g = np.array([0.0, 2.0, 4.5, 6.0, 8.0, 10.0])
+    model = fixed_fit(small_problem, False, g)
+    pm_model = build_marginal_model(model, model._problem_, 1e-10)
+    fn = pm_model.compile_fn(pm_model.logp(vars=[pm_model["marginal_likelihood"]]), point_fn=True,
+                             mode=model.compile_mode)
+    value = fn({"log_mu0_hp": np.log(HP0), "log_hp": np.log(DIFFERENT[: len(small_problem)])})
+    reference = ProjectedJointGP(small_problem, HP0, DIFFERENT[: len(small_problem)], g, m0=M0)
+    np.testing.assert_allclose(value, reference.log_likelihood(), rtol=1e-8)
+
+
 def test_projected_fit_saves_and_loads(tmp_path, small_problem):
     model = fixed_fit(small_problem, True, 7)
     model.save(tmp_path / "m.nc")
