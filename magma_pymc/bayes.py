@@ -334,7 +334,8 @@ def predict_nuts(
             graphs, (mean_log, log_params), problem.data_args, jitter, joint_inputs, m0
         )
         hp = fit_new_individual(
-            graphs, individual, joint_mean[:n_obs], joint_cov[:n_obs, :n_obs], log_params, bounds, jitter
+            graphs, individual, joint_mean[:n_obs], joint_cov[:n_obs, :n_obs], log_params, bounds, jitter,
+            empirical_prior=model.new_individual_hp == "map",
         )
         pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
         latent.add(pred.mean, pred.latent_cov)

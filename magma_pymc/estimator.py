@@ -74,6 +74,14 @@ class Magma:
         (theory page, *Large union grids*), at :math:`O(G^3)`: an int G (1-D inputs: G evenly
         spaced points over the training input range) or an ``(G, d)`` array of points. For union
         grids of thousands of inputs; see ``docs/performance.md`` for its measured error.
+    new_individual_hp
+        How :meth:`predict` fits a new individual's HP when HP differ (theory page, *Prediction*):
+        ``"map"`` (default) maximises its likelihood times a Gaussian prior on the log HP fitted to
+        the training individuals' log HP (the population the new individual comes from);
+        ``"ml"`` maximises the likelihood alone, as the MAGMA paper. With few observed points the
+        likelihood alone often drives the noise towards zero and the intervals collapse (measured
+        on held-out children of ``weight``: 95 % intervals covering 52 % of points with ``"ml"``,
+        77 % with ``"map"``, and a lower MSE).
 
     Attributes
     ----------
@@ -98,6 +106,7 @@ class Magma:
         jitter: float = JITTER_DEFAULT,
         mean_step: Literal["marginal", "expected"] = "marginal",
         inducing: int | np.ndarray | None = None,
+        new_individual_hp: Literal["map", "ml"] = "map",
     ) -> None:
         self.common_hp = common_hp
         self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
@@ -112,6 +121,9 @@ class Magma:
         self.mean_step = mean_step
         _check_settings(common_hp, max_iter, tol, jitter)
         self.inducing = _check_inducing(inducing, self.mean_kernel.input_dim)
+        if new_individual_hp not in ("map", "ml"):
+            raise ValueError(f"new_individual_hp must be 'map' or 'ml', got {new_individual_hp!r}")
+        self.new_individual_hp = new_individual_hp
         if self.inducing is not None and mean_step != "marginal":
             raise ValueError(
                 "inducing points need mean_step='marginal': in the projected model the data depend on the "
@@ -264,8 +276,9 @@ class Magma:
             On dim ``input``: ``mean``; predictive ``variance``, ``lower``, ``upper`` (for a new
             noisy observation, including :math:`\sigma_*^2`); ``latent_variance``,
             ``latent_lower``, ``latent_upper`` (for :math:`\mu_0 + f_*`, without noise). The new
-            individual's HP are in ``attrs`` (``hp_source``: ``"common"``, ``"fitted"`` or, for
-            Type II with different HP, ``"median"`` of the training individuals' HP).
+            individual's HP are in ``attrs`` (``hp_source``: ``"common"``, ``"map"`` or ``"fitted"``
+            (``new_individual_hp="ml"``) or, for Type II with different HP, ``"median"`` of the
+            training individuals' HP).
         """
         self._check_fitted()
         from magma_pymc.bayes import is_nuts, predict_nuts  # --- NUTS: mixture over draws ---
@@ -289,6 +302,7 @@ class Magma:
             self._state.log_params,
             problem.bounds[: len(self.kernel.names) + 1],
             jitter,
+            empirical_prior=self.new_individual_hp == "map",
         )
         pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
         ds = gaussian_dataset(pred_inputs, self.data_.input_names, pred.mean, pred.predictive_cov, prob, full_cov)

@@ -72,6 +72,7 @@ def save_model(model: Magma, path: str | PathLike) -> None:
         "tol": model.tol,
         "jitter": model.jitter,
         "mean_step": model.mean_step,
+        "new_individual_hp": model.new_individual_hp,
         "inducing": model.inducing.tolist() if isinstance(model.inducing, np.ndarray) else model.inducing,
         "prior_mean": prior_mean,
         "mean_kernel": _kernel_record(model.mean_kernel),
@@ -121,6 +122,7 @@ def load_model(
         jitter=config["jitter"],
         mean_step=config["mean_step"],
         inducing=config.get("inducing"),  # absent from files written before inducing points existed
+        new_individual_hp=config.get("new_individual_hp", "ml"),  # older files: the likelihood alone
     )
     observed = tree["observed_data"].to_dataset()
     frame = observed.to_dataframe().reset_index(drop=True)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scipy.linalg import solve_triangular
+
 from magma_pymc.compiled import ModelGraphs
 from magma_pymc.data import Individual
 from magma_pymc.mstep import minimize_log_params
@@ -22,9 +24,14 @@ from magma_pymc.mstep import minimize_log_params
 __all__ = ["NewIndividualFit", "Prediction", "fit_new_individual", "predict_individual", "mean_process_at"]
 
 
+#: Added to the diagonal of the empirical prior's covariance of the log HP (a floor of its spread,
+#: and what keeps it positive definite when the training individuals share some HP).
+PRIOR_RIDGE = 1e-2
+
+
 class NewIndividualFit(NamedTuple):
     log_params: np.ndarray   # (P + 1,)
-    source: str              # "common", "fitted" or "median" (Type II with different HP)
+    source: str              # "common", "fitted", "map" or "median" (Type II with different HP)
     neg_log_likelihood: float
 
 
@@ -51,13 +58,21 @@ def fit_new_individual(
     jitter: float,
     *,
     n_restarts: int = 4,
+    empirical_prior: bool = False,
 ) -> NewIndividualFit:
-    """HP of the new individual (step 2 of the module docstring).
+    r"""HP of the new individual (step 2 of the module docstring).
 
     ``trained_log_params`` is ``(P + 1,)`` for common HP (returned unchanged) or ``(M, P + 1)``.
     Starting points: the median of the trained HP, then the trained individuals' HP at evenly
     spaced quantiles of their log-likelihood for the new data (``n_restarts`` in all); the best
     optimum wins.
+
+    ``empirical_prior=True`` maximises the posterior instead of the likelihood, under a Gaussian
+    prior on the log HP fitted to the training individuals' log HP (mean :math:`\bar x`,
+    covariance :math:`S` plus :data:`PRIOR_RIDGE` on the diagonal): the objective gains
+    :math:`\tfrac12 (x - \bar x)^\top S^{-1} (x - \bar x)`. With a handful of observed points the
+    likelihood alone often drives the noise to zero and the intervals collapse; the prior keeps
+    the new individual's HP among those of the population (source ``"map"``).
     """
     if trained_log_params.ndim == 1:
         return NewIndividualFit(trained_log_params, "common", np.nan)
@@ -65,8 +80,20 @@ def fit_new_individual(
     if individual.n_points == 0:
         return NewIndividualFit(median, "median", np.nan)
 
-    def objective(log_params):
+    def likelihood(log_params):
         return graphs.new_individual_step(log_params, individual.inputs, individual.outputs, obs_mean, obs_cov, jitter)
+
+    if empirical_prior:
+        centre = trained_log_params.mean(axis=0)
+        spread = np.atleast_2d(np.cov(trained_log_params, rowvar=False)) + PRIOR_RIDGE * np.eye(len(centre))
+        chol = np.linalg.cholesky(spread)
+
+        def objective(log_params):
+            value, grad = likelihood(log_params)
+            white = solve_triangular(chol, log_params - centre, lower=True)
+            return value + 0.5 * white @ white, grad + solve_triangular(chol.T, white, lower=False)
+    else:
+        objective = likelihood
 
     scores = np.array([float(objective(row)[0]) for row in trained_log_params])
     ranked = trained_log_params[np.argsort(np.where(np.isfinite(scores), scores, np.inf))]
@@ -77,7 +104,7 @@ def fit_new_individual(
         result = minimize_log_params(objective, start, bounds)
         if best is None or result.fun < best.fun:
             best = result
-    return NewIndividualFit(best.x, "fitted", float(best.fun))
+    return NewIndividualFit(best.x, "map" if empirical_prior else "fitted", float(best.fun))
 
 
 def predict_individual(

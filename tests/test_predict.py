@@ -15,7 +15,7 @@ NEW_T = np.array([6.0, 0.5, 3.5])                    # deliberately unsorted
 NEW_Y = np.array([1.6, 1.5, 0.7])
 
 
-def fit_fixed(individuals, common_hp):
+def fit_fixed(individuals, common_hp, **options):
     ids = [f"i{k}" for k in range(len(individuals))]
     if common_hp:
         individual = dict(variance=1.0, lengthscale=0.8, noise=0.25)
@@ -24,7 +24,9 @@ def fit_fixed(individuals, common_hp):
         hps = DIFFERENT[: len(individuals)]
         individual = pd.DataFrame(hps, index=ids, columns=["variance", "lengthscale", "noise"])
     hp = {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": individual}
-    model = mp.Magma(common_hp=common_hp, prior_mean=0.4).fit(make_long(individuals, ids), method="fixed", hyperparameters=hp)
+    model = mp.Magma(common_hp=common_hp, prior_mean=0.4, **options).fit(
+        make_long(individuals, ids), method="fixed", hyperparameters=hp
+    )
     return model, JointGP(individuals, HP0, hps, m0=0.4)
 
 
@@ -52,27 +54,61 @@ def test_prediction_matches_dense_joint_gp(small_problem, common_hp, type_):
     np.testing.assert_array_equal(pred["input"].values, T_PRED)
 
 
+def dense_new_individual_nll(reference, log_hp):
+    """-log N(y*; mhat(t*), Khat(t*, t*) + C(t*, t*) + s2 I) from the dense reference."""
+    from reference import se
+    from scipy import stats
+
+    mhat, khat = reference.mean_process(NEW_T)
+    v, l, s2 = np.exp(log_hp)
+    cov = khat + se(NEW_T, NEW_T, v, l) + s2 * np.eye(len(NEW_T))
+    return -stats.multivariate_normal(mhat, cov).logpdf(NEW_Y)
+
+
 def test_new_individual_hp_maximise_its_likelihood(small_problem):
-    """Different HP, Type I: the fitted HP are a local maximum of log N(y*; mhat, Khat + Psi*)."""
-    model, reference = fit_fixed(small_problem, common_hp=False)
+    """Different HP, Type I, new_individual_hp="ml": the fitted HP are a local maximum of
+    log N(y*; mhat, Khat + Psi*)."""
+    model, reference = fit_fixed(small_problem, common_hp=False, new_individual_hp="ml")
     pred = model.predict((NEW_T, NEW_Y), T_PRED)
     assert pred.attrs["hp_source"] == "fitted"
     best = np.log([pred.attrs["hp_variance"], pred.attrs["hp_lengthscale"], pred.attrs["hp_noise"]])
-    mhat, khat = reference.mean_process(NEW_T)
-
-    def dense_nll(log_hp):
-        v, l, s2 = np.exp(log_hp)
-        from reference import se
-        from scipy import stats
-
-        cov = khat + se(NEW_T, NEW_T, v, l) + s2 * np.eye(3)
-        return -stats.multivariate_normal(mhat, cov).logpdf(NEW_Y)
-
-    at_best = dense_nll(best)
+    at_best = dense_new_individual_nll(reference, best)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        assert dense_nll(best + rng.normal(0, 0.05, 3)) >= at_best - 1e-6
-    assert dense_nll(np.log(np.median(DIFFERENT, axis=0))) >= at_best
+        assert dense_new_individual_nll(reference, best + rng.normal(0, 0.05, 3)) >= at_best - 1e-6
+    assert dense_new_individual_nll(reference, np.log(np.median(DIFFERENT, axis=0))) >= at_best
+
+
+def test_new_individual_hp_map_under_the_empirical_prior(small_problem):
+    """Default new_individual_hp="map": the HP are a local maximum of the likelihood times the
+    Gaussian prior fitted to the training individuals' log HP (mean, covariance + ridge on the
+    diagonal), computed densely here; the likelihood alone is maximised elsewhere."""
+    from magma_pymc.predict import PRIOR_RIDGE
+
+    model, reference = fit_fixed(small_problem, common_hp=False)
+    pred = model.predict((NEW_T, NEW_Y), T_PRED)
+    assert pred.attrs["hp_source"] == "map"
+    best = np.log([pred.attrs["hp_variance"], pred.attrs["hp_lengthscale"], pred.attrs["hp_noise"]])
+    population = np.log(DIFFERENT)
+    prior = stats_mvn(population.mean(axis=0), np.cov(population, rowvar=False) + PRIOR_RIDGE * np.eye(3))
+
+    def neg_log_posterior(log_hp):
+        return dense_new_individual_nll(reference, log_hp) - prior.logpdf(log_hp)
+
+    at_best = neg_log_posterior(best)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        assert neg_log_posterior(best + rng.normal(0, 0.05, 3)) >= at_best - 1e-6
+    ml = fit_fixed(small_problem, common_hp=False, new_individual_hp="ml")[0].predict((NEW_T, NEW_Y), T_PRED)
+    ml_best = np.log([ml.attrs["hp_variance"], ml.attrs["hp_lengthscale"], ml.attrs["hp_noise"]])
+    assert not np.allclose(ml_best, best, atol=1e-3)
+    assert neg_log_posterior(ml_best) > at_best
+
+
+def stats_mvn(mean, cov):
+    from scipy import stats
+
+    return stats.multivariate_normal(mean, cov)
 
 
 def test_prediction_accepts_long_dataframe_and_keeps_user_order(small_problem):
