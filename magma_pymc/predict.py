@@ -72,7 +72,9 @@ def fit_new_individual(
     covariance :math:`S` plus :data:`PRIOR_RIDGE` on the diagonal): the objective gains
     :math:`\tfrac12 (x - \bar x)^\top S^{-1} (x - \bar x)`. With a handful of observed points the
     likelihood alone often drives the noise to zero and the intervals collapse; the prior keeps
-    the new individual's HP among those of the population (source ``"map"``).
+    the new individual's HP among those of the population (source ``"map"``). It needs more
+    training individuals than log HP (a covariance of full rank); with fewer, the likelihood
+    alone is maximised (source ``"fitted"``).
     """
     if trained_log_params.ndim == 1:
         return NewIndividualFit(trained_log_params, "common", np.nan)
@@ -83,6 +85,8 @@ def fit_new_individual(
     def likelihood(log_params):
         return graphs.new_individual_step(log_params, individual.inputs, individual.outputs, obs_mean, obs_cov, jitter)
 
+    # The prior needs a covariance estimate of full rank: more individuals than log HP.
+    empirical_prior = empirical_prior and len(trained_log_params) > trained_log_params.shape[1]
     if empirical_prior:
         centre = trained_log_params.mean(axis=0)
         spread = np.atleast_2d(np.cov(trained_log_params, rowvar=False)) + PRIOR_RIDGE * np.eye(len(centre))
