@@ -214,7 +214,7 @@ def test_literal_model_gives_the_same_hp_posterior():
     for marginalised in (True, False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", mp.ConvergenceWarning)  # a few divergences in the literal funnel
-            fit = mp.Magma().fit(sim.data, method="nuts", marginalised=marginalised, draws=500, tune=500, chains=2,
+            fit = mp.Magma().fit(sim.data, method="nuts", marginalised=marginalised, draws=300, tune=300, chains=2,
                                  random_seed=2, target_accept=0.95, compile_mode="NUMBA", **SAMPLER)
         assert fit.idata_.attrs["marginalised"] == int(marginalised)
         summaries.append(az.summary(fit.idata_, var_names=["log_mu0_hp", "log_hp"]).astype(float))
