@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 from scipy.special import ndtr
@@ -78,22 +79,14 @@ def build_marginal_model(
     The training arrays enter as ``pm.Data`` so that the compiled graph is reused across data sets.
     ``priors`` as in :func:`magma_pymc.model.build_model`.
     """
-    train, priors = model.data_, dict(priors or {})
     mean_names, names = model.mean_kernel.names, (*model.kernel.names, NOISE)
-    initial = model.initial_hyperparameters(train)
-    mean_centre, centre = np.log(initial.mean_process.to_numpy()), np.log(initial.individual.to_numpy()[0])
-    coords = {"mean_hp": list(mean_names), "hp": list(names), "individual": [str(i) for i in train.ids]}
-    hp_dims = ("hp",) if model.common_hp else ("individual", "hp")
     grid, inputs, residuals, mask, index = problem.data_args
-    with pm.Model(coords=coords) as pm_model:
+    with pm.Model(coords=_coords(model)) as pm_model:
         data = TrainingTensors(
             pm.Data("grid", grid), pm.Data("inputs", inputs), pm.Data("residuals", residuals),
             pm.Data("mask", mask), pm.Data("index", index), pm.Data("jitter", np.asarray(jitter)),
         )
-        default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
-        default = lambda name, dims: pm.Normal(name, mu=centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
-        mean_log = priors.get("mean_hp", default_mean)(MEAN_LOG_HP, ("mean_hp",))
-        log_hp = priors.get("hp", default)(LOG_HP, hp_dims)
+        mean_log, log_hp = _prior_variables(model, priors)
         for k, name in enumerate(mean_names):
             pm.Deterministic(MEAN_PREFIX + name, pt.exp(mean_log[k]))
         for k, name in enumerate(names):
@@ -109,6 +102,46 @@ def build_marginal_model(
         loglik = step.log_likelihood
         pm.Potential("marginal_likelihood", pt.switch(pt.isnan(loglik), -np.inf, loglik))
     return pm_model
+
+
+def _coords(model: Magma) -> dict:
+    return {"mean_hp": list(model.mean_kernel.names), "hp": [*model.kernel.names, NOISE],
+            "individual": [str(i) for i in model.data_.ids]}
+
+
+def _prior_variables(model: Magma, priors: Mapping[str, LogPriorFactory] | None):
+    """The log-HP variables of the priors (inside a ``pm.Model`` with :func:`_coords`): ``priors``'
+    factories, or the defaults ``Normal(centre, PRIOR_SD)`` centred on the data-scaled initial HP."""
+    priors = dict(priors or {})
+    initial = model.initial_hyperparameters(model.data_)
+    mean_centre, centre = np.log(initial.mean_process.to_numpy()), np.log(initial.individual.to_numpy()[0])
+    default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
+    default = lambda name, dims: pm.Normal(name, mu=centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
+    hp_dims = ("hp",) if model.common_hp else ("individual", "hp")
+    return (priors.get("mean_hp", default_mean)(MEAN_LOG_HP, ("mean_hp",)),
+            priors.get("hp", default)(LOG_HP, hp_dims))
+
+
+def compile_log_priors(model: Magma, priors: Mapping[str, LogPriorFactory] | None):
+    """``(mean_fn, individual_fn)``: each maps a block of log HP to (log prior density, gradient),
+    the priors of :func:`build_marginal_model` (EM's MAP mode, ``fit(..., priors=...)``).
+
+    The priors must be distributions on the log HP themselves (no PyMC transform), since EM
+    optimises the log HP directly.
+    """
+    with pm.Model(coords=_coords(model)) as pm_model:
+        variables = _prior_variables(model, priors)
+    functions = []
+    for variable in variables:
+        if pm_model.rvs_to_transforms.get(variable) is not None:
+            raise ValueError(
+                f"the prior of {variable.name} is transformed by PyMC ({pm_model.rvs_to_transforms[variable]}); "
+                "EM's MAP needs unbounded priors on the log hyper-parameters (e.g. pm.Normal)"
+            )
+        value = pm_model.rvs_to_values[variable]
+        log_density = pm_model.logp(vars=[variable])
+        functions.append(pytensor.function([value], [log_density, pytensor.grad(log_density, value)]))
+    return tuple(functions)
 
 
 def fit_nuts(

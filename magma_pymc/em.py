@@ -56,6 +56,16 @@ class Problem:
     bounds: list                # per individual parameter (flattened per individual when different HP)
     output_scale: float         # output variance, the unit of the jitter
     mean_step: str = "marginal"  # "marginal" (ECME) or "expected" (the textbook M-step of theta0)
+    #: MAP mode: ``(mean_fn, individual_fn)``, log prior density and gradient of each HP block
+    #: (:func:`magma_pymc.bayes.compile_log_priors`); ``None``: maximum likelihood.
+    log_priors: tuple | None = None
+
+    def log_prior(self, state: EMState) -> float:
+        """Log prior density of the state's HP (0 without priors)."""
+        if self.log_priors is None:
+            return 0.0
+        mean_fn, individual_fn = self.log_priors
+        return float(mean_fn(state.mean_log_params)[0]) + float(individual_fn(state.log_params)[0])
 
     @property
     def n_individuals(self) -> int:
@@ -110,6 +120,8 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
             log_params, individual_inputs, current.deviations, current.cov_blocks, mask, state.jitter
         )
 
+    if problem.log_priors is not None:
+        individual_objective = _minus_log_prior(individual_objective, problem.log_priors[1])
     individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
 
     if problem.mean_step == "marginal":
@@ -122,8 +134,21 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         def mean_objective(log_params):
             return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
 
+    if problem.log_priors is not None:
+        mean_objective = _minus_log_prior(mean_objective, problem.log_priors[0])
     mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
     return state._replace(mean_log_params=mean_fit.x, log_params=individual_fit.x)
+
+
+def _minus_log_prior(objective: Callable, log_prior: Callable) -> Callable:
+    """``objective - log prior`` (value and gradient): the MAP version of an M-step objective."""
+
+    def penalised(log_params):
+        value, grad = objective(log_params)
+        prior_value, prior_grad = log_prior(log_params)
+        return value - prior_value, np.asarray(grad) - np.asarray(prior_grad)
+
+    return penalised
 
 
 class EMTrace(NamedTuple):
@@ -136,6 +161,7 @@ class EMTrace(NamedTuple):
     log_likelihood: np.ndarray   # (iterations + 1,)
     converged: bool
     interrupted: bool
+    log_posterior: np.ndarray    # (iterations + 1,) log_likelihood + log prior (MAP mode; else equal)
 
 
 def run_em(
@@ -154,6 +180,8 @@ def run_em(
     """
     current, state = estep(state, problem)
     means, individuals, lls = [state.mean_log_params], [state.log_params], [current.log_likelihood]
+    # The objective EM increases: log p(y | HP), plus log p(HP) in MAP mode.
+    objectives = [current.log_likelihood + problem.log_prior(state)]
     converged = interrupted = False
     try:
         for iteration in range(1, max_iter + 1):
@@ -163,9 +191,10 @@ def run_em(
             means.append(state.mean_log_params)
             individuals.append(state.log_params)
             lls.append(current.log_likelihood)
+            objectives.append(current.log_likelihood + problem.log_prior(state))
             if callback is not None:
                 callback(iteration, state, current.log_likelihood)
-            if abs(lls[-1] - lls[-2]) < tol * abs(lls[-2]):
+            if abs(objectives[-1] - objectives[-2]) < tol * abs(objectives[-2]):
                 converged = True
                 break
     except KeyboardInterrupt:
@@ -175,7 +204,9 @@ def run_em(
     if not converged and not interrupted and len(lls) > 1:
         _warn(
             f"EM did not converge in {max_iter} iterations (last relative change "
-            f"{abs(lls[-1] - lls[-2]) / abs(lls[-2]):.2e} >= tol={tol:g}); increase max_iter",
+            f"{abs(objectives[-1] - objectives[-2]) / abs(objectives[-2]):.2e} >= tol={tol:g}); increase max_iter",
             ConvergenceWarning,
         )
-    return EMTrace(state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted)
+    return EMTrace(
+        state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted, np.array(objectives)
+    )

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 from collections.abc import Callable, Mapping
@@ -160,12 +161,16 @@ class Magma:
             Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
             ``output_col``, ``duplicates``). With ``method="nuts"`` also the sampler options of
             :data:`magma_pymc.bayes.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
-            ``nuts_sampler``, ``target_accept``, ``priors``, ``thin``, ``progressbar``).
+            ``nuts_sampler``, ``target_accept``, ``priors``, ``thin``, ``progressbar``). With
+            ``method="em"``, ``priors`` (a mapping as for NUTS; ``{}`` for the default priors) makes
+            EM find the MAP under those priors, the mode of the posterior NUTS samples; ``em_trace``
+            then also holds ``log_posterior`` (``log_likelihood`` plus the log prior).
         """
         # --- NUTS (magma_pymc.bayes): sampler options travel in **data_options ---
         from magma_pymc.bayes import NUTS_DEFAULTS
 
         nuts_options = {k: data_options.pop(k) for k in NUTS_DEFAULTS if k in data_options}
+        map_priors = nuts_options.pop("priors", None) if method == "em" else None
         if nuts_options and method != "nuts":
             raise ValueError(f"sampler options {sorted(nuts_options)} need method='nuts'")
         # --- end NUTS ---
@@ -195,6 +200,10 @@ class Magma:
             self.fit_seconds_ = time.perf_counter() - start
             return self
         # --- end NUTS ---
+        if map_priors is not None:  # EM-MAP under the priors NUTS would use
+            from magma_pymc.bayes import compile_log_priors
+
+            problem = dataclasses.replace(problem, log_priors=compile_log_priors(self, map_priors))
         trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
         if method == "em":
             self._warn_hp_at_bounds(trace.state, problem, train)
@@ -468,6 +477,8 @@ class Magma:
         )
         em_trace = hp_dataset(*names, trace.mean_log_params, trace.log_params, ("em_iteration",), ids)
         em_trace["log_likelihood"] = ("em_iteration", trace.log_likelihood)
+        if self._problem_.log_priors is not None:  # MAP mode
+            em_trace["log_posterior"] = ("em_iteration", trace.log_posterior)
         em_trace = em_trace.assign_coords(em_iteration=np.arange(len(trace.log_likelihood)))
         em_trace.attrs.update(converged=int(trace.converged), interrupted=int(trace.interrupted), tol=self.tol)
         estep_result = trace.estep

@@ -253,3 +253,34 @@ def test_simulation_based_calibration_light():
         hits.extend((lo < truth) & (truth < hi))
     print(f"SBC light: {sum(hits)} of {len(hits)} truths inside the central 90% intervals")
     assert sum(hits) >= 22
+
+
+def test_em_map_is_the_mode_of_the_nuts_target(small_problem):
+    """fit(priors=...) with EM: the result maximises log p(y | HP) + log p(HP) (dense JointGP
+    likelihood + the Normal priors, optimised here with SciPy), differs from the MLE, and EM's
+    log posterior never decreases."""
+    mean_centre, centre, sd = np.log([1.0, 1.0]), np.log([1.0, 1.0, 0.1]), 0.5
+    priors = {"mean_hp": lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=sd, dims=dims),
+              "hp": lambda name, dims: pm.Normal(name, mu=centre, sigma=sd, dims=dims)}
+    data = make_long(small_problem)
+    em_map = mp.Magma(prior_mean=0.4, tol=1e-10, max_iter=300).fit(data, priors=priors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.ConvergenceWarning)  # the MLE's individual lengthscale hits its bound
+        mle = mp.Magma(prior_mean=0.4, tol=1e-10, max_iter=300).fit(data)
+
+    def neg_log_posterior(x):
+        reference = JointGP(small_problem, tuple(np.exp(x[:2])), [tuple(np.exp(x[2:]))] * len(small_problem), m0=0.4)
+        prior = stats.norm(np.concatenate([mean_centre, centre]), sd).logpdf(x).sum()
+        return -(reference.log_likelihood() + prior)
+
+    state = em_map._state
+    x_em = np.concatenate([state.mean_log_params, state.log_params])
+    best = optimize.minimize(neg_log_posterior, x_em, method="Nelder-Mead",
+                             options=dict(xatol=1e-7, fatol=1e-10, maxiter=4000))
+    assert neg_log_posterior(x_em) - best.fun < 1e-4
+    np.testing.assert_allclose(x_em, best.x, atol=0.02)
+    x_mle = np.concatenate([mle._state.mean_log_params, mle._state.log_params])
+    assert np.max(np.abs(x_mle - x_em)) > 0.05
+    log_post = em_map.idata_["em_trace"]["log_posterior"].values
+    assert np.all(np.diff(log_post) >= -1e-8 * np.abs(log_post[:-1]))
+    assert not np.allclose(log_post, em_map.idata_["em_trace"]["log_likelihood"].values)
