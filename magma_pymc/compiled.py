@@ -31,11 +31,14 @@ from pytensor.compile import Function
 from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
+    DataPrecision,
     EStep,
     TrainingTensors,
     build_estep,
     build_estep_common,
+    build_data_precision,
     build_estep_projected,
+    build_log_likelihood_from_precision,
     build_mean_process_at,
 )
 from magma_pymc.kernels import Kernel
@@ -93,6 +96,14 @@ class ModelGraphs:
     def fast_path(self) -> bool:
         """Common grid and common HP: one factorisation per evaluation instead of M."""
         return self.common_hp and self.common_grid and not self.projected
+
+    @property
+    def precision_mean_step(self) -> bool:
+        """Whether the ECME mean-process step runs on the data's information form
+        (:meth:`data_precision`): the exact union-grid paths, where the data enter the likelihood
+        of :math:`\\theta_0` only through :math:`S, b` (the fast path is :math:`O(N^3)` already; in
+        the projected model the loadings depend on :math:`\\theta_0`)."""
+        return not self.fast_path and not self.projected
 
     # ---- symbolic inputs -------------------------------------------------------------------
     def _hp(self):
@@ -158,6 +169,33 @@ class ModelGraphs:
         inputs, estep, _ = self._estep_graph(mean_hp, ind_hp)
         value = -estep.log_likelihood
         return _compile(inputs, [value, pytensor.grad(value, mean_hp)], self.mode)
+
+    @cached_property
+    def data_precision(self) -> Function:
+        """``(hp, grid, inputs, residuals, mask, index, jitter) -> (precision, shift, quad_residuals,
+        half_logdet_psi, n_obs)``: :func:`~magma_pymc.hyperposterior.build_data_precision`."""
+        _, ind_hp = self._hp()
+        data = TrainingTensors.symbolic()
+        summary = build_data_precision(self.individual_kernel, ind_hp, data)
+        return _compile([ind_hp, *data], list(summary), self.mode)
+
+    @cached_property
+    def mean_process_precision_step(self) -> Function:
+        """``(mean_hp, grid, precision, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (value,
+        grad)`` of :math:`-\\log p(y)` w.r.t. the mean-process HP, from :meth:`data_precision`'s
+        summary: :math:`O(N^3)` per call whatever the number of individuals."""
+        log_params = pt.vector("mean_log_params", dtype="float64")
+        grid = pt.matrix("grid", dtype="float64")
+        summary = DataPrecision(
+            pt.matrix("precision", dtype="float64"), pt.vector("shift", dtype="float64"),
+            pt.scalar("quad_residuals", dtype="float64"), pt.scalar("half_logdet_psi", dtype="float64"),
+            pt.scalar("n_obs", dtype="float64"),
+        )
+        jitter = pt.scalar("jitter", dtype="float64")
+        value = -build_log_likelihood_from_precision(self.mean_kernel, log_params, grid, summary, jitter)
+        return _compile(
+            [log_params, grid, *summary, jitter], [value, pytensor.grad(value, log_params)], self.mode
+        )
 
     @cached_property
     def mean_process_step(self) -> Function:

@@ -124,7 +124,15 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         individual_objective = _minus_log_prior(individual_objective, problem.log_priors[1])
     individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
 
-    if problem.mean_step == "marginal":
+    if problem.mean_step == "marginal" and graphs.precision_mean_step:
+        # The data enter log p(y | theta0) only through their information form at the new individual
+        # HP: computed once here, each evaluation then costs O(N^3) instead of O(N^2 sum_i N_i).
+        summary = graphs.data_precision(individual_fit.x, *problem.data_args, state.jitter)
+
+        def mean_objective(log_params):
+            return graphs.mean_process_precision_step(log_params, grid, *summary, state.jitter)
+
+    elif problem.mean_step == "marginal":
 
         def mean_objective(log_params):
             return graphs.mean_process_marginal_step(log_params, individual_fit.x, *problem.data_args, state.jitter)

@@ -175,3 +175,28 @@ def test_magmaclustr_fixture_hyperposterior_and_prediction(fixture_dir):
     pred = model.predict(new, expected_pred["Input"].to_numpy())
     np.testing.assert_allclose(pred["mean"].values, expected_pred["Mean"], atol=2e-5)
     np.testing.assert_allclose(pred["variance"].values, expected_pred["Var"], atol=2e-5)
+
+
+@pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
+def test_information_form_mean_step_matches_dense_likelihood_and_finite_differences(small_problem, common_hp):
+    """The ECME mean-process objective from the data's information form (S, b) is -log p(y) of the
+    dense joint GP at any theta0, with the individual HP fixed; its gradient matches central differences."""
+    # Padding (different N_i) and inputs shared by several individuals both occur here.
+    t_all = np.concatenate([t for t, _ in small_problem])
+    assert len(np.unique(t_all)) < len(t_all)
+    model, _ = fixed_model(small_problem, common_hp)
+    graphs, args, state = model._problem_.graphs, model._problem_.data_args, model._state
+    assert graphs.precision_mean_step
+    summary = graphs.data_precision(state.log_params, *args, state.jitter)
+    hps = [COMMON] * len(small_problem) if common_hp else DIFFERENT[: len(small_problem)]
+    for hp0 in [(3.0, 2.0), (0.5, 0.7), (10.0, 6.0)]:
+        log_hp0 = np.log(hp0)
+        value, grad = graphs.mean_process_precision_step(log_hp0, args[0], *summary, state.jitter)
+        reference = JointGP(small_problem, hp0, hps, m0=0.7)
+        np.testing.assert_allclose(-value, reference.log_likelihood(), rtol=1e-9)
+        eps = 1e-6
+        for k in range(2):
+            step = np.eye(2)[k] * eps
+            up = graphs.mean_process_precision_step(log_hp0 + step, args[0], *summary, state.jitter)[0]
+            down = graphs.mean_process_precision_step(log_hp0 - step, args[0], *summary, state.jitter)[0]
+            np.testing.assert_allclose(grad[k], (up - down) / (2 * eps), rtol=1e-5, atol=1e-6)
