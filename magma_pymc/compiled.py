@@ -76,6 +76,9 @@ def _compile(inputs, outputs, mode: str) -> Function:
         # PyTensor warns once that pip installs find no BLAS to link its C code to; it then uses
         # NumPy's BLAS through the C-API, which is what the benchmarks measure.
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
+        # In NUMBA mode the batched block loss (magma_pymc.ops) runs its NumPy `perform` in object
+        # mode, which is its intended path (one call into NumPy's batched LAPACK per evaluation).
+        warnings.filterwarnings("ignore", message="Numba will use object mode to run GaussianBlockLoss")
         return pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
 
 

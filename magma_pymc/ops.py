@@ -1,0 +1,95 @@
+r"""A batched Gaussian block loss as one PyTensor Op, for the individual M-step.
+
+With different HP and thousands of individuals, the individual M-step evaluates, hundreds of times,
+
+.. math::
+
+    \ell_i(\Psi_i) = \tfrac12 \mathrm{tr}(\Psi_i^{-1} G_i) + \tfrac12 \log|\Psi_i|,
+    \qquad G_i = (y_i - \hat m_i)(y_i - \hat m_i)^\top + \hat K_i,
+
+for small blocks (:math:`N_i \approx 30`). Written with PyTensor's batched ``cholesky`` and
+``solve_triangular``, each evaluation with its gradient runs about fifteen per-block LAPACK calls
+from a Python loop (``Blockwise``): 0.3 s per evaluation at M = 2000 (``benchmarks/``). This Op
+computes the same values with NumPy's batched Cholesky and one LAPACK triangular inverse per block,
+and its gradient in closed form,
+
+.. math::
+
+    \frac{\partial \ell_i}{\partial \Psi_i} = \tfrac12 \big(\Psi_i^{-1} - \Psi_i^{-1} G_i \Psi_i^{-1}\big),
+    \qquad \Psi_i^{-1} = L_i^{-\top} L_i^{-1},\ L_i = \mathrm{chol}(\Psi_i),
+
+so the kernel's part of the chain rule stays a PyTensor graph. :math:`L_i^{-1}` comes from the
+Cholesky factor (LAPACK ``trtri``), never from a general inverse of :math:`\Psi_i`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.gradient import DisconnectedType, grad_undefined
+from pytensor.graph import Apply, Op
+from scipy.linalg import lapack
+
+__all__ = ["GaussianBlockLoss", "gaussian_block_loss"]
+
+
+class GaussianBlockLoss(Op):
+    r"""``(psi (M, n, n), scatter (M, n, n)) -> (loss (M,), dloss_dpsi (M, n, n))`` (module docstring).
+
+    ``loss[i]`` is :math:`\ell_i` and ``dloss_dpsi[i]`` its derivative with respect to every entry of
+    :math:`\Psi_i`. Where a block is not positive definite both outputs are NaN (all blocks: the
+    M-step's optimiser then rejects the trial point). Only the first output is differentiable, and
+    only with respect to ``psi``; ``scatter`` (the E-step's :math:`G_i`) is data.
+    """
+
+    __props__ = ()
+
+    def make_node(self, psi, scatter):
+        psi = pt.as_tensor_variable(psi, dtype="float64")
+        scatter = pt.as_tensor_variable(scatter, dtype="float64")
+        if psi.ndim != 3 or scatter.ndim != 3:
+            raise ValueError("GaussianBlockLoss takes two (M, n, n) tensors")
+        return Apply(self, [psi, scatter], [pt.vector(dtype="float64"), pt.tensor3(dtype="float64")])
+
+    def perform(self, node, inputs, output_storage):
+        psi, scatter = inputs
+        try:
+            chol = np.linalg.cholesky(psi)
+        except np.linalg.LinAlgError:
+            output_storage[0][0] = np.full(psi.shape[0], np.nan)
+            output_storage[1][0] = np.full(psi.shape, np.nan)
+            return
+        inverse_factor = np.empty_like(chol)
+        for i, factor in enumerate(chol):
+            inverse_factor[i], info = lapack.dtrtri(factor, lower=1)
+            if info != 0:  # a zero pivot: numerically singular despite the Cholesky
+                output_storage[0][0] = np.full(psi.shape[0], np.nan)
+                output_storage[1][0] = np.full(psi.shape, np.nan)
+                return
+        precision = inverse_factor.mT @ inverse_factor                 # Psi^{-1}, symmetric by construction
+        half_logdet = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        output_storage[0][0] = 0.5 * (precision * scatter).sum(axis=(1, 2)) + half_logdet
+        output_storage[1][0] = 0.5 * (precision - precision @ scatter @ precision)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0][:1], shapes[0]]
+
+    def pullback(self, inputs, outputs, cotangents):
+        loss_grad, dpsi_grad = cotangents
+        if not isinstance(dpsi_grad.type, DisconnectedType):
+            raise NotImplementedError("GaussianBlockLoss: the derivative output is not differentiable")
+        return [
+            loss_grad[:, None, None] * outputs[1],
+            grad_undefined(self, 1, inputs[1], "the E-step's scatter matrices are data"),
+        ]
+
+    if not hasattr(Op, "pullback"):  # PyTensor releases that predate `pullback` call `L_op`
+        L_op = pullback
+
+
+_loss = GaussianBlockLoss()
+
+
+def gaussian_block_loss(psi, scatter):
+    r""":math:`\ell_i = \tfrac12\mathrm{tr}(\Psi_i^{-1}G_i) + \tfrac12\log|\Psi_i|` for each block (shape ``(M,)``)."""
+    return _loss(psi, scatter)[0]
