@@ -12,7 +12,10 @@ The C backend (``"CVM"``) compiles each *op* once per machine (about a minute on
 and then builds new graphs in seconds, so it is the default: cold starts dominate interactive
 use and test suites. Numba runs each call faster, and pays off for long fits (thousands of
 individuals); choose it with ``Magma(compile_mode="NUMBA")`` or ``MAGMA_PYMC_COMPILE_MODE=NUMBA``.
-Measurements: ``benchmarks/README.md``.
+``"FAST_COMPILE"`` compiles nothing (PyTensor's Python implementations of each op, fewer graph
+rewrites): a first fit on a machine with an empty cache takes about 3 s instead of a minute, and
+each later evaluation is 2-3x slower than with the C backend; it suits short-lived processes
+(CI jobs, containers). All modes compute the same numbers. Measurements: ``docs/performance.md``.
 """
 
 from __future__ import annotations

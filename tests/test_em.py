@@ -107,3 +107,22 @@ def test_interval_coverage_over_seeds(common_hp, n_seeds, lowest):
     coverage = covered / total
     print(f"coverage {coverage:.3f} over {total} points")
     assert lowest <= coverage <= 0.99
+
+
+@pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
+def test_compile_modes_give_the_same_fit(common_hp):
+    """FAST_COMPILE (Python implementations, no C compilation: the cold-start mode) fits the same
+    EM path as the default C backend, and predicts the same."""
+    sim = mp.simulate(6, 12, common_grid=False, common_hp=common_hp, seed=5, n_new=1)
+    observed, _ = mp.split_observed(sim.new, 8)
+    grid = np.linspace(0.0, 10.0, 7)
+    fits = {}
+    for mode in ("CVM", "FAST_COMPILE"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = mp.Magma(common_hp=common_hp, compile_mode=mode).fit(sim.data)
+        fits[mode] = (model.log_likelihood_, model.n_iter_, model.predict(observed, grid)["mean"].values)
+    for mode in ("FAST_COMPILE",):
+        np.testing.assert_allclose(fits[mode][0], fits["CVM"][0], rtol=1e-8)
+        assert fits[mode][1] == fits["CVM"][1]
+        np.testing.assert_allclose(fits[mode][2], fits["CVM"][2], rtol=1e-6, atol=1e-8)
