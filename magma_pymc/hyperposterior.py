@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytensor.tensor as pt
+from pytensor.gradient import disconnected_grad
 from pytensor.tensor.linalg import cholesky, solve_triangular
 from pytensor.tensor.variable import TensorVariable
 
@@ -270,12 +271,21 @@ def build_log_likelihood_from_precision(
     :math:`O(N^2\sum_i N_i)` individual work at each call.
     """
     n_grid = grid.shape[0]
-    chol_prior = cholesky(_with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter), lower=True)
-    b_matrix = pt.eye(n_grid) + chol_prior.T @ summary.precision @ chol_prior
+    prior_cov = mean_kernel.covariance(mean_log_params)(grid)
+    chol_prior = cholesky(_with_jitter(prior_cov, jitter), lower=True)
+    loaded = chol_prior.T @ summary.precision                                      # L0' S
+    b_matrix = pt.eye(n_grid) + loaded @ chol_prior
     c = chol_prior.T @ summary.shift
-    return _finish_estep(
-        chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi, summary.n_obs
-    ).log_likelihood
+    estep = _finish_estep(chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi, summary.n_obs)
+    # Closed-form gradient (fewer O(N^3) products than differentiating the factorisations):
+    # d log p = 1/2 v' dK0 v - 1/2 tr(R dK0) with v = b - S (mhat - m0) and
+    # R = (I + S K0)^{-1} S = S - Y'Y, Y = L_B^{-1} L0' S. It enters through a surrogate whose value
+    # is zero and whose gradient is that formula; R and v are held constant (disconnected).
+    reduced = solve_triangular(estep.chol_b, loaded, lower=True, b_ndim=2)
+    weight = disconnected_grad(summary.precision - reduced.T @ reduced)
+    v = disconnected_grad(summary.shift - summary.precision @ estep.mean)
+    surrogate = 0.5 * ((v @ prior_cov) @ v - (weight * prior_cov).sum())
+    return disconnected_grad(estep.log_likelihood) + surrogate - disconnected_grad(surrogate)
 
 
 def build_estep_common(
