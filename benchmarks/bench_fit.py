@@ -185,7 +185,7 @@ def build_cases(args) -> list[dict]:
         for s in ("uncommon grid / common HP", "uncommon grid / diff HP"):
             specs += [(s, m, None, "warm") for m in (20, 200, 2000) if not (args.quick and m == 20)]
     if args.union:
-        for n in (500, 2000, 5000):
+        for n in args.union_sizes:
             # Each individual draws N_i of the n grid points at random: M = 4 n / N_i draws cover
             # about 1 - e^-4 = 98% of the grid (the measured union size is reported as N).
             m = math.ceil(4 * n / N_POINTS)
@@ -287,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--union-exact-max", type=int, default=2000,
         help="largest union grid also fitted exactly (default 2000); the others use inducing points only",
+    )
+    parser.add_argument(
+        "--union-sizes", type=lambda text: [int(v) for v in text.split(",")], default=[500, 2000, 5000],
+        help="comma-separated grid sizes of --union (default 500,2000,5000; simulating different HP on the "
+             "5000 grid alone takes minutes: mp.simulate draws every curve on the whole grid)",
     )
     parser.add_argument("--full", action="store_true", help="all of the above")
     parser.add_argument(
