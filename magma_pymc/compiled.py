@@ -29,23 +29,27 @@ from functools import cached_property
 
 import pytensor
 import pytensor.tensor as pt
-from pytensor.tensor.linalg import solve_triangular
 from pytensor.compile import Function
+from pytensor.tensor.linalg import solve_triangular
 from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
     DataPrecision,
     EStep,
     TrainingTensors,
+    build_data_precision,
     build_estep,
     build_estep_common,
-    build_data_precision,
     build_estep_projected,
     build_log_likelihood_from_precision,
     build_mean_process_at,
 )
 from magma_pymc.kernels import Kernel
-from magma_pymc.mstep import individual_objective, individual_objective_common, mean_process_objective
+from magma_pymc.mstep import (
+    individual_objective,
+    individual_objective_common,
+    mean_process_objective,
+)
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
 
 __all__ = ["BLAS_THREADS", "DEFAULT_MODE", "ModelGraphs", "blas_limited", "graphs_for"]

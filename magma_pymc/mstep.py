@@ -34,7 +34,7 @@ from magma_pymc.hyperposterior import (
 from magma_pymc.kernels import Kernel
 from magma_pymc.ops import gaussian_block_loss
 
-__all__ = ["individual_objective", "individual_objective_common", "mean_process_objective", "minimize_log_params"]
+__all__ = ["mean_process_objective", "individual_objective", "individual_objective_common", "minimize_log_params"]
 
 
 def mean_process_objective(

@@ -4,6 +4,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from reference import se
 from test_hyperposterior import fixed_model
 
 from magma_pymc.ops import gaussian_block_loss
@@ -58,7 +59,7 @@ def test_individual_step_matches_dense_expected_loglik_and_finite_differences(sm
     graphs = problem.graphs
     assert not graphs.fast_path  # uncommon grid: the batched, padded objective
     _, inputs, _, mask, _ = problem.data_args
-    result = model._problem_.graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, state.jitter)
+    result = graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, state.jitter)
     deviations, blocks = result[4], result[5]
     assert (mask == 0).any()  # padding occurs
 
@@ -67,7 +68,6 @@ def test_individual_step_matches_dense_expected_loglik_and_finite_differences(sm
 
     value, grad = objective(state.log_params)
     # Psi_i from the dense reference kernels (SE + noise), independent of the library's graphs.
-    from reference import se
     log_params = np.broadcast_to(state.log_params, (mask.shape[0], 3))
     psi = np.stack([
         se(x[:, 0], x[:, 0], np.exp(lp[0]), np.exp(lp[1])) + (np.exp(lp[2]) + state.jitter) * np.eye(x.shape[0])
