@@ -34,9 +34,9 @@ had measured by then (e.g. the first fit of a warm case).
 Run (from the repository root)::
 
     python benchmarks/bench_fit.py                      # --quick: 4 settings warm + 1 cold
-    python benchmarks/bench_fit.py --quick --modes NUMBA,CVM --output benchmarks/quick.md
-    python benchmarks/bench_fit.py --scale --union --modes NUMBA,CVM --timeout 600
-    python benchmarks/bench_fit.py --full --modes NUMBA,CVM   # everything (long)
+    python benchmarks/bench_fit.py --quick --modes NUMPY,CVM --output benchmarks/quick.md
+    python benchmarks/bench_fit.py --scale --union --modes NUMPY,CVM --timeout 600
+    python benchmarks/bench_fit.py --full --modes NUMPY,CVM   # everything (long)
 
 Groups: ``--quick`` (M=20, all four settings warm, plus cold for uncommon grid / common HP),
 ``--cold`` (cold for all four settings), ``--scale`` (M in 20, 200, 2000 on the 201 grid,
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--full", action="store_true", help="all of the above")
     parser.add_argument(
-        "--modes", default=os.environ.get("MAGMA_PYMC_COMPILE_MODE", "CVM"),
+        "--modes", default=os.environ.get("MAGMA_PYMC_COMPILE_MODE", "NUMPY"),
         help="comma-separated PyTensor compile modes, e.g. NUMBA,CVM (default: the library default)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case (default 600)")

@@ -34,6 +34,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from scipy.special import ndtr
 
+from magma_pymc.compiled import sampling_mode
 from magma_pymc.data import as_individual, as_inputs
 from magma_pymc.em import EMState, Problem, estep
 from magma_pymc.hyperposterior import TrainingTensors, build_estep, build_estep_common, build_estep_projected
@@ -164,7 +165,8 @@ def fit_nuts(
     ``marginalised=False`` samples the literal model instead (:func:`magma_pymc.model.build_model`,
     non-centred: :math:`\mu_0` and every :math:`f_i` latent), same priors and jitter: the same HP
     posterior at a far higher cost, as a cross-check on small data. ``compile_mode`` is the
-    PyTensor mode of the sampler's log-density (default: the model's ``compile_mode``; ``"NUMBA"``
+    PyTensor mode of the sampler's log-density (default: the model's ``compile_mode``, or ``"CVM"``
+    if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`; ``"NUMBA"``
     evaluates small graphs about 7x faster than ``"CVM"`` after a compile of tens of seconds).
     """
     if thin < 1 or int(thin) != thin:
@@ -177,7 +179,7 @@ def fit_nuts(
         pm_model = model.build_model(model.data_, priors=priors, jitter=jitter, noncentred=True)
     options = dict(initvals={MEAN_LOG_HP: state.mean_log_params, LOG_HP: state.log_params}) if initial else {}
     if nuts_sampler == "pymc":
-        options["compile_kwargs"] = {"mode": compile_mode or model.compile_mode}
+        options["compile_kwargs"] = {"mode": compile_mode or sampling_mode(model.compile_mode)}
     with pm_model, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
         tree = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=random_seed, nuts_sampler=nuts_sampler,

@@ -6,16 +6,22 @@ data, another number of individuals or another grid reuses the same compiled fun
 the first fit of a structure in a process pays for compilation. Functions are compiled lazily
 (prediction graphs only when predicting).
 
-Compile mode: PyTensor's default backend (Numba) JIT-compiles every new graph: measured here,
-80-90 s for the graphs of one fit on an empty cache and ~15 s per new process with a warm cache.
-The C backend (``"CVM"``) compiles each *op* once per machine (about a minute on an empty cache)
-and then builds new graphs in seconds, so it is the default: cold starts dominate interactive
-use and test suites. Numba runs each call faster, and pays off for long fits (thousands of
-individuals); choose it with ``Magma(compile_mode="NUMBA")`` or ``MAGMA_PYMC_COMPILE_MODE=NUMBA``.
-``"FAST_COMPILE"`` compiles nothing (PyTensor's Python implementations of each op, fewer graph
-rewrites): a first fit on a machine with an empty cache takes about 3 s instead of a minute, and
-each later evaluation is 2-3x slower than with the C backend; it suits short-lived processes
-(CI jobs, containers). All modes compute the same numbers. Measurements: ``docs/performance.md``.
+Compile mode (``Magma(compile_mode=...)``, or ``MAGMA_PYMC_COMPILE_MODE`` for the process-wide
+default), measured in ``docs/performance.md``; all modes compute the same numbers:
+
+* ``"NUMPY"`` (default, :mod:`magma_pymc.modes`): PyTensor's full graph rewrites, then each op's
+  NumPy/SciPy implementation; nothing is compiled, so a first fit on a fresh machine takes about
+  2 s. MAGMA's graphs are dominated by a few factorisations that run in LAPACK whatever the
+  backend; the price is Python overhead per op: 1.5-2.5x the C backend's warm time on small
+  problems (20 individuals), 1.0-1.5x on large ones (thousands of individuals or inputs).
+* ``"CVM"``: the C backend compiles each op once per machine (about a minute on an empty cache,
+  ~5 s per new process afterwards) and is the fastest warm, for long or repeated fits.
+* ``"NUMBA"``: JIT-compiles every new graph (80-90 s on an empty cache); fast per call, for
+  NUTS's log-density.
+* ``"FAST_COMPILE"``: PyTensor's own Python mode (fewer graph rewrites), slower than ``"NUMPY"``.
+
+NUTS evaluates its log-density thousands of times, so :func:`sampling_mode` gives it the C backend
+when the model's mode is one of the Python modes.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from magma_pymc.hyperposterior import (
     EStep,
     TrainingTensors,
     build_data_precision,
+    build_data_precision_common,
     build_estep,
     build_estep_common,
     build_estep_projected,
@@ -45,6 +52,7 @@ from magma_pymc.hyperposterior import (
     build_mean_process_at,
 )
 from magma_pymc.kernels import Kernel
+from magma_pymc.modes import NUMPY_MODE_NAME
 from magma_pymc.mstep import (
     individual_objective,
     individual_objective_common,
@@ -52,11 +60,14 @@ from magma_pymc.mstep import (
 )
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
 
-__all__ = ["BLAS_THREADS", "DEFAULT_MODE", "ModelGraphs", "blas_limited", "graphs_for"]
+__all__ = ["BLAS_THREADS", "DEFAULT_MODE", "PYTHON_MODES", "ModelGraphs", "blas_limited", "graphs_for", "sampling_mode"]
 
 #: PyTensor compile mode used unless the user chooses another (``Magma(compile_mode=...)``, or the
 #: environment variable ``MAGMA_PYMC_COMPILE_MODE`` for the process-wide default).
-DEFAULT_MODE = os.environ.get("MAGMA_PYMC_COMPILE_MODE", "CVM")
+DEFAULT_MODE = os.environ.get("MAGMA_PYMC_COMPILE_MODE", NUMPY_MODE_NAME)
+
+#: Modes that run PyTensor's Python implementations of the ops (nothing compiled).
+PYTHON_MODES = frozenset({NUMPY_MODE_NAME, "FAST_COMPILE"})
 
 #: BLAS threads while fitting and predicting (``None``: leave the process's setting). The
 #: matrices of MAGMA are small (N_i x N_i blocks, an N x N grid of a few hundred): there threads
@@ -76,6 +87,13 @@ def blas_limited(method: Callable) -> Callable:
             return method(*args, **kwargs)
 
     return wrapper
+
+
+def sampling_mode(mode: str) -> str:
+    """Compile mode of a NUTS log-density for a model compiled with ``mode``: ``"CVM"`` instead of
+    the Python modes (:data:`PYTHON_MODES`), whose per-op overhead would dominate the thousands of
+    small evaluations of a chain (measured: the test suite's NUTS runs took 2.2x longer)."""
+    return "CVM" if mode.upper() in PYTHON_MODES else mode
 
 
 def _compile(inputs, outputs, mode: str) -> Function:
@@ -110,10 +128,10 @@ class ModelGraphs:
     @property
     def precision_mean_step(self) -> bool:
         """Whether the ECME mean-process step runs on the data's information form
-        (:meth:`data_precision`): the exact union-grid paths, where the data enter the likelihood
-        of :math:`\\theta_0` only through :math:`S, b` (the fast path is :math:`O(N^3)` already; in
-        the projected model the loadings depend on :math:`\\theta_0`)."""
-        return not self.fast_path and not self.projected
+        (:meth:`data_precision`): the exact models, where the data enter the likelihood of
+        :math:`\\theta_0` only through :math:`S, b` (in the projected model the loadings depend on
+        :math:`\\theta_0`)."""
+        return not self.projected
 
     # ---- symbolic inputs -------------------------------------------------------------------
     def _hp(self):
@@ -183,10 +201,14 @@ class ModelGraphs:
     @cached_property
     def data_precision(self) -> Function:
         """``(hp, grid, inputs, residuals, mask, index, jitter) -> (precision, shift, quad_residuals,
-        half_logdet_psi, n_obs)``: :func:`~magma_pymc.hyperposterior.build_data_precision`."""
+        half_logdet_psi, n_obs)``: :func:`~magma_pymc.hyperposterior.build_data_precision` (on the fast
+        path :func:`~magma_pymc.hyperposterior.build_data_precision_common`)."""
         _, ind_hp = self._hp()
         data = TrainingTensors.symbolic()
-        summary = build_data_precision(self.individual_kernel, ind_hp, data)
+        if self.fast_path:
+            summary = build_data_precision_common(self.individual_kernel, ind_hp, data.grid, data.residuals, data.jitter)
+        else:
+            summary = build_data_precision(self.individual_kernel, ind_hp, data)
         return _compile([ind_hp, *data], list(summary), self.mode)
 
     @cached_property

@@ -48,6 +48,8 @@ __all__ = [
     "build_estep_projected",
     "DataPrecision",
     "build_data_precision",
+    "build_data_precision_common",
+    "common_covariance",
     "build_log_likelihood_from_precision",
     "build_mean_process_at",
     "log_diagonal_sum",
@@ -290,6 +292,39 @@ def build_log_likelihood_from_precision(
     return disconnected_grad(estep.log_likelihood) + surrogate - disconnected_grad(surrogate)
 
 
+def common_covariance(
+    kernel: Kernel, log_params: TensorVariable, grid: TensorVariable, jitter: TensorVariable
+) -> TensorVariable:
+    r""":math:`\Psi = C_\theta(t, t) + (\sigma^2 + j) I` on the common grid (common HP, ``log_params`` ``(P + 1,)``)."""
+    return kernel.covariance(log_params[:-1])(grid) + (pt.exp(log_params[-1]) + jitter) * pt.eye(grid.shape[0])
+
+
+def build_data_precision_common(
+    individual_kernel: Kernel,
+    individual_log_params: TensorVariable,
+    grid: TensorVariable,
+    residuals: TensorVariable,
+    jitter: TensorVariable,
+) -> DataPrecision:
+    r""":func:`build_data_precision` on the common-grid fast path: one factorisation of :math:`\Psi`.
+
+    With :math:`P_i = I` and :math:`\Psi_i = \Psi` for all i (``residuals`` is ``(M, N)``):
+    :math:`S = M\,\Psi^{-1}`, :math:`b = \Psi^{-1}\sum_i r_i`, with
+    :math:`\Psi^{-1} = A^\top A`, :math:`A = L_\Psi^{-1}`.
+    """
+    n_individuals, n_grid = residuals.shape
+    chol_psi = cholesky(common_covariance(individual_kernel, individual_log_params, grid, jitter), lower=True)
+    inverse_factor = solve_triangular(chol_psi, pt.eye(n_grid), lower=True, b_ndim=2)  # A = L^{-1}
+    whitened_res = solve_triangular(chol_psi, residuals.T, lower=True, b_ndim=2)    # (N, M)
+    return DataPrecision(
+        n_individuals * (inverse_factor.T @ inverse_factor),
+        inverse_factor.T @ whitened_res.sum(axis=1),
+        (whitened_res**2).sum(),
+        n_individuals * log_diagonal_sum(chol_psi),
+        pt.cast(n_individuals * n_grid, "float64"),
+    )
+
+
 def build_estep_common(
     mean_kernel: Kernel,
     individual_kernel: Kernel,
@@ -308,9 +343,7 @@ def build_estep_common(
     n_individuals, n_grid = residuals.shape
     prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter)
     chol_prior = cholesky(prior_cov, lower=True)
-    psi = individual_kernel.covariance(individual_log_params[:-1])(grid)
-    psi = psi + (pt.exp(individual_log_params[-1]) + jitter) * pt.eye(n_grid)
-    chol_psi = cholesky(psi, lower=True)
+    chol_psi = cholesky(common_covariance(individual_kernel, individual_log_params, grid, jitter), lower=True)
     whitened = solve_triangular(chol_psi, chol_prior, lower=True, b_ndim=2)
     whitened_res = solve_triangular(chol_psi, residuals.T, lower=True, b_ndim=2)  # (N, M)
     b_matrix = pt.eye(n_grid) + n_individuals * (whitened.T @ whitened)

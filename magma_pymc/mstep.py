@@ -27,7 +27,7 @@ from scipy.optimize import OptimizeResult, minimize
 
 from magma_pymc.hyperposterior import (
     LOG_2PI,
-    batched_diagonal,
+    common_covariance,
     individual_covariances,
     log_diagonal_sum,
 )
@@ -102,19 +102,22 @@ def individual_objective_common(
 ) -> TensorVariable:
     r"""Fast path of :func:`individual_objective` for a common grid and common HP.
 
-    All :math:`\Psi_i` equal :math:`\Psi` and all :math:`\hat K_i` equal :math:`\hat K`, so
-    :math:`-\sum_i Q_i = \tfrac12 \sum_i\|L^{-1}(y_i-\hat m)\|^2 + M\big(\log|L|
-    + \tfrac12\mathrm{tr}(\Psi^{-1}\hat K) + \tfrac N2\log 2\pi\big)` with one factorisation.
-    ``deviations`` is ``(M, N)``.
+    All :math:`\Psi_i` equal :math:`\Psi` and all :math:`\hat K_i` equal :math:`\hat K`, so the
+    M blocks collapse into one:
+
+    .. math::
+
+        -\sum_i Q_i = M\big[\tfrac12 \mathrm{tr}(\Psi^{-1} G) + \tfrac12\log|\Psi|\big] + \tfrac{MN}2 \log 2\pi,
+        \qquad G = \tfrac1M \sum_i (y_i - \hat m)(y_i - \hat m)^\top + \hat K,
+
+    one :class:`~magma_pymc.ops.GaussianBlockLoss` block (one factorisation, closed-form
+    gradient). ``deviations`` is ``(M, N)``.
     """
     n_individuals, n_grid = deviations.shape
-    psi = kernel.covariance(log_params[:-1])(grid) + (pt.exp(log_params[-1]) + jitter) * pt.eye(n_grid)
-    chol = cholesky(psi, lower=True)
-    white = solve_triangular(chol, deviations.T, lower=True, b_ndim=2)
-    half = solve_triangular(chol, cov, lower=True, b_ndim=2)
-    full = solve_triangular(chol, half.T, lower=True, b_ndim=2)
-    per_individual = log_diagonal_sum(chol) + 0.5 * batched_diagonal(full).sum() + 0.5 * n_grid * LOG_2PI
-    return 0.5 * (white**2).sum() + n_individuals * per_individual
+    psi = common_covariance(kernel, log_params, grid, jitter)
+    scatter = deviations.T @ deviations / n_individuals + cov
+    loss = gaussian_block_loss(psi[None], scatter[None])[0]
+    return n_individuals * (loss + 0.5 * n_grid * LOG_2PI)
 
 
 # A value returned where the objective is not finite (a trial point where a Cholesky failed):

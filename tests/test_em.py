@@ -3,7 +3,10 @@
 import warnings
 
 import numpy as np
+import pytensor
+import pytensor.tensor as pt
 import pytest
+from pytensor.compile.mode import Mode
 
 import magma_pymc as mp
 from magma_pymc.baselines import SingleGP
@@ -111,18 +114,37 @@ def test_interval_coverage_over_seeds(common_hp, n_seeds, lowest):
 
 @pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
 def test_compile_modes_give_the_same_fit(common_hp):
-    """FAST_COMPILE (Python implementations, no C compilation: the cold-start mode) fits the same
-    EM path as the default C backend, and predicts the same."""
+    """The default NUMPY mode (NumPy implementations after the full graph rewrites, nothing compiled)
+    fits the same EM path as the C backend and as PyTensor's FAST_COMPILE, and predicts the same."""
     sim = mp.simulate(6, 12, common_grid=False, common_hp=common_hp, seed=5, n_new=1)
     observed, _ = mp.split_observed(sim.new, 8)
     grid = np.linspace(0.0, 10.0, 7)
     fits = {}
-    for mode in ("CVM", "FAST_COMPILE"):
+    for mode in ("NUMPY", "CVM", "FAST_COMPILE"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = mp.Magma(common_hp=common_hp, compile_mode=mode).fit(sim.data)
         fits[mode] = (model.log_likelihood_, model.n_iter_, model.predict(observed, grid)["mean"].values)
-    (ll, iters, mean), (ll_c, iters_c, mean_c) = fits["FAST_COMPILE"], fits["CVM"]
-    np.testing.assert_allclose(ll, ll_c, rtol=1e-8)
-    assert iters == iters_c
-    np.testing.assert_allclose(mean, mean_c, rtol=1e-6, atol=1e-8)
+    ll, iters, mean = fits["NUMPY"]
+    for other in ("CVM", "FAST_COMPILE"):
+        ll_o, iters_o, mean_o = fits[other]
+        np.testing.assert_allclose(ll, ll_o, rtol=1e-8)
+        assert iters == iters_o
+        np.testing.assert_allclose(mean, mean_o, rtol=1e-6, atol=1e-8)
+
+
+def test_numpy_mode_rewrites_clip_only_where_equivalent():
+    """The NUMPY mode replaces clip(x, lo, hi) (no NumPy ufunc in PyTensor) by max/min only for
+    constant lo <= hi, where both agree; other modes keep clip."""
+    x, lo = pt.vector("x"), pt.scalar("lo")
+    values = np.array([-2.0, 0.5, 3.0])
+    for hi in (np.inf, 1.0):
+        fn = pytensor.function([x], pt.clip(x, 0.0, hi), mode="NUMPY")
+        ops = {type(node.op.scalar_op).__name__ for node in fn.maker.fgraph.apply_nodes if hasattr(node.op, "scalar_op")}
+        assert "Clip" not in ops
+        np.testing.assert_array_equal(fn(values), np.clip(values, 0.0, hi))
+    # A symbolic bound could exceed hi: clip is kept, with PyTensor's semantics.
+    fn = pytensor.function([x, lo], pt.clip(x, lo, 1.0), mode="NUMPY")
+    assert any(type(getattr(n.op, "scalar_op", None)).__name__ == "Clip" for n in fn.maker.fgraph.apply_nodes)
+    fast_run = pytensor.function([x], pt.clip(x, 0.0, np.inf), mode=Mode(linker="py", optimizer="fast_run"))
+    assert any(type(getattr(n.op, "scalar_op", None)).__name__ == "Clip" for n in fast_run.maker.fgraph.apply_nodes)

@@ -177,16 +177,23 @@ def test_magmaclustr_fixture_hyperposterior_and_prediction(fixture_dir):
     np.testing.assert_allclose(pred["variance"].values, expected_pred["Var"], atol=2e-5)
 
 
-@pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
-def test_information_form_mean_step_matches_dense_likelihood_and_finite_differences(small_problem, common_hp):
+@pytest.mark.parametrize(
+    "common_grid,common_hp", [(False, True), (False, False), (True, True)],
+    ids=["uncommon-commonHP", "uncommon-differentHP", "fast-path"],
+)
+def test_information_form_mean_step_matches_dense_likelihood_and_finite_differences(
+    small_problem, common_grid, common_hp
+):
     """The ECME mean-process objective from the data's information form (S, b) is -log p(y) of the
     dense joint GP at any theta0, with the individual HP fixed; its gradient matches central differences."""
-    # Padding (different N_i) and inputs shared by several individuals both occur here.
-    t_all = np.concatenate([t for t, _ in small_problem])
-    assert len(np.unique(t_all)) < len(t_all)
+    if common_grid:
+        small_problem = common_grid_problem()
+    else:  # padding (different N_i) and inputs shared by several individuals both occur here
+        t_all = np.concatenate([t for t, _ in small_problem])
+        assert len(np.unique(t_all)) < len(t_all)
     model, _ = fixed_model(small_problem, common_hp)
     graphs, args, state = model._problem_.graphs, model._problem_.data_args, model._state
-    assert graphs.precision_mean_step
+    assert graphs.precision_mean_step and graphs.fast_path == common_grid
     summary = graphs.data_precision(state.log_params, *args, state.jitter)
     hps = [COMMON] * len(small_problem) if common_hp else DIFFERENT[: len(small_problem)]
     for hp0 in [(3.0, 2.0), (0.5, 0.7), (10.0, 6.0)]:

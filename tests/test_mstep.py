@@ -5,7 +5,7 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from reference import se
-from test_hyperposterior import fixed_model
+from test_hyperposterior import common_grid_problem, fixed_model
 
 from magma_pymc.ops import gaussian_block_loss
 
@@ -80,3 +80,32 @@ def test_individual_step_matches_dense_expected_loglik_and_finite_differences(sm
         up[k] += eps
         down[k] -= eps
         np.testing.assert_allclose(grad[k], (objective(up)[0] - objective(down)[0]) / (2 * eps), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_path_individual_step_matches_dense_expected_loglik_and_finite_differences():
+    """Common grid and common HP: the M blocks collapse into one (mstep.individual_objective_common)."""
+    model, _ = fixed_model(common_grid_problem(), common_hp=True)
+    problem, state = model._problem_, model._state
+    graphs = problem.graphs
+    assert graphs.fast_path
+    grid = problem.data_args[0]
+    result = graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, state.jitter)
+    deviations, cov = result[4], result[5]  # (M, N) and the (N, N) hyper-posterior covariance
+    n_individuals, n_grid = deviations.shape
+
+    def objective(log_params):
+        return graphs.individual_step(log_params, grid, deviations, cov, np.ones((1, 1)), state.jitter)
+
+    value, grad = objective(state.log_params)
+    variance, lengthscale, noise = np.exp(state.log_params)
+    psi = se(grid[:, 0], grid[:, 0], variance, lengthscale) + (noise + state.jitter) * np.eye(n_grid)
+    expected = dense_minus_q(
+        deviations, np.broadcast_to(cov, (n_individuals, n_grid, n_grid)),
+        np.broadcast_to(psi, (n_individuals, n_grid, n_grid)), np.ones((n_individuals, n_grid)),
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    eps = 1e-6
+    for k in range(state.log_params.size):
+        step = np.eye(state.log_params.size)[k] * eps
+        fd = (objective(state.log_params + step)[0] - objective(state.log_params - step)[0]) / (2 * eps)
+        np.testing.assert_allclose(grad[k], fd, rtol=1e-5, atol=1e-6)
