@@ -12,8 +12,9 @@ import pytensor.tensor as pt
 from pytensor.tensor.linalg import cholesky, solve_triangular
 from pytensor.tensor.variable import TensorVariable
 
-from magma_pymc.hyperposterior import LOG_2PI, log_diagonal_sum
+from magma_pymc.hyperposterior import LOG_2PI
 from magma_pymc.kernels import Kernel
+from magma_pymc.ops import gaussian_block_loss
 
 __all__ = ["build_new_individual_objective", "build_predictive"]
 
@@ -34,14 +35,16 @@ def build_new_individual_objective(
         -\log \mathcal N\big(y_*;\ \hat m(t_*),\ \hat K(t_*,t_*) + C_{\theta_*}(t_*,t_*)
         + \sigma_*^2 I\big)
 
-    ``log_params`` is ``(P + 1,)``, the last entry :math:`\log\sigma_*^2`.
+    ``log_params`` is ``(P + 1,)``, the last entry :math:`\log\sigma_*^2`. Evaluated as one block of
+    :class:`~magma_pymc.ops.GaussianBlockLoss` with scatter :math:`r r^\top`,
+    :math:`r = y_* - \hat m(t_*)` (one factorisation, closed-form gradient).
     """
     n_obs = obs_inputs.shape[0]
     gamma = obs_cov + kernel.covariance(log_params[:-1])(obs_inputs)
     gamma = gamma + (pt.exp(log_params[-1]) + jitter) * pt.eye(n_obs)
-    chol = cholesky(gamma, lower=True)
-    white = solve_triangular(chol, obs_outputs - obs_mean, lower=True, b_ndim=1)
-    return 0.5 * (white**2).sum() + log_diagonal_sum(chol) + 0.5 * n_obs * LOG_2PI
+    residual = obs_outputs - obs_mean
+    scatter = residual[:, None] * residual[None, :]
+    return gaussian_block_loss(gamma[None], scatter[None])[0] + 0.5 * n_obs * LOG_2PI
 
 
 def build_predictive(

@@ -65,6 +65,23 @@ def dense_new_individual_nll(reference, log_hp):
     return -stats.multivariate_normal(mhat, cov).logpdf(NEW_Y)
 
 
+def test_new_individual_objective_matches_dense_density_and_finite_differences(small_problem):
+    """The compiled negative log-likelihood of a new individual's HP (one Gaussian block) is the
+    dense -log N(y*; mhat, Khat + Psi*) and its gradient matches central differences."""
+    model, reference = fit_fixed(small_problem, common_hp=False)
+    mhat, khat = reference.mean_process(NEW_T)
+    step = model._problem_.graphs.new_individual_step
+    for log_hp in (np.log([1.0, 0.8, 0.25]), np.log([0.3, 2.5, 0.05])):
+        value, grad = step(log_hp, NEW_T[:, None], NEW_Y, mhat, khat, 0.0)
+        np.testing.assert_allclose(value, dense_new_individual_nll(reference, log_hp), rtol=1e-10)
+        eps = 1e-6
+        for k in range(3):
+            shift = np.eye(3)[k] * eps
+            fd = (step(log_hp + shift, NEW_T[:, None], NEW_Y, mhat, khat, 0.0)[0]
+                  - step(log_hp - shift, NEW_T[:, None], NEW_Y, mhat, khat, 0.0)[0]) / (2 * eps)
+            np.testing.assert_allclose(grad[k], fd, rtol=1e-5, atol=1e-7)
+
+
 def test_new_individual_hp_maximise_its_likelihood(small_problem):
     """Different HP, Type I, new_individual_hp="ml": the fitted HP are a local maximum of
     log N(y*; mhat, Khat + Psi*)."""
