@@ -57,8 +57,10 @@ def clip_to_min_max(fgraph, node):
     return [pt.cast(out, node.outputs[0].dtype)]
 
 
-# Registered under a tag of its own, outside ``fast_run``: the other modes are left untouched.
-optdb["specialize"].register("magma_clip_to_min_max", clip_to_min_max, _TAG)
+# Registered under a tag of its own, outside ``fast_run``: the other modes are left untouched
+# (guarded: a reloaded module must not register it twice).
+if "magma_clip_to_min_max" not in optdb["specialize"]:
+    optdb["specialize"].register("magma_clip_to_min_max", clip_to_min_max, _TAG)
 
 if NUMPY_MODE_NAME not in predefined_modes:
     register_mode(
