@@ -49,7 +49,7 @@ __all__ = [
     "DataPrecision",
     "build_data_precision",
     "build_data_precision_common",
-    "common_covariance",
+    "noisy_covariance",
     "build_log_likelihood_from_precision",
     "build_mean_process_at",
     "log_diagonal_sum",
@@ -292,10 +292,11 @@ def build_log_likelihood_from_precision(
     return disconnected_grad(estep.log_likelihood) + surrogate - disconnected_grad(surrogate)
 
 
-def common_covariance(
+def noisy_covariance(
     kernel: Kernel, log_params: TensorVariable, grid: TensorVariable, jitter: TensorVariable
 ) -> TensorVariable:
-    r""":math:`\Psi = C_\theta(t, t) + (\sigma^2 + j) I` on the common grid (common HP, ``log_params`` ``(P + 1,)``)."""
+    r""":math:`\Psi = C_\theta(t, t) + (\sigma^2 + j) I` on one set of inputs ``t`` (``log_params`` ``(P + 1,)``,
+    the last entry :math:`\log\sigma^2`): the common grid's, or a new individual's."""
     return kernel.covariance(log_params[:-1])(grid) + (pt.exp(log_params[-1]) + jitter) * pt.eye(grid.shape[0])
 
 
@@ -313,7 +314,7 @@ def build_data_precision_common(
     :math:`\Psi^{-1} = A^\top A`, :math:`A = L_\Psi^{-1}`.
     """
     n_individuals, n_grid = residuals.shape
-    chol_psi = cholesky(common_covariance(individual_kernel, individual_log_params, grid, jitter), lower=True)
+    chol_psi = cholesky(noisy_covariance(individual_kernel, individual_log_params, grid, jitter), lower=True)
     inverse_factor = solve_triangular(chol_psi, pt.eye(n_grid), lower=True, b_ndim=2)  # A = L^{-1}
     whitened_res = solve_triangular(chol_psi, residuals.T, lower=True, b_ndim=2)    # (N, M)
     return DataPrecision(
@@ -343,7 +344,7 @@ def build_estep_common(
     n_individuals, n_grid = residuals.shape
     prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter)
     chol_prior = cholesky(prior_cov, lower=True)
-    chol_psi = cholesky(common_covariance(individual_kernel, individual_log_params, grid, jitter), lower=True)
+    chol_psi = cholesky(noisy_covariance(individual_kernel, individual_log_params, grid, jitter), lower=True)
     whitened = solve_triangular(chol_psi, chol_prior, lower=True, b_ndim=2)
     whitened_res = solve_triangular(chol_psi, residuals.T, lower=True, b_ndim=2)  # (N, M)
     b_matrix = pt.eye(n_grid) + n_individuals * (whitened.T @ whitened)

@@ -27,9 +27,9 @@ from scipy.optimize import OptimizeResult, minimize
 
 from magma_pymc.hyperposterior import (
     LOG_2PI,
-    common_covariance,
     individual_covariances,
     log_diagonal_sum,
+    noisy_covariance,
 )
 from magma_pymc.kernels import Kernel
 from magma_pymc.ops import gaussian_block_loss
@@ -114,7 +114,7 @@ def individual_objective_common(
     gradient). ``deviations`` is ``(M, N)``.
     """
     n_individuals, n_grid = deviations.shape
-    psi = common_covariance(kernel, log_params, grid, jitter)
+    psi = noisy_covariance(kernel, log_params, grid, jitter)
     scatter = deviations.T @ deviations / n_individuals + cov
     loss = gaussian_block_loss(psi[None], scatter[None])[0]
     return n_individuals * (loss + 0.5 * n_grid * LOG_2PI)

@@ -12,7 +12,7 @@ import pytensor.tensor as pt
 from pytensor.tensor.linalg import cholesky, solve_triangular
 from pytensor.tensor.variable import TensorVariable
 
-from magma_pymc.hyperposterior import LOG_2PI
+from magma_pymc.hyperposterior import LOG_2PI, noisy_covariance
 from magma_pymc.kernels import Kernel
 from magma_pymc.ops import gaussian_block_loss
 
@@ -40,8 +40,7 @@ def build_new_individual_objective(
     :math:`r = y_* - \hat m(t_*)` (one factorisation, closed-form gradient).
     """
     n_obs = obs_inputs.shape[0]
-    gamma = obs_cov + kernel.covariance(log_params[:-1])(obs_inputs)
-    gamma = gamma + (pt.exp(log_params[-1]) + jitter) * pt.eye(n_obs)
+    gamma = obs_cov + noisy_covariance(kernel, log_params, obs_inputs, jitter)
     residual = obs_outputs - obs_mean
     scatter = residual[:, None] * residual[None, :]
     return gaussian_block_loss(gamma[None], scatter[None])[0] + 0.5 * n_obs * LOG_2PI

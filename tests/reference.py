@@ -14,6 +14,17 @@ import numpy as np
 from scipy import stats
 
 
+def central_differences(value, x, eps=1e-6):
+    """Central finite differences of the scalar ``value(x)`` with respect to every entry of ``x`` (any shape)."""
+    x = np.asarray(x, dtype=float)
+    grad = np.empty_like(x)
+    for k in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[k] = eps
+        grad[k] = (value(x + step) - value(x - step)) / (2 * eps)
+    return grad
+
+
 def se(x1, x2, variance, lengthscale):
     x1, x2 = np.atleast_2d(x1.T).T, np.atleast_2d(x2.T).T
     d2 = ((x1[:, None, :] - x2[None, :, :]) ** 2).sum(-1)
