@@ -56,6 +56,7 @@ from magma_pymc.modes import NUMPY_MODE_NAME
 from magma_pymc.mstep import (
     individual_objective,
     individual_objective_common,
+    individual_objectives,
     mean_process_objective,
 )
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
@@ -263,6 +264,26 @@ class ModelGraphs:
             value = individual_objective(self.individual_kernel, log_params, inputs, deviations, blocks, mask, jitter)
         return _compile(
             [log_params, inputs, deviations, blocks, mask, jitter], [value, pytensor.grad(value, log_params)], self.mode
+        )
+
+    @cached_property
+    def individual_steps(self) -> Function:
+        """``(hp (B, P + 1), inputs, deviations, cov_blocks, mask, jitter) -> (values (B,), grad (B, P + 1))``:
+        :math:`-Q_i` of each of B individuals (rows of the padded data) and its gradient w.r.t. the
+        individual's own HP (different HP; :func:`~magma_pymc.mstep.individual_objectives`)."""
+        if self.common_hp:
+            raise ValueError("individual_steps needs different HP: with common HP the individual terms share parameters")
+        log_params = pt.matrix("log_params", dtype="float64")
+        inputs = pt.tensor3("inputs", dtype="float64")
+        deviations = pt.matrix("deviations", dtype="float64")
+        blocks = pt.tensor3("cov_blocks", dtype="float64")
+        mask = pt.matrix("mask", dtype="float64")
+        jitter = pt.scalar("jitter", dtype="float64")
+        values = individual_objectives(self.individual_kernel, log_params, inputs, deviations, blocks, mask, jitter)
+        return _compile(
+            [log_params, inputs, deviations, blocks, mask, jitter],
+            [values, pytensor.grad(values.sum(), log_params)],
+            self.mode,
         )
 
     # ---- prediction ------------------------------------------------------------------------

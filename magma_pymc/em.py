@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.compiled import ModelGraphs
 from magma_pymc.mstep import minimize_log_params
 from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
@@ -120,9 +121,21 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
             log_params, individual_inputs, current.deviations, current.cov_blocks, mask, state.jitter
         )
 
-    if problem.log_priors is not None:
-        individual_objective = _minus_log_prior(individual_objective, problem.log_priors[1])
-    individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
+    if not graphs.common_hp and problem.log_priors is None:
+        # Different HP, maximum likelihood: M independent problems, each solved by its own L-BFGS-B
+        # on one batched evaluation per round (a MAP prior may couple the rows: one joint run then).
+        def individual_objectives(log_params, rows):
+            if rows.size < len(inputs):  # only the individuals still optimising
+                return graphs.individual_steps(
+                    log_params, inputs[rows], current.deviations[rows], current.cov_blocks[rows], mask[rows], state.jitter
+                )
+            return graphs.individual_steps(log_params, inputs, current.deviations, current.cov_blocks, mask, state.jitter)
+
+        individual_fit = minimize_separable(individual_objectives, state.log_params, problem.bounds)
+    else:
+        if problem.log_priors is not None:
+            individual_objective = _minus_log_prior(individual_objective, problem.log_priors[1])
+        individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
 
     if problem.mean_step == "marginal" and graphs.precision_mean_step:
         # The data enter log p(y | theta0) only through their information form at the new individual

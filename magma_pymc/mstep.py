@@ -11,8 +11,8 @@ block of hyper-parameters given the current hyper-posterior :math:`\mathcal N(\h
 
 with :math:`\hat m_i = \hat m[P_i]` and :math:`\hat K_i = \hat K[P_i, P_i]`. The blocks are
 independent given the E-step; with different HP every :math:`Q_i` has its own parameters, and
-their sum is minimised in one batched L-BFGS-B run (the gradient of the sum w.r.t. row i is the
-gradient of :math:`Q_i`).
+each is minimised by its own L-BFGS-B, all run in lockstep on one batched evaluation per round
+(:func:`magma_pymc.batched_lbfgsb.minimize_separable`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ from magma_pymc.hyperposterior import (
 from magma_pymc.kernels import Kernel
 from magma_pymc.ops import gaussian_block_loss
 
-__all__ = ["mean_process_objective", "individual_objective", "individual_objective_common", "minimize_log_params"]
+__all__ = [
+    "mean_process_objective", "individual_objectives", "individual_objective", "individual_objective_common",
+    "minimize_log_params",
+]
 
 
 def mean_process_objective(
@@ -63,7 +66,7 @@ def mean_process_objective(
     return 0.5 * ((mean_part**2).sum() + (trace_part**2).sum()) + log_diagonal_sum(chol) + 0.5 * n_grid * LOG_2PI
 
 
-def individual_objective(
+def individual_objectives(
     kernel: Kernel,
     log_params: TensorVariable,
     inputs: TensorVariable,
@@ -72,7 +75,7 @@ def individual_objective(
     mask: TensorVariable,
     jitter: TensorVariable,
 ) -> TensorVariable:
-    r""":math:`-\sum_i Q_i` on padded batches.
+    r""":math:`-Q_i` of every individual, shape ``(M,)``, on padded batches.
 
     ``deviations`` are :math:`y_i - \hat m_i` and ``cov_blocks`` are :math:`\hat K_i`, both zero in
     padded slots; ``log_params`` is ``(P + 1,)`` (common HP) or ``(M, P + 1)`` (different HP).
@@ -84,12 +87,27 @@ def individual_objective(
 
     evaluated block by block by :class:`magma_pymc.ops.GaussianBlockLoss` (batched NumPy
     Cholesky, closed-form gradient): thousands of small blocks cost one Python call per
-    evaluation instead of one per block and per LAPACK routine.
+    evaluation instead of one per block and per LAPACK routine. With different HP, entry
+    :math:`i` depends on row :math:`i` of ``log_params`` only, so the gradient of the sum holds
+    every individual's own gradient (:func:`magma_pymc.batched_lbfgsb.minimize_separable`).
     """
     psi = individual_covariances(kernel, log_params, inputs, mask, jitter)
     # 1/2 (r'Psi^{-1}r + tr(Psi^{-1}K)) = 1/2 tr(Psi^{-1}(rr' + K)); padded slots: Psi = I, zero scatter.
     scatter = deviations[:, :, None] * deviations[:, None, :] + cov_blocks
-    return gaussian_block_loss(psi, scatter).sum() + 0.5 * mask.sum() * LOG_2PI
+    return gaussian_block_loss(psi, scatter) + 0.5 * LOG_2PI * mask.sum(axis=1)
+
+
+def individual_objective(
+    kernel: Kernel,
+    log_params: TensorVariable,
+    inputs: TensorVariable,
+    deviations: TensorVariable,
+    cov_blocks: TensorVariable,
+    mask: TensorVariable,
+    jitter: TensorVariable,
+) -> TensorVariable:
+    r""":math:`-\sum_i Q_i`, the sum of :func:`individual_objectives`."""
+    return individual_objectives(kernel, log_params, inputs, deviations, cov_blocks, mask, jitter).sum()
 
 
 def individual_objective_common(

@@ -37,8 +37,8 @@ class GaussianBlockLoss(Op):
     r"""``(psi (M, n, n), scatter (M, n, n)) -> (loss (M,), dloss_dpsi (M, n, n))`` (module docstring).
 
     ``loss[i]`` is :math:`\ell_i` and ``dloss_dpsi[i]`` its derivative with respect to every entry of
-    :math:`\Psi_i`. Where a block is not positive definite both outputs are NaN (all blocks: the
-    M-step's optimiser then rejects the trial point). Only the first output is differentiable, and
+    :math:`\Psi_i`. Where a block is not positive definite both of its outputs are NaN (the
+    M-step's optimiser then rejects that individual's trial point); the other blocks are computed. Only the first output is differentiable, and
     only with respect to ``psi``; ``scatter`` (the E-step's :math:`G_i`) is data.
     """
 
@@ -54,18 +54,19 @@ class GaussianBlockLoss(Op):
     def perform(self, node, inputs, output_storage):
         psi, scatter = inputs
         try:
-            chol = np.linalg.cholesky(psi)
-            # L_i^{-1}: NumPy's batched solve against the identity (a C loop over the blocks, no
-            # Python loop over individuals); its accuracy is governed by cond(L_i) = cond(Psi_i)^{1/2}.
-            inverse_factor = np.linalg.inv(chol)
+            loss, dloss = _block_loss(psi, scatter)
         except np.linalg.LinAlgError:
-            output_storage[0][0] = np.full(psi.shape[0], np.nan)
-            output_storage[1][0] = np.full(psi.shape, np.nan)
-            return
-        precision = inverse_factor.mT @ inverse_factor                 # Psi^{-1}, symmetric by construction
-        half_logdet = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        output_storage[0][0] = 0.5 * (precision * scatter).sum(axis=(1, 2)) + half_logdet
-        output_storage[1][0] = 0.5 * (precision - precision @ scatter @ precision)
+            # Some block is not positive definite (a trial point of the M-step's line search):
+            # NaN for those blocks only, so that the other individuals' values stay usable.
+            loss, dloss = np.full(psi.shape[0], np.nan), np.full(psi.shape, np.nan)
+            for i in range(psi.shape[0]):
+                try:
+                    block_loss, block_dloss = _block_loss(psi[i : i + 1], scatter[i : i + 1])
+                except np.linalg.LinAlgError:
+                    continue
+                loss[i], dloss[i] = block_loss[0], block_dloss[0]
+        output_storage[0][0] = loss
+        output_storage[1][0] = dloss
 
     def infer_shape(self, fgraph, node, shapes):
         return [shapes[0][:1], shapes[0]]
@@ -81,6 +82,19 @@ class GaussianBlockLoss(Op):
 
     if not hasattr(Op, "pullback"):  # PyTensor releases that predate `pullback` call `L_op`
         L_op = pullback
+
+
+def _block_loss(psi: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and derivatives of the module docstring for a batch of blocks (raises ``LinAlgError``
+    if any block is not positive definite)."""
+    chol = np.linalg.cholesky(psi)
+    # L_i^{-1}: NumPy's batched solve against the identity (a C loop over the blocks, no Python
+    # loop over individuals); its accuracy is governed by cond(L_i) = cond(Psi_i)^{1/2}.
+    inverse_factor = np.linalg.inv(chol)
+    precision = inverse_factor.mT @ inverse_factor                 # Psi^{-1}, symmetric by construction
+    half_logdet = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    loss = 0.5 * (precision * scatter).sum(axis=(1, 2)) + half_logdet
+    return loss, 0.5 * (precision - precision @ scatter @ precision)
 
 
 _loss = GaussianBlockLoss()

@@ -7,7 +7,7 @@ import pytest
 from reference import central_differences, se
 from test_hyperposterior import common_grid_problem, fixed_model
 
-from magma_pymc.ops import gaussian_block_loss
+from magma_pymc.ops import GaussianBlockLoss, gaussian_block_loss
 
 
 def dense_minus_q(deviations, blocks, psi, mask):
@@ -46,10 +46,21 @@ def test_block_loss_values_and_gradient_match_numpy():
         np.testing.assert_allclose(grad[idx], fd, rtol=1e-6)
 
 
-def test_block_loss_is_nan_where_a_block_is_not_positive_definite():
-    psi = np.stack([np.eye(3), -np.eye(3)])
-    values = pytensor.function([s := pt.tensor3("s")], gaussian_block_loss(s, s))(psi)
-    assert np.all(np.isnan(values))
+def test_block_loss_is_nan_only_where_a_block_is_not_positive_definite():
+    """A block that is not positive definite gives NaN for itself only (the others are computed)."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(3, 3))
+    good = a @ a.T + np.eye(3)
+    psi = np.stack([good, -np.eye(3), 2.0 * good])
+    scatter = np.stack([np.eye(3)] * 3)
+    s, g = pt.tensor3("s"), pt.tensor3("g")
+    values, dloss = pytensor.function([s, g], GaussianBlockLoss()(s, g))(psi, scatter)
+    assert np.isnan(values[1]) and np.all(np.isnan(dloss[1]))
+    for i in (0, 2):
+        expected = 0.5 * (np.trace(np.linalg.solve(psi[i], scatter[i])) + np.linalg.slogdet(psi[i])[1])
+        np.testing.assert_allclose(values[i], expected, rtol=1e-12)
+        inv = np.linalg.inv(psi[i])
+        np.testing.assert_allclose(dloss[i], 0.5 * (inv - inv @ scatter[i] @ inv), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
@@ -76,6 +87,40 @@ def test_individual_step_matches_dense_expected_loglik_and_finite_differences(sm
     np.testing.assert_allclose(value, dense_minus_q(deviations, blocks, psi, mask), rtol=1e-10)
     fd = central_differences(lambda x: objective(x)[0], state.log_params)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)
+
+
+def test_individual_steps_give_each_individuals_own_loss_and_gradient(small_problem):
+    """Different HP: the per-individual graph (one L-BFGS-B per individual) gives -Q_i of each
+    individual (dense reference) and its gradient w.r.t. the individual's own HP, also on a subset
+    of rows (the individuals still optimising)."""
+    model, _ = fixed_model(small_problem, common_hp=False)
+    problem, state = model._problem_, model._state
+    graphs = problem.graphs
+    _, inputs, _, mask, _ = problem.data_args
+    result = graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, state.jitter)
+    deviations, blocks = result[4], result[5]
+    rng = np.random.default_rng(3)
+    log_params = state.log_params + rng.normal(scale=0.2, size=state.log_params.shape)  # distinct rows
+    values, grads = graphs.individual_steps(log_params, inputs, deviations, blocks, mask, state.jitter)
+    for i in range(len(inputs)):
+        variance, lengthscale, noise = np.exp(log_params[i])
+        x = inputs[i, :, 0]
+        psi = se(x, x, variance, lengthscale) + (noise + state.jitter) * np.eye(x.size)
+        expected = dense_minus_q(deviations[i : i + 1], blocks[i : i + 1], psi[None], mask[i : i + 1])
+        np.testing.assert_allclose(values[i], expected, rtol=1e-10)
+
+        def own(row, i=i):
+            changed = log_params.copy()
+            changed[i] = row
+            return graphs.individual_steps(changed, inputs, deviations, blocks, mask, state.jitter)[0].sum()
+
+        np.testing.assert_allclose(grads[i], central_differences(own, log_params[i]), rtol=1e-5, atol=1e-6)
+    rows = np.array([2, 0])
+    sub_values, sub_grads = graphs.individual_steps(
+        log_params[rows], inputs[rows], deviations[rows], blocks[rows], mask[rows], state.jitter
+    )
+    np.testing.assert_allclose(sub_values, values[rows], rtol=1e-12)
+    np.testing.assert_allclose(sub_grads, grads[rows], rtol=1e-12)
 
 
 def test_fast_path_individual_step_matches_dense_expected_loglik_and_finite_differences():
