@@ -34,11 +34,11 @@ from typing import NamedTuple
 
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.gradient import disconnected_grad
 from pytensor.tensor.linalg import cholesky, solve_triangular
 from pytensor.tensor.variable import TensorVariable
 
 from magma_pymc.kernels import Kernel
+from magma_pymc.ops import gaussian_information_loss
 
 __all__ = [
     "TrainingTensors",
@@ -270,26 +270,14 @@ def build_log_likelihood_from_precision(
     The whitened formula of the module docstring with :math:`B = I + L_0^\top S L_0` and
     :math:`c = L_0^\top b` (:func:`build_data_precision`). The mean-process M-step (ECME) evaluates
     it tens of times at fixed individual HP, where :func:`build_estep` would redo the
-    :math:`O(N^2\sum_i N_i)` individual work at each call. Its gradient with respect to
-    ``mean_log_params`` is the closed form written below, not PyTensor's derivative of the
-    factorisations (half the cost); the value is unchanged.
+    :math:`O(N^2\sum_i N_i)` individual work at each call. The part that depends on
+    :math:`K_0` and its closed-form gradient are one Op,
+    :class:`magma_pymc.ops.GaussianInformationLoss`; PyTensor chains that gradient through the
+    kernel's graph.
     """
-    n_grid = grid.shape[0]
-    prior_cov = mean_kernel.covariance(mean_log_params)(grid)
-    chol_prior = cholesky(_with_jitter(prior_cov, jitter), lower=True)
-    loaded = chol_prior.T @ summary.precision                                      # L0' S
-    b_matrix = pt.eye(n_grid) + loaded @ chol_prior
-    c = chol_prior.T @ summary.shift
-    estep = _finish_estep(chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi, summary.n_obs)
-    # Closed-form gradient (fewer O(N^3) products than differentiating the factorisations):
-    # d log p = 1/2 v' dK0 v - 1/2 tr(R dK0) with v = b - S (mhat - m0) and
-    # R = (I + S K0)^{-1} S = S - Y'Y, Y = L_B^{-1} L0' S. It enters through a surrogate whose value
-    # is zero and whose gradient is that formula; R and v are held constant (disconnected).
-    reduced = solve_triangular(estep.chol_b, loaded, lower=True, b_ndim=2)
-    weight = disconnected_grad(summary.precision - reduced.T @ reduced)
-    v = disconnected_grad(summary.shift - summary.precision @ estep.mean)
-    surrogate = 0.5 * ((v @ prior_cov) @ v - (weight * prior_cov).sum())
-    return disconnected_grad(estep.log_likelihood) + surrogate - disconnected_grad(surrogate)
+    prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter)
+    loss = gaussian_information_loss(prior_cov, summary.precision, summary.shift)
+    return -(0.5 * summary.quad_residuals + summary.half_logdet_psi + loss + 0.5 * summary.n_obs * LOG_2PI)
 
 
 def noisy_covariance(

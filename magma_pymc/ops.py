@@ -1,6 +1,6 @@
-r"""A batched Gaussian block loss as one PyTensor Op, for the individual M-step.
+r"""Gaussian losses as PyTensor Ops with closed-form gradients, for the M-steps.
 
-With different HP and thousands of individuals, the individual M-step evaluates, hundreds of times,
+*Individual step* (:class:`GaussianBlockLoss`). With different HP and thousands of individuals, the individual M-step evaluates, hundreds of times,
 
 .. math::
 
@@ -21,6 +21,23 @@ over the blocks), and its gradient in closed form,
 so the kernel's part of the chain rule stays a PyTensor graph. :math:`\Psi_i^{-1}` is formed from
 the Cholesky factor as :math:`L_i^{-\top} L_i^{-1}` (symmetric positive definite by construction),
 never by inverting :math:`\Psi_i` itself.
+
+*Mean-process step* (:class:`GaussianInformationLoss`). The ECME step evaluates, tens of times per
+EM iteration at fixed individual HP, the part of :math:`-\log p(y)` that depends on
+:math:`K = K_{\theta_0}(t, t) + jI` given the data's information form :math:`S, b`
+(:class:`magma_pymc.hyperposterior.DataPrecision`):
+
+.. math::
+
+    \ell(K) = \sum_k \log (L_B)_{kk} - \tfrac12 \|L_B^{-1} L^\top b\|^2,
+    \qquad L = \mathrm{chol}(K),\ L_B = \mathrm{chol}(I + L^\top S L),
+
+    \frac{\partial \ell}{\partial K} = \tfrac12 \big(S - Y^\top Y - v v^\top\big),
+    \qquad Y = L_B^{-1} L^\top S,\ v = b - S (\hat m - m_0),\ \hat m - m_0 = L L_B^{-\top} L_B^{-1} L^\top b,
+
+(:math:`S - Y^\top Y = (I + SK)^{-1} S`). Written as PyTensor graphs, value and gradient take about
+a hundred ops, whose Python overhead in the default ``"NUMPY"`` mode was 40 % of an evaluation at
+N = 193; as one Op, two Cholesky factorisations, two triangular solves and four products.
 """
 
 from __future__ import annotations
@@ -29,8 +46,9 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType, grad_undefined
 from pytensor.graph import Apply, Op
+from scipy.linalg import solve_triangular
 
-__all__ = ["GaussianBlockLoss", "gaussian_block_loss"]
+__all__ = ["GaussianBlockLoss", "gaussian_block_loss", "GaussianInformationLoss", "gaussian_information_loss"]
 
 
 class GaussianBlockLoss(Op):
@@ -103,3 +121,64 @@ _loss = GaussianBlockLoss()
 def gaussian_block_loss(psi, scatter):
     r""":math:`\ell_i = \tfrac12\mathrm{tr}(\Psi_i^{-1}G_i) + \tfrac12\log|\Psi_i|` for each block (shape ``(M,)``)."""
     return _loss(psi, scatter)[0]
+
+
+class GaussianInformationLoss(Op):
+    r"""``(cov (N, N), precision (N, N), shift (N,)) -> (loss (), dloss_dcov (N, N))`` (module docstring).
+
+    ``cov`` is :math:`K` (jitter included), ``precision`` and ``shift`` the data's :math:`S` and
+    :math:`b`. Where :math:`K` is not positive definite both outputs are NaN (the optimiser rejects
+    the trial point). Only ``loss`` is differentiable, and only with respect to ``cov``.
+    """
+
+    __props__ = ()
+
+    def make_node(self, cov, precision, shift):
+        cov = pt.as_tensor_variable(cov, dtype="float64")
+        precision = pt.as_tensor_variable(precision, dtype="float64")
+        shift = pt.as_tensor_variable(shift, dtype="float64")
+        if cov.ndim != 2 or precision.ndim != 2 or shift.ndim != 1:
+            raise ValueError("GaussianInformationLoss takes (N, N), (N, N) and (N,) tensors")
+        return Apply(self, [cov, precision, shift], [pt.scalar(dtype="float64"), pt.matrix(dtype="float64")])
+
+    def perform(self, node, inputs, output_storage):
+        cov, precision, shift = inputs
+        try:
+            chol = np.linalg.cholesky(cov)
+            loaded = chol.T @ precision                                     # L' S
+            chol_b = np.linalg.cholesky(np.eye(cov.shape[0]) + loaded @ chol)
+        except np.linalg.LinAlgError:
+            output_storage[0][0] = np.asarray(np.nan)
+            output_storage[1][0] = np.full(cov.shape, np.nan)
+            return
+        # Finite by construction (factors of finite positive definite matrices): skip SciPy's check.
+        whitened = solve_triangular(chol_b, chol.T @ shift, lower=True, check_finite=False)  # u = L_B^{-1} L' b
+        reduced = solve_triangular(chol_b, loaded, lower=True, check_finite=False)           # Y = L_B^{-1} L' S
+        centred_mean = chol @ solve_triangular(chol_b, whitened, lower=True, trans="T", check_finite=False)
+        v = shift - precision @ centred_mean
+        output_storage[0][0] = np.asarray(np.log(np.diag(chol_b)).sum() - 0.5 * whitened @ whitened)
+        output_storage[1][0] = 0.5 * (precision - reduced.T @ reduced - np.outer(v, v))
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [(), shapes[0]]
+
+    def pullback(self, inputs, outputs, cotangents):
+        loss_grad, dcov_grad = cotangents
+        if not isinstance(dcov_grad.type, DisconnectedType):
+            raise NotImplementedError("GaussianInformationLoss: the derivative output is not differentiable")
+        return [
+            loss_grad * outputs[1],
+            grad_undefined(self, 1, inputs[1], "the data's precision is data"),
+            grad_undefined(self, 2, inputs[2], "the data's shift is data"),
+        ]
+
+    if not hasattr(Op, "pullback"):
+        L_op = pullback
+
+
+_information_loss = GaussianInformationLoss()
+
+
+def gaussian_information_loss(cov, precision, shift):
+    r""":math:`\ell(K) = \tfrac12\log|I + L^\top S L| - \tfrac12 \|L_B^{-1} L^\top b\|^2` (module docstring)."""
+    return _information_loss(cov, precision, shift)[0]

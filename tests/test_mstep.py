@@ -7,7 +7,7 @@ import pytest
 from reference import central_differences, se
 from test_hyperposterior import common_grid_problem, fixed_model
 
-from magma_pymc.ops import GaussianBlockLoss, gaussian_block_loss
+from magma_pymc.ops import GaussianBlockLoss, gaussian_block_loss, gaussian_information_loss
 
 
 def dense_minus_q(deviations, blocks, psi, mask):
@@ -61,6 +61,32 @@ def test_block_loss_is_nan_only_where_a_block_is_not_positive_definite():
         np.testing.assert_allclose(values[i], expected, rtol=1e-12)
         inv = np.linalg.inv(psi[i])
         np.testing.assert_allclose(dloss[i], 0.5 * (inv - inv @ scatter[i] @ inv), rtol=1e-10, atol=1e-12)
+
+
+def test_information_loss_values_and_gradient_match_numpy():
+    """Mean-process step's Op: 1/2 log|I + S K| - 1/2 b' K (I + S K)^{-1} b (dense NumPy) and its
+    gradient through a symmetric parameterisation K = A A' + I (finite differences); NaN where K is
+    not positive definite."""
+    rng = np.random.default_rng(4)
+    n = 6
+    a_value = rng.normal(size=(n, n))
+    c = rng.normal(size=(n, 3))
+    precision_value = c @ c.T + 0.1 * np.eye(n)  # S: positive definite, as on a union grid
+    shift_value = rng.normal(size=n)
+    a, precision, shift = pt.matrix("a"), pt.matrix("precision"), pt.vector("shift")
+    loss = gaussian_information_loss(a @ a.T + pt.eye(n), precision, shift)
+    f = pytensor.function([a, precision, shift], [loss, pytensor.grad(loss, a)])
+
+    def dense(a_value):
+        k = a_value @ a_value.T + np.eye(n)
+        system = np.eye(n) + precision_value @ k
+        return 0.5 * np.linalg.slogdet(system)[1] - 0.5 * shift_value @ k @ np.linalg.solve(system, shift_value)
+
+    value, grad = f(a_value, precision_value, shift_value)
+    np.testing.assert_allclose(value, dense(a_value), rtol=1e-12)
+    np.testing.assert_allclose(grad, central_differences(dense, a_value), rtol=1e-6, atol=1e-8)
+    not_pd = pytensor.function([a, precision, shift], gaussian_information_loss(a, precision, shift))
+    assert np.isnan(not_pd(-np.eye(n), precision_value, shift_value))
 
 
 @pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
