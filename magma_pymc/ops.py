@@ -86,7 +86,9 @@ class GaussianBlockLoss(Op):
         output_storage[0][0] = loss
         output_storage[1][0] = dloss
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # (node, shapes) in current PyTensor, (fgraph, node, shapes) in releases before it.
+        shapes = args[-1]
         return [shapes[0][:1], shapes[0]]
 
     def pullback(self, inputs, outputs, cotangents):
@@ -159,7 +161,8 @@ class GaussianInformationLoss(Op):
         output_storage[0][0] = np.asarray(np.log(np.diag(chol_b)).sum() - 0.5 * whitened @ whitened)
         output_storage[1][0] = 0.5 * (precision - reduced.T @ reduced - np.outer(v, v))
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        shapes = args[-1]  # see GaussianBlockLoss.infer_shape
         return [(), shapes[0]]
 
     def pullback(self, inputs, outputs, cotangents):
