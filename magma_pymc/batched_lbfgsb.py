@@ -29,6 +29,10 @@ import numpy as np
 from scipy.linalg.lapack import HAS_ILP64
 from scipy.optimize import OptimizeResult
 
+# A row whose value or gradient is not finite (a failed Cholesky at a trial point) is reported as
+# minimize_log_params reports one: REJECTED_VALUE, and the line search backs off.
+from magma_pymc.mstep import REJECTED_VALUE, minimize_log_params
+
 __all__ = ["minimize_separable", "lockstep_available"]
 
 # Task codes of SciPy's C L-BFGS-B (scipy/optimize/_lbfgsb_py.py): the routine wants f and g at
@@ -39,9 +43,6 @@ _MAX_CORRECTIONS = 10  # SciPy's default `maxcor`
 _MAX_LINE_SEARCH = 20  # SciPy's default `maxls`
 _INT = np.int64 if HAS_ILP64 else np.int32
 
-#: Objective returned to a row whose value or gradient is not finite (a failed Cholesky at a
-#: trial point), as :func:`magma_pymc.mstep.minimize_log_params` does: the line search backs off.
-REJECTED_VALUE = 1e100
 
 
 class _RowSolver:
@@ -53,11 +54,10 @@ class _RowSolver:
         n, m = x0.size, _MAX_CORRECTIONS
         self._setulb = _lbfgsb.setulb
         self.x = np.clip(np.asarray(x0, dtype=np.float64), lower, upper).copy()
-        self.lower, self.upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
-        # Bound type per variable: 0 none, 1 lower only, 2 both, 3 upper only.
-        has_lower, has_upper = np.isfinite(self.lower), np.isfinite(self.upper)
+        # Bound type per variable: 0 none, 1 lower only, 2 both, 3 upper only (infinite bounds -> 0.0).
+        has_lower, has_upper = np.isfinite(lower), np.isfinite(upper)
         self.nbd = np.where(has_lower & has_upper, 2, np.where(has_lower, 1, np.where(has_upper, 3, 0))).astype(_INT)
-        self.lower, self.upper = np.where(has_lower, self.lower, 0.0), np.where(has_upper, self.upper, 0.0)
+        self.lower, self.upper = np.where(has_lower, lower, 0.0), np.where(has_upper, upper, 0.0)
         self.f = 0.0
         self.g = np.zeros(n)
         self.wa = np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m)
@@ -199,8 +199,6 @@ def minimize_separable(
         RuntimeWarning,
         stacklevel=2,
     )
-    from magma_pymc.mstep import minimize_log_params
-
     all_rows = np.arange(start.shape[0])
 
     def summed(x):

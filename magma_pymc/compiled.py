@@ -54,7 +54,6 @@ from magma_pymc.hyperposterior import (
 from magma_pymc.kernels import Kernel
 from magma_pymc.modes import NUMPY_MODE_NAME
 from magma_pymc.mstep import (
-    individual_objective,
     individual_objective_common,
     individual_objectives,
     mean_process_objective,
@@ -251,20 +250,18 @@ class ModelGraphs:
         the ``(N, N)`` hyper-posterior covariance and ``mask`` is ignored.
         """
         _, log_params = self._hp()
-        jitter = pt.scalar("jitter", dtype="float64")
-        mask = pt.matrix("mask", dtype="float64")
-        deviations = pt.matrix("deviations", dtype="float64")
         if self.fast_path:
+            jitter = pt.scalar("jitter", dtype="float64")
+            mask = pt.matrix("mask", dtype="float64")
+            deviations = pt.matrix("deviations", dtype="float64")
             inputs = pt.matrix("grid", dtype="float64")
             blocks = pt.matrix("cov", dtype="float64")
+            args = [log_params, inputs, deviations, blocks, mask, jitter]
             value = individual_objective_common(self.individual_kernel, log_params, inputs, deviations, blocks, jitter)
         else:
-            inputs = pt.tensor3("inputs", dtype="float64")
-            blocks = pt.tensor3("cov_blocks", dtype="float64")
-            value = individual_objective(self.individual_kernel, log_params, inputs, deviations, blocks, mask, jitter)
-        return _compile(
-            [log_params, inputs, deviations, blocks, mask, jitter], [value, pytensor.grad(value, log_params)], self.mode
-        )
+            args = [log_params, *_padded_individual_inputs()]
+            value = individual_objectives(self.individual_kernel, *args).sum()
+        return _compile(args, [value, pytensor.grad(value, log_params)], self.mode)
 
     @cached_property
     def individual_steps(self) -> Function:
@@ -273,18 +270,9 @@ class ModelGraphs:
         individual's own HP (different HP; :func:`~magma_pymc.mstep.individual_objectives`)."""
         if self.common_hp:
             raise ValueError("individual_steps needs different HP: with common HP the individual terms share parameters")
-        log_params = pt.matrix("log_params", dtype="float64")
-        inputs = pt.tensor3("inputs", dtype="float64")
-        deviations = pt.matrix("deviations", dtype="float64")
-        blocks = pt.tensor3("cov_blocks", dtype="float64")
-        mask = pt.matrix("mask", dtype="float64")
-        jitter = pt.scalar("jitter", dtype="float64")
-        values = individual_objectives(self.individual_kernel, log_params, inputs, deviations, blocks, mask, jitter)
-        return _compile(
-            [log_params, inputs, deviations, blocks, mask, jitter],
-            [values, pytensor.grad(values.sum(), log_params)],
-            self.mode,
-        )
+        args = [pt.matrix("log_params", dtype="float64"), *_padded_individual_inputs()]
+        values = individual_objectives(self.individual_kernel, *args)
+        return _compile(args, [values, pytensor.grad(values.sum(), args[0])], self.mode)
 
     # ---- prediction ------------------------------------------------------------------------
     @cached_property
@@ -322,6 +310,17 @@ class ModelGraphs:
         return _compile(
             [log_params, obs_inputs, obs_outputs, pred_inputs, joint_mean, joint_cov, jitter], list(outputs), self.mode
         )
+
+
+def _padded_individual_inputs():
+    """``(inputs, deviations, cov_blocks, mask, jitter)`` of the individual M-step on padded batches."""
+    return (
+        pt.tensor3("inputs", dtype="float64"),
+        pt.matrix("deviations", dtype="float64"),
+        pt.tensor3("cov_blocks", dtype="float64"),
+        pt.matrix("mask", dtype="float64"),
+        pt.scalar("jitter", dtype="float64"),
+    )
 
 
 def _new_individual_inputs():

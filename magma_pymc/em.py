@@ -125,11 +125,11 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         # Different HP, maximum likelihood: M independent problems, each solved by its own L-BFGS-B
         # on one batched evaluation per round (a MAP prior may couple the rows: one joint run then).
         def individual_objectives(log_params, rows):
-            if rows.size < len(inputs):  # only the individuals still optimising
-                return graphs.individual_steps(
-                    log_params, inputs[rows], current.deviations[rows], current.cov_blocks[rows], mask[rows], state.jitter
-                )
-            return graphs.individual_steps(log_params, inputs, current.deviations, current.cov_blocks, mask, state.jitter)
+            # Only the individuals still optimising (no copy of the data while all of them are).
+            take = rows if rows.size < len(inputs) else slice(None)
+            return graphs.individual_steps(
+                log_params, inputs[take], current.deviations[take], current.cov_blocks[take], mask[take], state.jitter
+            )
 
         individual_fit = minimize_separable(individual_objectives, state.log_params, problem.bounds)
     else:

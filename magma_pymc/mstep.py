@@ -35,8 +35,7 @@ from magma_pymc.kernels import Kernel
 from magma_pymc.ops import gaussian_block_loss
 
 __all__ = [
-    "mean_process_objective", "individual_objectives", "individual_objective", "individual_objective_common",
-    "minimize_log_params",
+    "mean_process_objective", "individual_objectives", "individual_objective_common", "minimize_log_params",
 ]
 
 
@@ -97,19 +96,6 @@ def individual_objectives(
     return gaussian_block_loss(psi, scatter) + 0.5 * LOG_2PI * mask.sum(axis=1)
 
 
-def individual_objective(
-    kernel: Kernel,
-    log_params: TensorVariable,
-    inputs: TensorVariable,
-    deviations: TensorVariable,
-    cov_blocks: TensorVariable,
-    mask: TensorVariable,
-    jitter: TensorVariable,
-) -> TensorVariable:
-    r""":math:`-\sum_i Q_i`, the sum of :func:`individual_objectives`."""
-    return individual_objectives(kernel, log_params, inputs, deviations, cov_blocks, mask, jitter).sum()
-
-
 def individual_objective_common(
     kernel: Kernel,
     log_params: TensorVariable,
@@ -118,7 +104,7 @@ def individual_objective_common(
     cov: TensorVariable,
     jitter: TensorVariable,
 ) -> TensorVariable:
-    r"""Fast path of :func:`individual_objective` for a common grid and common HP.
+    r"""Fast path of :math:`\sum_i` :func:`individual_objectives` for a common grid and common HP.
 
     All :math:`\Psi_i` equal :math:`\Psi` and all :math:`\hat K_i` equal :math:`\hat K`, so the
     M blocks collapse into one:
@@ -140,7 +126,7 @@ def individual_objective_common(
 
 # A value returned where the objective is not finite (a trial point where a Cholesky failed):
 # large enough to make the line search back off, small enough to keep its interpolation finite.
-_REJECTED_VALUE = 1e100
+REJECTED_VALUE = 1e100
 
 
 def minimize_log_params(
@@ -165,7 +151,7 @@ def minimize_log_params(
         value = float(value)
         grad = np.asarray(grad, dtype=float).ravel()
         if not np.isfinite(value) or not np.all(np.isfinite(grad)):
-            return _REJECTED_VALUE, np.zeros_like(grad)
+            return REJECTED_VALUE, np.zeros_like(grad)
         return value, grad
 
     start_flat = np.clip(np.ravel(start), [b[0] for b in bounds], [b[1] for b in bounds])
