@@ -41,6 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
     DataPrecision,
+    PseudoObservations,
     EStep,
     TrainingTensors,
     build_data_precision,
@@ -49,6 +50,8 @@ from magma_pymc.hyperposterior import (
     build_estep_common,
     build_estep_projected,
     build_log_likelihood_from_precision,
+    build_log_likelihood_from_pseudo_observations,
+    build_pseudo_observations,
     build_mean_process_at,
 )
 from magma_pymc.kernels import Kernel
@@ -198,6 +201,14 @@ class ModelGraphs:
         value = -estep.log_likelihood
         return _compile(inputs, [value, pytensor.grad(value, mean_hp)], self.mode)
 
+    @staticmethod
+    def _symbolic_summary() -> DataPrecision:
+        return DataPrecision(
+            pt.matrix("precision", dtype="float64"), pt.vector("shift", dtype="float64"),
+            pt.scalar("quad_residuals", dtype="float64"), pt.scalar("half_logdet_psi", dtype="float64"),
+            pt.scalar("n_obs", dtype="float64"),
+        )
+
     @cached_property
     def data_precision(self) -> Function:
         """``(hp, grid, inputs, residuals, mask, index, jitter) -> (precision, shift, quad_residuals,
@@ -218,16 +229,35 @@ class ModelGraphs:
         summary: :math:`O(N^3)` per call whatever the number of individuals."""
         log_params = pt.vector("mean_log_params", dtype="float64")
         grid = pt.matrix("grid", dtype="float64")
-        summary = DataPrecision(
-            pt.matrix("precision", dtype="float64"), pt.vector("shift", dtype="float64"),
-            pt.scalar("quad_residuals", dtype="float64"), pt.scalar("half_logdet_psi", dtype="float64"),
-            pt.scalar("n_obs", dtype="float64"),
-        )
+        summary = self._symbolic_summary()
         jitter = pt.scalar("jitter", dtype="float64")
         value = -build_log_likelihood_from_precision(self.mean_kernel, log_params, grid, summary, jitter)
         return _compile(
             [log_params, grid, *summary, jitter], [value, pytensor.grad(value, log_params)], self.mode
         )
+
+    @cached_property
+    def pseudo_observations(self) -> Function:
+        """``(precision, shift, quad_residuals, half_logdet_psi, n_obs) -> (noise_cov, observations,
+        offset)``: :func:`~magma_pymc.hyperposterior.build_pseudo_observations` of
+        :meth:`data_precision`'s summary (NaN where the data precision is not positive definite)."""
+        summary = self._symbolic_summary()
+        return _compile(list(summary), list(build_pseudo_observations(summary)), self.mode)
+
+    @cached_property
+    def mean_process_pseudo_step(self) -> Function:
+        """``(mean_hp, grid, noise_cov, observations, offset, jitter) -> (value, grad)`` of
+        :math:`-\\log p(y)` w.r.t. the mean-process HP from :meth:`pseudo_observations`: one
+        :math:`N \\times N` factorisation per call."""
+        log_params = pt.vector("mean_log_params", dtype="float64")
+        grid = pt.matrix("grid", dtype="float64")
+        pseudo = PseudoObservations(
+            pt.matrix("noise_cov", dtype="float64"), pt.vector("observations", dtype="float64"),
+            pt.scalar("offset", dtype="float64"),
+        )
+        jitter = pt.scalar("jitter", dtype="float64")
+        value = -build_log_likelihood_from_pseudo_observations(self.mean_kernel, log_params, grid, pseudo, jitter)
+        return _compile([log_params, grid, *pseudo, jitter], [value, pytensor.grad(value, log_params)], self.mode)
 
     @cached_property
     def mean_process_step(self) -> Function:

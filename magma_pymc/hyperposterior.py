@@ -38,7 +38,7 @@ from pytensor.tensor.linalg import cholesky, solve_triangular
 from pytensor.tensor.variable import TensorVariable
 
 from magma_pymc.kernels import Kernel
-from magma_pymc.ops import gaussian_information_loss
+from magma_pymc.ops import gaussian_information_loss, gaussian_marginal_loss
 
 __all__ = [
     "TrainingTensors",
@@ -51,6 +51,9 @@ __all__ = [
     "build_data_precision_common",
     "noisy_covariance",
     "build_log_likelihood_from_precision",
+    "PseudoObservations",
+    "build_pseudo_observations",
+    "build_log_likelihood_from_pseudo_observations",
     "build_mean_process_at",
     "log_diagonal_sum",
     "batched_diagonal",
@@ -278,6 +281,66 @@ def build_log_likelihood_from_precision(
     prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter)
     loss = gaussian_information_loss(prior_cov, summary.precision, summary.shift)
     return -(0.5 * summary.quad_residuals + summary.half_logdet_psi + loss + 0.5 * summary.n_obs * LOG_2PI)
+
+
+class PseudoObservations(NamedTuple):
+    r"""The data's information form as pseudo-observations of :math:`\mu_0 - m_0` on the grid.
+
+    With :math:`S` positive definite, :math:`p(y \mid \mu_0) \propto N(z;\, \mu_0 - m_0,\, R)` as a
+    function of :math:`\mu_0`, with ``noise_cov`` :math:`R = S^{-1}` and ``observations``
+    :math:`z = S^{-1} b`; ``offset`` is the rest of :math:`-\log p(y)`, independent of :math:`\theta_0`
+    (:func:`build_pseudo_observations`).
+    """
+
+    noise_cov: TensorVariable
+    observations: TensorVariable
+    offset: TensorVariable
+
+
+def build_pseudo_observations(summary: DataPrecision) -> PseudoObservations:
+    r""":class:`PseudoObservations` from the information form (:class:`DataPrecision`), cost :math:`O(N^3)` once.
+
+    Marginalising :math:`\mu_0 \sim N(m_0, K)` out of :math:`N(z; \mu_0 - m_0, R)`, with
+    :math:`L_S = \mathrm{chol}(S)`, :math:`w = L_S^{-1} b` (so :math:`b^\top z = \|w\|^2`):
+
+    .. math::
+
+        -\log p(y) = \tfrac12 \log|K + R| + \tfrac12 z^\top (K + R)^{-1} z
+        + \tfrac12 \sum_i r_i^\top \Psi_i^{-1} r_i + \tfrac12 \sum_i \log|\Psi_i|
+        + \sum_k \log (L_S)_{kk} - \tfrac12 \|w\|^2 + \tfrac n2 \log 2\pi
+
+    (Woodbury: :math:`b^\top (K^{-1} + S)^{-1} b = b^\top z - z^\top (K + R)^{-1} z` and
+    :math:`\log|I + SK| = \log|S| + \log|K + R|`); its first two terms are
+    :class:`~magma_pymc.ops.GaussianMarginalLoss`, the rest is ``offset``. Where :math:`S` is numerically singular its
+    Cholesky factor, hence every output, is NaN: the caller then uses the information form
+    (:func:`build_log_likelihood_from_precision`).
+    """
+    n_grid = summary.precision.shape[0]
+    chol = cholesky(summary.precision, lower=True)
+    inverse_factor = solve_triangular(chol, pt.eye(n_grid), lower=True, b_ndim=2)  # L_S^{-1}
+    whitened = solve_triangular(chol, summary.shift, lower=True, b_ndim=1)        # w = L_S^{-1} b
+    offset = (
+        0.5 * summary.quad_residuals + summary.half_logdet_psi + log_diagonal_sum(chol)
+        - 0.5 * (whitened**2).sum() + 0.5 * summary.n_obs * LOG_2PI
+    )
+    return PseudoObservations(inverse_factor.T @ inverse_factor, inverse_factor.T @ whitened, offset)
+
+
+def build_log_likelihood_from_pseudo_observations(
+    mean_kernel: Kernel,
+    mean_log_params: TensorVariable,
+    grid: TensorVariable,
+    pseudo: PseudoObservations,
+    jitter: TensorVariable,
+) -> TensorVariable:
+    r"""Exact :math:`\log p(y)` from :class:`PseudoObservations`: one :math:`N \times N` factorisation per call.
+
+    The same value as :func:`build_log_likelihood_from_precision` (up to rounding) with about an
+    eighth of its flops (:class:`~magma_pymc.ops.GaussianMarginalLoss`): the mean-process M-step's
+    objective wherever :math:`S` is positive definite.
+    """
+    cov = _with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter) + pseudo.noise_cov
+    return -(pseudo.offset + gaussian_marginal_loss(cov, pseudo.observations))
 
 
 def noisy_covariance(

@@ -38,6 +38,20 @@ EM iteration at fixed individual HP, the part of :math:`-\log p(y)` that depends
 (:math:`S - Y^\top Y = (I + SK)^{-1} S`). Written as PyTensor graphs, value and gradient take about
 a hundred ops, whose Python overhead in the default ``"NUMPY"`` mode was 40 % of an evaluation at
 N = 193; as one Op, two Cholesky factorisations, two triangular solves and four products.
+
+*Mean-process step, pseudo-observation form* (:class:`GaussianMarginalLoss`). Where :math:`S` is
+positive definite (every grid point observed: the exact models' union grid), the same likelihood
+is that of pseudo-observations :math:`z = S^{-1} b` of :math:`\mu_0 - m_0` with noise covariance
+:math:`R = S^{-1}` (:func:`magma_pymc.hyperposterior.build_pseudo_observations`), up to a constant:
+
+.. math::
+
+    \ell(A) = \tfrac12 \log|A| + \tfrac12 z^\top A^{-1} z,
+    \qquad \frac{\partial \ell}{\partial A} = \tfrac12 \big(A^{-1} - \alpha\alpha^\top\big),
+    \qquad A = K + R,\ \alpha = A^{-1} z,
+
+one Cholesky factorisation and the inverse from its factor (LAPACK ``potri``): about N^3 flops
+per evaluation instead of about 8 N^3 (measured at N = 190: 0.55 ms instead of 1.56 ms).
 """
 
 from __future__ import annotations
@@ -46,9 +60,16 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType, grad_undefined
 from pytensor.graph import Apply, Op
-from scipy.linalg import solve_triangular
+from scipy.linalg import lapack, solve_triangular
 
-__all__ = ["GaussianBlockLoss", "gaussian_block_loss", "GaussianInformationLoss", "gaussian_information_loss"]
+__all__ = [
+    "GaussianBlockLoss",
+    "gaussian_block_loss",
+    "GaussianInformationLoss",
+    "gaussian_information_loss",
+    "GaussianMarginalLoss",
+    "gaussian_marginal_loss",
+]
 
 
 class GaussianBlockLoss(Op):
@@ -185,3 +206,63 @@ _information_loss = GaussianInformationLoss()
 def gaussian_information_loss(cov, precision, shift):
     r""":math:`\ell(K) = \tfrac12\log|I + L^\top S L| - \tfrac12 \|L_B^{-1} L^\top b\|^2` (module docstring)."""
     return _information_loss(cov, precision, shift)[0]
+
+
+class GaussianMarginalLoss(Op):
+    r"""``(cov (N, N), observations (N,)) -> (loss (), dloss_dcov (N, N))`` (module docstring).
+
+    ``loss`` is :math:`\tfrac12\log|A| + \tfrac12 z^\top A^{-1} z` for ``cov`` :math:`A` and
+    ``observations`` :math:`z`: the negative log density of :math:`N(0, A)` at :math:`z` without
+    its :math:`\tfrac N2\log 2\pi`. Where :math:`A` is not positive definite both outputs are NaN.
+    Only ``loss`` is differentiable, and only with respect to ``cov``.
+    """
+
+    __props__ = ()
+
+    def make_node(self, cov, observations):
+        cov = pt.as_tensor_variable(cov, dtype="float64")
+        observations = pt.as_tensor_variable(observations, dtype="float64")
+        if cov.ndim != 2 or observations.ndim != 1:
+            raise ValueError("GaussianMarginalLoss takes (N, N) and (N,) tensors")
+        return Apply(self, [cov, observations], [pt.scalar(dtype="float64"), pt.matrix(dtype="float64")])
+
+    def perform(self, node, inputs, output_storage):
+        cov, observations = inputs
+        try:
+            chol = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            output_storage[0][0] = np.asarray(np.nan)
+            output_storage[1][0] = np.full(cov.shape, np.nan)
+            return
+        weights, _ = lapack.dpotrs(chol, observations, lower=1)   # alpha = A^{-1} z
+        # A^{-1} = L^{-T} L^{-1} from the factor (potri fills the lower triangle; the upper one of
+        # NumPy's factor is zero), symmetrised.
+        inverse, _ = lapack.dpotri(chol, lower=1)
+        inverse += inverse.T
+        inverse[np.diag_indices_from(inverse)] *= 0.5
+        output_storage[0][0] = np.asarray(np.log(np.diag(chol)).sum() + 0.5 * observations @ weights)
+        output_storage[1][0] = 0.5 * (inverse - np.outer(weights, weights))
+
+    def infer_shape(self, *args):
+        shapes = args[-1]  # see GaussianBlockLoss.infer_shape
+        return [(), shapes[0]]
+
+    def pullback(self, inputs, outputs, cotangents):
+        loss_grad, dcov_grad = cotangents
+        if not isinstance(dcov_grad.type, DisconnectedType):
+            raise NotImplementedError("GaussianMarginalLoss: the derivative output is not differentiable")
+        return [
+            loss_grad * outputs[1],
+            grad_undefined(self, 1, inputs[1], "the pseudo-observations are data"),
+        ]
+
+    if not hasattr(Op, "pullback"):
+        L_op = pullback
+
+
+_marginal_loss = GaussianMarginalLoss()
+
+
+def gaussian_marginal_loss(cov, observations):
+    r""":math:`\ell(A) = \tfrac12\log|A| + \tfrac12 z^\top A^{-1} z` (module docstring)."""
+    return _marginal_loss(cov, observations)[0]

@@ -195,6 +195,7 @@ def test_information_form_mean_step_matches_dense_likelihood_and_finite_differen
     graphs, args, state = model._problem_.graphs, model._problem_.data_args, model._state
     assert graphs.precision_mean_step and graphs.fast_path == common_grid
     summary = graphs.data_precision(state.log_params, *args, state.jitter)
+    pseudo = graphs.pseudo_observations(*summary)
     hps = [COMMON] * len(small_problem) if common_hp else DIFFERENT[: len(small_problem)]
     for hp0 in [(3.0, 2.0), (0.5, 0.7), (10.0, 6.0)]:
         log_hp0 = np.log(hp0)
@@ -205,3 +206,34 @@ def test_information_form_mean_step_matches_dense_likelihood_and_finite_differen
             lambda x: graphs.mean_process_precision_step(x, args[0], *summary, state.jitter)[0], log_hp0
         )
         np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)
+        # The pseudo-observation form (the default wherever S is positive definite): same value and gradient.
+        pseudo_value, pseudo_grad = graphs.mean_process_pseudo_step(log_hp0, args[0], *pseudo, state.jitter)
+        np.testing.assert_allclose(-pseudo_value, reference.log_likelihood(), rtol=1e-9)
+        np.testing.assert_allclose(pseudo_grad, fd, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_step_falls_back_to_information_form_when_data_precision_is_singular(small_problem, monkeypatch):
+    """A singular S (every pseudo-observation output NaN) sends the ECME mean step to the information
+    form, which reaches the same theta0 as the pseudo-observation form on the same data."""
+    from magma_pymc.em import em_step, estep
+
+    model, _ = fixed_model(small_problem, common_hp=False)
+    problem, state = model._problem_, model._state
+    graphs = problem.graphs
+    singular = graphs.pseudo_observations(np.zeros((3, 3)), np.zeros(3), 0.0, 0.0, 1.0)
+    assert all(np.isnan(np.asarray(output)).all() for output in singular)
+    start = state._replace(mean_log_params=np.log([1.0, 1.0]))
+    current, start = estep(start, problem)
+    pseudo_result = em_step(start, problem, current)
+    calls = []
+
+    def singular_pseudo(*summary):
+        calls.append(1)
+        n = np.shape(summary[0])[0]
+        return np.full((n, n), np.nan), np.full(n, np.nan), np.nan
+
+    monkeypatch.setitem(graphs.__dict__, "pseudo_observations", singular_pseudo)
+    information_result = em_step(start, problem, current)
+    assert calls
+    np.testing.assert_allclose(information_result.mean_log_params, pseudo_result.mean_log_params, atol=1e-4)
+    np.testing.assert_allclose(information_result.log_params, pseudo_result.log_params)

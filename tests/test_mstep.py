@@ -7,7 +7,7 @@ import pytest
 from reference import central_differences, se
 from test_hyperposterior import common_grid_problem, fixed_model
 
-from magma_pymc.ops import GaussianBlockLoss, gaussian_block_loss, gaussian_information_loss
+from magma_pymc.ops import GaussianBlockLoss, gaussian_block_loss, gaussian_information_loss, gaussian_marginal_loss
 
 
 def dense_minus_q(deviations, blocks, psi, mask):
@@ -87,6 +87,28 @@ def test_information_loss_values_and_gradient_match_numpy():
     np.testing.assert_allclose(grad, central_differences(dense, a_value), rtol=1e-6, atol=1e-8)
     not_pd = pytensor.function([a, precision, shift], gaussian_information_loss(a, precision, shift))
     assert np.isnan(not_pd(-np.eye(n), precision_value, shift_value))
+
+
+def test_marginal_loss_values_and_gradient_match_numpy():
+    """Pseudo-observation Op: 1/2 log|A| + 1/2 z' A^{-1} z (dense NumPy), its gradient through
+    A = B B' + I (finite differences), NaN where A is not positive definite."""
+    rng = np.random.default_rng(5)
+    n = 6
+    b_value = rng.normal(size=(n, n))
+    observations_value = rng.normal(size=n)
+    b, observations = pt.matrix("b"), pt.vector("observations")
+    loss = gaussian_marginal_loss(b @ b.T + pt.eye(n), observations)
+    f = pytensor.function([b, observations], [loss, pytensor.grad(loss, b)])
+
+    def dense(b_value):
+        cov = b_value @ b_value.T + np.eye(n)
+        return 0.5 * np.linalg.slogdet(cov)[1] + 0.5 * observations_value @ np.linalg.solve(cov, observations_value)
+
+    value, grad = f(b_value, observations_value)
+    np.testing.assert_allclose(value, dense(b_value), rtol=1e-12)
+    np.testing.assert_allclose(grad, central_differences(dense, b_value), rtol=1e-6, atol=1e-8)
+    not_pd = pytensor.function([b, observations], gaussian_marginal_loss(b, observations))
+    assert np.isnan(not_pd(-np.eye(n), observations_value))
 
 
 @pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
