@@ -148,3 +148,28 @@ def test_numpy_mode_rewrites_clip_only_where_equivalent():
     assert any(type(getattr(n.op, "scalar_op", None)).__name__ == "Clip" for n in fn.maker.fgraph.apply_nodes)
     fast_run = pytensor.function([x], pt.clip(x, 0.0, np.inf), mode=Mode(linker="py", optimizer="fast_run"))
     assert any(type(getattr(n.op, "scalar_op", None)).__name__ == "Clip" for n in fast_run.maker.fgraph.apply_nodes)
+
+
+def test_numpy_mode_evaluates_fused_elementwise_ops_like_the_unfused_graph():
+    """Fused elementwise chains run as NumpyFusedElemwise (whole-array NumPy calls) and give the
+    unfused Python graph's values: broadcasting, variadic add/mul, switch, casts, constants, an op
+    without a NumPy ufunc (clip with a symbolic bound), several outputs, gradients."""
+    from magma_pymc.modes import NumpyFusedElemwise
+
+    x, y, a = pt.matrix("x"), pt.vector("y"), pt.scalar("a")
+    outputs = [
+        pt.exp(-0.5 * pt.maximum((x - y) ** 2 / a, 0.0)) * a * y + pt.switch(x > 0, x, 2 * y),
+        pt.cast(x > y, "float64") * 3 + pt.exp(pt.clip(x, a, 1.0)) * 2,
+        pt.log1p(pt.abs(x)) + pt.sqrt(pt.abs(y)) - a,
+        (pt.exp(y) * a + 1.0) * pt.ones_like(x),  # an output narrower than the inputs' broadcast
+    ]
+    outputs += pytensor.grad(outputs[0].sum() + outputs[2].sum(), [x, y, a])
+    fused = pytensor.function([x, y, a], outputs, mode="NUMPY")
+    plain = pytensor.function([x, y, a], outputs, mode=Mode(linker="py", optimizer="fast_compile"))
+    fused_nodes = [node for node in fused.maker.fgraph.apply_nodes if isinstance(node.op, NumpyFusedElemwise)]
+    assert len(fused_nodes) >= 2 and any(len(node.outputs) > 1 for node in fused_nodes)
+    rng = np.random.default_rng(0)
+    args = rng.normal(size=(4, 3)), rng.normal(size=3), np.array(0.3)
+    for got, expected in zip(fused(*args), plain(*args), strict=True):
+        assert np.shape(got) == np.shape(expected)
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
