@@ -69,22 +69,33 @@ def clip_to_min_max(fgraph, node):
     return [pt.cast(out, node.outputs[0].dtype)]
 
 
-def _array_function(node) -> Callable:
-    """The whole-array NumPy function of one scalar node (as ``Elemwise.perform`` chooses it)."""
+def _array_function(node) -> tuple[Callable, bool]:
+    """The whole-array NumPy function of one scalar node (as ``Elemwise.perform`` chooses it), and
+    whether it takes ``out=`` (a ufunc, or a fold of one, returning a new array)."""
     scalar_op, n_inputs = node.op, len(node.inputs)
     if isinstance(scalar_op, Composite):
-        return _program(scalar_op)
+        run = _program(scalar_op)
+        return (lambda *args: run(args)), False
     if isinstance(scalar_op, Cast):
         dtype = np.dtype(scalar_op.o_type.dtype)
-        return lambda x: np.asarray(x).astype(dtype)
+        return (lambda x: np.asarray(x).astype(dtype)), False
     if isinstance(scalar_op, Identity):
-        return lambda x: x
+        return (lambda x: x), False
     spec = getattr(scalar_op, "nfunc_spec", None)
     function = import_func_from_string(spec[0]) if spec else None
+    if isinstance(function, np.ufunc) and function.nout == 1 and spec[1] == n_inputs:
+        return function, True
+    if isinstance(function, np.ufunc) and spec[1] == 2 and n_inputs > 2:  # variadic add, mul, ...
+
+        def fold(*args, out=None):
+            result = function(args[0], args[1], out=out)
+            for arg in args[2:]:
+                result = function(result, arg, out=out)
+            return result
+
+        return fold, True
     if function is not None and spec[1] == n_inputs:
-        return function
-    if function is not None and spec[1] == 2 and n_inputs > 2:  # variadic add, mul, ...
-        return lambda *args: reduce(function, args)
+        return function, False
     # No NumPy equivalent: the scalar implementation, element by element (as Elemwise.perform),
     # cast back from NumPy's object arrays.
     elementwise = np.frompyfunc(scalar_op.impl, n_inputs, scalar_op.nout)
@@ -96,35 +107,66 @@ def _array_function(node) -> Callable:
             return np.asarray(results, dtype=dtypes[0])
         return tuple(np.asarray(result, dtype=dtype) for result, dtype in zip(results, dtypes, strict=True))
 
-    return typed
+    return typed, False
 
 
 def _program(composite: Composite) -> Callable:
-    """A function evaluating ``composite``'s scalar graph on arrays, one NumPy call per scalar op."""
+    """A function ``run(inputs, shape=None)`` evaluating ``composite``'s scalar graph on arrays, one
+    NumPy call per scalar op.
+
+    With ``shape`` (the broadcast shape of the inputs), a float64 intermediate array of that
+    shape is overwritten by the ufunc that uses it last (``out=``), as PyTensor's in-place rewrites
+    do for unfused ops; never an input or an output of the composite. A fold (variadic add or mul)
+    only overwrites its first or second argument, so that the others are read before.
+    """
     fgraph = composite.fgraph
     position = {var: k for k, var in enumerate(fgraph.inputs)}
-    steps = []
-    for node in fgraph.toposort():
+    last_use: dict[int, int] = {}
+    nodes = fgraph.toposort()
+    plan = []
+    for step, node in enumerate(nodes):
         sources = []
         for var in node.inputs:
             if isinstance(var, Constant):
                 sources.append((None, np.asarray(var.data, dtype=var.type.dtype)))
             else:
                 sources.append((position[var], None))
+                last_use[position[var]] = step
         for var in node.outputs:
             position[var] = len(position)
-        steps.append((_array_function(node), sources, len(node.outputs)))
-    outputs = []
-    for var in fgraph.outputs:
-        if isinstance(var, Constant):
-            outputs.append((None, np.asarray(var.data, dtype=var.type.dtype)))
-        else:
-            outputs.append((position[var], None))
+        plan.append((node, sources))
+    outputs = [
+        (None, np.asarray(var.data, dtype=var.type.dtype)) if isinstance(var, Constant) else (position[var], None)
+        for var in fgraph.outputs
+    ]
+    functions = [_array_function(node) for node, _ in plan]
+    # Never overwritten: the outputs, and whatever a step that may return its argument (identity,
+    # a nested composite) reads, since its result can alias it.
+    kept = {k for k, _ in outputs if k is not None}
+    kept |= {k for (_, sources), (_, takes_out) in zip(plan, functions) if not takes_out for k, _ in sources}
+    owned: set[int] = set()  # intermediates allocated by this program
+    steps = []
+    for step, ((node, sources), (function, takes_out)) in enumerate(zip(plan, functions)):
+        donors = []
+        if takes_out and node.outputs[0].type.dtype == "float64":
+            usable = sources if isinstance(function, np.ufunc) else sources[:2]
+            donors = [k for k, _ in usable if k in owned and k not in kept and last_use[k] == step]
+        if takes_out:
+            owned.add(position[node.outputs[0]])
+        steps.append((function, sources, len(node.outputs), donors))
 
-    def run(*inputs):
+    def run(inputs, shape=None):
         values = list(inputs)
-        for function, sources, n_outputs in steps:
-            result = function(*[values[k] if k is not None else constant for k, constant in sources])
+        for function, sources, n_outputs, donors in steps:
+            args = [values[k] if k is not None else constant for k, constant in sources]
+            buffer = None
+            if shape is not None:
+                for k in donors:
+                    value = values[k]
+                    if isinstance(value, np.ndarray) and value.shape == shape and value.dtype == np.float64:
+                        buffer = value
+                        break
+            result = function(*args) if buffer is None else function(*args, out=buffer)
             values.extend(result if n_outputs > 1 else (result,))
         results = tuple(values[k] if k is not None else constant for k, constant in outputs)
         return results if len(results) > 1 else results[0]
@@ -150,11 +192,11 @@ class NumpyFusedElemwise(Op):
         return Apply(self, reference.inputs, [out.type() for out in reference.outputs])
 
     def perform(self, node, inputs, output_storage):
+        shape = np.broadcast_shapes(*(np.shape(x) for x in inputs))
         with np.errstate(all="ignore"):
-            results = self._run(*inputs)
+            results = self._run(inputs, shape)
         if len(node.outputs) == 1:
             results = (results,)
-        shape = np.broadcast_shapes(*(np.shape(x) for x in inputs))
         produced = set()
         for storage, result, out in zip(output_storage, results, node.outputs, strict=True):
             result = np.asarray(result, dtype=out.type.dtype)
