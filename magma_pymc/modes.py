@@ -197,7 +197,7 @@ class NumpyFusedElemwise(Op):
             results = self._run(inputs, shape)
         if len(node.outputs) == 1:
             results = (results,)
-        produced = set()
+        produced = {id(x) for x in inputs}  # an output equal to an input (or another output) is copied
         for storage, result, out in zip(output_storage, results, node.outputs, strict=True):
             result = np.asarray(result, dtype=out.type.dtype)
             if result.shape != shape or not result.flags.owndata or id(result) in produced:

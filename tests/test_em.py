@@ -173,3 +173,14 @@ def test_numpy_mode_evaluates_fused_elementwise_ops_like_the_unfused_graph():
     for got, expected in zip(fused(*args), plain(*args), strict=True):
         assert np.shape(got) == np.shape(expected)
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
+    # An output that is an input passed through (identity) is a copy, never the input itself.
+    from pytensor.scalar.basic import Composite, float64, identity
+
+    s, t = float64("s"), float64("t")
+    passthrough = pytensor.function(
+        [y, a], NumpyFusedElemwise(Composite([s, t], [identity(s), s * t + 1.0]))(y, a), mode="FAST_COMPILE"
+    )
+    same, computed = passthrough(args[1], args[2])
+    np.testing.assert_array_equal(same, args[1])
+    np.testing.assert_allclose(computed, args[1] * 0.3 + 1.0)
+    assert not np.shares_memory(same, args[1])
