@@ -12,8 +12,8 @@ default), measured in ``docs/performance.md``; all modes compute the same number
 * ``"NUMPY"`` (default, :mod:`magma_pymc.modes`): PyTensor's full graph rewrites, then each op's
   NumPy/SciPy implementation; nothing is compiled, so a first fit on a fresh machine takes about
   2 s. MAGMA's graphs are dominated by a few factorisations that run in LAPACK whatever the
-  backend; the price is Python overhead per op: 1.4-2.9x the C backend's warm time on small
-  problems (20 individuals), 1.4-1.5x on larger ones (200-2000 individuals).
+  backend; the price is Python overhead per op: 1.1-2.3x the C backend's warm time on small
+  problems (20 individuals), 1.1-1.3x on larger ones (200-2000 individuals).
 * ``"CVM"``: the C backend compiles each op once per machine (about a minute on an empty cache,
   ~5 s per new process afterwards) and is the fastest warm, for long or repeated fits.
 * ``"NUMBA"``: JIT-compiles every new graph (80-90 s on an empty cache); fast per call, for
