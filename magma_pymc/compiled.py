@@ -41,8 +41,8 @@ from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
     DataPrecision,
-    PseudoObservations,
     EStep,
+    PseudoObservations,
     TrainingTensors,
     build_data_precision,
     build_data_precision_common,
@@ -51,8 +51,8 @@ from magma_pymc.hyperposterior import (
     build_estep_projected,
     build_log_likelihood_from_precision,
     build_log_likelihood_from_pseudo_observations,
-    build_pseudo_observations,
     build_mean_process_at,
+    build_pseudo_observations,
 )
 from magma_pymc.kernels import Kernel
 from magma_pymc.modes import NUMPY_MODE_NAME

@@ -23,7 +23,6 @@ Two rewrites of ``fast_run`` are adapted because their Python implementation is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import reduce
 
 import numpy as np
 import pytensor.tensor as pt

@@ -7,7 +7,12 @@ import pytest
 from reference import central_differences, se
 from test_hyperposterior import common_grid_problem, fixed_model
 
-from magma_pymc.ops import GaussianBlockLoss, gaussian_block_loss, gaussian_information_loss, gaussian_marginal_loss
+from magma_pymc.ops import (
+    GaussianBlockLoss,
+    gaussian_block_loss,
+    gaussian_information_loss,
+    gaussian_marginal_loss,
+)
 
 
 def dense_minus_q(deviations, blocks, psi, mask):
