@@ -146,41 +146,38 @@ def gaussian_block_loss(psi, scatter):
     return _loss(psi, scatter)[0]
 
 
-class GaussianInformationLoss(Op):
-    r"""``(cov (N, N), precision (N, N), shift (N,)) -> (loss (), dloss_dcov (N, N))`` (module docstring).
+class _CovarianceLoss(Op):
+    """``(cov (N, N), *data) -> (loss (), dloss_dcov (N, N))``: what the mean-process losses share.
 
-    ``cov`` is :math:`K` (jitter included), ``precision`` and ``shift`` the data's :math:`S` and
-    :math:`b`. Where :math:`K` is not positive definite both outputs are NaN (the optimiser rejects
-    the trial point). Only ``loss`` is differentiable, and only with respect to ``cov``.
+    Where ``cov`` is not positive definite both outputs are NaN (the optimiser rejects the trial
+    point). Only ``loss`` is differentiable, and only with respect to ``cov``; the other inputs
+    are data. Subclasses give the data's dimensions and names and :meth:`_loss`.
     """
 
     __props__ = ()
+    data_ndims: tuple[int, ...] = ()
+    data_names: tuple[str, ...] = ()
 
-    def make_node(self, cov, precision, shift):
+    def make_node(self, cov, *data):
         cov = pt.as_tensor_variable(cov, dtype="float64")
-        precision = pt.as_tensor_variable(precision, dtype="float64")
-        shift = pt.as_tensor_variable(shift, dtype="float64")
-        if cov.ndim != 2 or precision.ndim != 2 or shift.ndim != 1:
-            raise ValueError("GaussianInformationLoss takes (N, N), (N, N) and (N,) tensors")
-        return Apply(self, [cov, precision, shift], [pt.scalar(dtype="float64"), pt.matrix(dtype="float64")])
+        data = [pt.as_tensor_variable(value, dtype="float64") for value in data]
+        if cov.ndim != 2 or tuple(value.ndim for value in data) != self.data_ndims:
+            raise ValueError(
+                f"{type(self).__name__} takes an (N, N) covariance and data of dimensions {self.data_ndims}"
+            )
+        return Apply(self, [cov, *data], [pt.scalar(dtype="float64"), pt.matrix(dtype="float64")])
 
     def perform(self, node, inputs, output_storage):
-        cov, precision, shift = inputs
         try:
-            chol = np.linalg.cholesky(cov)
-            loaded = chol.T @ precision                                     # L' S
-            chol_b = np.linalg.cholesky(np.eye(cov.shape[0]) + loaded @ chol)
+            loss, dloss = self._loss(*inputs)
         except np.linalg.LinAlgError:
-            output_storage[0][0] = np.asarray(np.nan)
-            output_storage[1][0] = np.full(cov.shape, np.nan)
-            return
-        # Finite by construction (factors of finite positive definite matrices): skip SciPy's check.
-        whitened = solve_triangular(chol_b, chol.T @ shift, lower=True, check_finite=False)  # u = L_B^{-1} L' b
-        reduced = solve_triangular(chol_b, loaded, lower=True, check_finite=False)           # Y = L_B^{-1} L' S
-        centred_mean = chol @ solve_triangular(chol_b, whitened, lower=True, trans="T", check_finite=False)
-        v = shift - precision @ centred_mean
-        output_storage[0][0] = np.asarray(np.log(np.diag(chol_b)).sum() - 0.5 * whitened @ whitened)
-        output_storage[1][0] = 0.5 * (precision - reduced.T @ reduced - np.outer(v, v))
+            loss, dloss = np.nan, np.full(inputs[0].shape, np.nan)
+        output_storage[0][0] = np.asarray(loss)
+        output_storage[1][0] = dloss
+
+    def _loss(self, cov, *data) -> tuple[float, np.ndarray]:
+        """Loss and its derivative w.r.t. ``cov``; raises ``LinAlgError`` where ``cov`` is not PD."""
+        raise NotImplementedError
 
     def infer_shape(self, *args):
         shapes = args[-1]  # see GaussianBlockLoss.infer_shape
@@ -189,15 +186,40 @@ class GaussianInformationLoss(Op):
     def pullback(self, inputs, outputs, cotangents):
         loss_grad, dcov_grad = cotangents
         if not isinstance(dcov_grad.type, DisconnectedType):
-            raise NotImplementedError("GaussianInformationLoss: the derivative output is not differentiable")
+            raise NotImplementedError(f"{type(self).__name__}: the derivative output is not differentiable")
         return [
             loss_grad * outputs[1],
-            grad_undefined(self, 1, inputs[1], "the data's precision is data"),
-            grad_undefined(self, 2, inputs[2], "the data's shift is data"),
+            *(
+                grad_undefined(self, k, value, f"the {name} are data")
+                for k, (value, name) in enumerate(zip(inputs[1:], self.data_names, strict=True), start=1)
+            ),
         ]
 
     if not hasattr(Op, "pullback"):
         L_op = pullback
+
+
+class GaussianInformationLoss(_CovarianceLoss):
+    r"""``(cov (N, N), precision (N, N), shift (N,)) -> (loss (), dloss_dcov (N, N))`` (module docstring).
+
+    ``cov`` is :math:`K` (jitter included), ``precision`` and ``shift`` the data's :math:`S` and
+    :math:`b` (see :class:`_CovarianceLoss` for NaN and gradients).
+    """
+
+    data_ndims = (2, 1)
+    data_names = ("data's precision", "data's shift")
+
+    def _loss(self, cov, precision, shift):
+        chol = np.linalg.cholesky(cov)
+        loaded = chol.T @ precision                                          # L' S
+        chol_b = np.linalg.cholesky(np.eye(cov.shape[0]) + loaded @ chol)
+        # Finite by construction (factors of finite positive definite matrices): skip SciPy's check.
+        whitened = solve_triangular(chol_b, chol.T @ shift, lower=True, check_finite=False)  # u = L_B^{-1} L' b
+        reduced = solve_triangular(chol_b, loaded, lower=True, check_finite=False)           # Y = L_B^{-1} L' S
+        centred_mean = chol @ solve_triangular(chol_b, whitened, lower=True, trans="T", check_finite=False)
+        v = shift - precision @ centred_mean
+        loss = np.log(np.diag(chol_b)).sum() - 0.5 * whitened @ whitened
+        return loss, 0.5 * (precision - reduced.T @ reduced - np.outer(v, v))
 
 
 _information_loss = GaussianInformationLoss()
@@ -208,56 +230,27 @@ def gaussian_information_loss(cov, precision, shift):
     return _information_loss(cov, precision, shift)[0]
 
 
-class GaussianMarginalLoss(Op):
+class GaussianMarginalLoss(_CovarianceLoss):
     r"""``(cov (N, N), observations (N,)) -> (loss (), dloss_dcov (N, N))`` (module docstring).
 
     ``loss`` is :math:`\tfrac12\log|A| + \tfrac12 z^\top A^{-1} z` for ``cov`` :math:`A` and
     ``observations`` :math:`z`: the negative log density of :math:`N(0, A)` at :math:`z` without
-    its :math:`\tfrac N2\log 2\pi`. Where :math:`A` is not positive definite both outputs are NaN.
-    Only ``loss`` is differentiable, and only with respect to ``cov``.
+    its :math:`\tfrac N2\log 2\pi` (see :class:`_CovarianceLoss` for NaN and gradients).
     """
 
-    __props__ = ()
+    data_ndims = (1,)
+    data_names = ("pseudo-observations",)
 
-    def make_node(self, cov, observations):
-        cov = pt.as_tensor_variable(cov, dtype="float64")
-        observations = pt.as_tensor_variable(observations, dtype="float64")
-        if cov.ndim != 2 or observations.ndim != 1:
-            raise ValueError("GaussianMarginalLoss takes (N, N) and (N,) tensors")
-        return Apply(self, [cov, observations], [pt.scalar(dtype="float64"), pt.matrix(dtype="float64")])
-
-    def perform(self, node, inputs, output_storage):
-        cov, observations = inputs
-        try:
-            chol = np.linalg.cholesky(cov)
-        except np.linalg.LinAlgError:
-            output_storage[0][0] = np.asarray(np.nan)
-            output_storage[1][0] = np.full(cov.shape, np.nan)
-            return
+    def _loss(self, cov, observations):
+        chol = np.linalg.cholesky(cov)
         weights, _ = lapack.dpotrs(chol, observations, lower=1)   # alpha = A^{-1} z
         # A^{-1} = L^{-T} L^{-1} from the factor (potri fills the lower triangle; the upper one of
         # NumPy's factor is zero), symmetrised.
         inverse, _ = lapack.dpotri(chol, lower=1)
         inverse += inverse.T
         inverse[np.diag_indices_from(inverse)] *= 0.5
-        output_storage[0][0] = np.asarray(np.log(np.diag(chol)).sum() + 0.5 * observations @ weights)
-        output_storage[1][0] = 0.5 * (inverse - np.outer(weights, weights))
-
-    def infer_shape(self, *args):
-        shapes = args[-1]  # see GaussianBlockLoss.infer_shape
-        return [(), shapes[0]]
-
-    def pullback(self, inputs, outputs, cotangents):
-        loss_grad, dcov_grad = cotangents
-        if not isinstance(dcov_grad.type, DisconnectedType):
-            raise NotImplementedError("GaussianMarginalLoss: the derivative output is not differentiable")
-        return [
-            loss_grad * outputs[1],
-            grad_undefined(self, 1, inputs[1], "the pseudo-observations are data"),
-        ]
-
-    if not hasattr(Op, "pullback"):
-        L_op = pullback
+        loss = np.log(np.diag(chol)).sum() + 0.5 * observations @ weights
+        return loss, 0.5 * (inverse - np.outer(weights, weights))
 
 
 _marginal_loss = GaussianMarginalLoss()
