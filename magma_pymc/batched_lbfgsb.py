@@ -29,8 +29,6 @@ import numpy as np
 from scipy.linalg.lapack import HAS_ILP64
 from scipy.optimize import OptimizeResult
 
-# A row whose value or gradient is not finite (a failed Cholesky at a trial point) is reported as
-# minimize_log_params reports one: REJECTED_VALUE, and the line search backs off.
 from magma_pymc.mstep import REJECTED_VALUE, minimize_log_params
 
 __all__ = ["minimize_separable", "lockstep_available"]
@@ -42,7 +40,6 @@ _MAX_ITER_REACHED = 504
 _MAX_CORRECTIONS = 10  # SciPy's default `maxcor`
 _MAX_LINE_SEARCH = 20  # SciPy's default `maxls`
 _INT = np.int64 if HAS_ILP64 else np.int32
-
 
 
 class _RowSolver:
@@ -89,7 +86,7 @@ class _RowSolver:
         self.n_eval += 1
         if np.isfinite(value) and np.all(np.isfinite(grad)):
             self.f, self.g = float(value), np.asarray(grad, dtype=np.float64).copy()
-        else:
+        else:  # a failed Cholesky at a trial point: reported as minimize_log_params does, the line search backs off
             self.f, self.g = REJECTED_VALUE, np.zeros_like(self.g)
 
     @property
