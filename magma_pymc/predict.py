@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-
 from scipy.linalg import solve_triangular
 
 from magma_pymc.compiled import ModelGraphs

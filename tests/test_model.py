@@ -1,8 +1,8 @@
 """The declared PyMC model: structure, coords and log-density against SciPy."""
 
 import numpy as np
-from pymc.model_graph import ModelGraph
 from conftest import make_long
+from pymc.model_graph import ModelGraph
 from reference import se
 from scipy import stats
 

@@ -19,7 +19,7 @@ __all__ = ["load_dodgerloop", "load_ecg5000", "load_swimmers", "load_weight"]
 _SPLITS = ("train", "test")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(name: str) -> pd.DataFrame:
     """Read a bundled gzip CSV once (cached; callers must copy before mutating)."""
     with resources.files(__package__).joinpath("data", name).open("rb") as fh:
