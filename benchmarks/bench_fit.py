@@ -266,7 +266,7 @@ def table_rows(results: list[dict]) -> list[list[str]]:
 def format_text(results: list[dict]) -> str:
     rows = [COLUMNS, *table_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
 def format_markdown(results: list[dict]) -> str:

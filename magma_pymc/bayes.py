@@ -241,7 +241,7 @@ def _draw_args(model: Magma) -> tuple[list[tuple[np.ndarray, np.ndarray]], float
     mean_log, log_params = _log_draws(model.idata_, thin)
     n = mean_log.shape[0] * mean_log.shape[1]
     mean_log, log_params = mean_log.reshape(n, -1), log_params.reshape(n, *log_params.shape[2:])
-    return list(zip(mean_log, log_params)), float(model.idata_.attrs.get("jitter", model._state.jitter))
+    return list(zip(mean_log, log_params, strict=True)), float(model.idata_.attrs.get("jitter", model._state.jitter))
 
 
 def _hyperposterior_group(
@@ -387,7 +387,7 @@ def predict_nuts(
     ds.attrs.update(
         individual=str(individual.id), prediction_type="I" if n_obs else "II", hp_source=hp.source,
         n_draws=len(draws), intervals="Gaussian-mixture quantiles over posterior draws",
-        **{f"hp_{name}": float(v) for name, v in zip((*model.kernel.names, NOISE), median_hp)},
+        **{f"hp_{name}": float(v) for name, v in zip((*model.kernel.names, NOISE), median_hp, strict=True)},
     )
     return ds
 

@@ -121,7 +121,7 @@ class TrainingData:
         m, n_grid, n_max, bounds = len(inds), grid.shape[0], max(n_points), np.cumsum([0, *n_points])
         index, mask = np.full((m, n_max), n_grid, dtype=np.int64), np.zeros((m, n_max))
         inputs, outputs = np.empty((m, n_max, d)), np.zeros((m, n_max))
-        for i, (ind, n) in enumerate(zip(inds, n_points)):
+        for i, (ind, n) in enumerate(zip(inds, n_points, strict=True)):
             index[i, :n], mask[i, :n] = inverse[bounds[i]:bounds[i + 1]], 1.0
             inputs[i, :n], inputs[i, n:], outputs[i, :n] = ind.inputs, ind.inputs[-1], ind.outputs
         # Each individual's inputs are distinct grid rows, so equal sets <=> all n_i == N.
@@ -173,7 +173,7 @@ def as_training_data(data: Any, *, id_col: str = "ID", input_cols: str | Sequenc
         codes, uniques = pd.factorize(ids)  # keeps order of first appearance
         _check_id_kinds(uniques, f"ID column {id_col!r}")
         groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
-        raw = [(_native(u), x[r], y[r], labels[r]) for u, r in zip(uniques, groups)]  # [] if no rows
+        raw = [(_native(u), x[r], y[r], labels[r]) for u, r in zip(uniques, groups, strict=False)]  # [] if no rows (np.split gives one empty group)
     elif isinstance(data, (Mapping, list, tuple)):
         items = list(data.items()) if isinstance(data, Mapping) else list(enumerate(data))
         _check_id_kinds([k for k, _ in items], "individual IDs")

@@ -320,7 +320,7 @@ class Magma:
             individual=str(individual.id),
             prediction_type="I" if n_obs else "II",
             hp_source=hp.source,
-            **{f"hp_{name}": float(v) for name, v in zip((*self.kernel.names, "noise"), np.exp(hp.log_params))},
+            **{f"hp_{name}": float(v) for name, v in zip((*self.kernel.names, "noise"), np.exp(hp.log_params), strict=True)},
         )
         return ds
 
@@ -397,12 +397,12 @@ class Magma:
         blocks = [("", [f"mu0_{n}" for n in self.mean_kernel.names], state.mean_log_params, problem.mean_bounds)]
         rows = np.reshape(state.log_params, (-1, len(names)))
         bounds = np.reshape(problem.bounds, (len(rows), len(names), 2))
-        for r, (row, row_bounds) in enumerate(zip(rows, bounds)):
+        for r, (row, row_bounds) in enumerate(zip(rows, bounds, strict=True)):
             blocks.append(("" if self.common_hp else f"individual {train.ids[r]!r} ", names, row, row_bounds))
         hits = [
             f"{who}{name} = {np.exp(value):.3g} ({'lower' if value - low < high - value else 'upper'})"
             for who, block_names, values, block_bounds in blocks
-            for name, value, (low, high) in zip(block_names, values, block_bounds)
+            for name, value, (low, high) in zip(block_names, values, block_bounds, strict=True)
             if min(value - low, high - value) < _AT_BOUND
         ]
         if hits:
@@ -592,7 +592,7 @@ def _warn_far_inputs(inputs: np.ndarray, span: float, names: tuple[str, ...], wh
     far = size > FAR_INPUTS * span
     if far.any():
         _warn(
-            f"{where}: input(s) {[n for n, f in zip(names, far) if f]} reach {float(np.max(size[far])):.3g}, more "
+            f"{where}: input(s) {[n for n, f in zip(names, far, strict=True) if f]} reach {float(np.max(size[far])):.3g}, more "
             f"than {FAR_INPUTS:g} times the training input range {span:.3g}: kernel distances lose precision "
             "(|x|^2 + |y|^2 - 2xy); shift the inputs towards 0 (e.g. subtract the first training input)",
             NumericalWarning,

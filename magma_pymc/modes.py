@@ -142,10 +142,10 @@ def _program(composite: Composite) -> Callable:
     # Never overwritten: the outputs, and whatever a step that may return its argument (identity,
     # a nested composite) reads, since its result can alias it.
     kept = {k for k, _ in outputs if k is not None}
-    kept |= {k for (_, sources), (_, takes_out) in zip(plan, functions) if not takes_out for k, _ in sources}
+    kept |= {k for (_, sources), (_, takes_out) in zip(plan, functions, strict=True) if not takes_out for k, _ in sources}
     owned: set[int] = set()  # intermediates allocated by this program
     steps = []
-    for step, ((node, sources), (function, takes_out)) in enumerate(zip(plan, functions)):
+    for step, ((node, sources), (function, takes_out)) in enumerate(zip(plan, functions, strict=True)):
         donors = []
         if takes_out and node.outputs[0].type.dtype == "float64":
             usable = sources if isinstance(function, np.ufunc) else sources[:2]

@@ -304,7 +304,7 @@ def plot_em_trace(model_or_idata: Any, axes: Any = None, *, truth: Mapping | Non
     if axes.size < len(names):
         raise ValueError(f"need {len(names)} axes (one per variable), got {axes.size}")
     axes, it = axes[: len(names)], trace["em_iteration"].values
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         var = trace[name]
         ids = var["individual"].values if "individual" in var.dims else None
         if ids is None:
@@ -363,7 +363,7 @@ def plot_hp_posterior(
     axes = np.asarray(axes, dtype=object).ravel()
     if axes.size < len(names):
         raise ValueError(f"need {len(names)} axes (one per hyper-parameter), got {axes.size}")
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):  # extra axes stay empty
         draws = post[name].values.ravel()
         edges = np.geomspace(draws.min(), draws.max(), bins + 1) if draws.min() < draws.max() else bins
         ax.hist(draws, bins=edges, density=True, color="0.7", label="NUTS draws")
@@ -420,7 +420,7 @@ def animate_prediction(
 
     plot_kwargs.pop("observed", None)
     if not isinstance(new_data, pd.DataFrame):
-        new_data = pd.DataFrame(dict(zip(("Input", "Output"), _xy(new_data))))
+        new_data = pd.DataFrame(dict(zip(("Input", "Output"), _xy(new_data), strict=True)))
     frame = new_data.sort_values("Input", kind="stable").reset_index(drop=True)
     n = len(frame)
     ks = np.unique(np.linspace(0, n, n + 1 if n_frames is None else max(int(n_frames), 1)).round().astype(int))

@@ -41,7 +41,7 @@ def _wide_to_long(
     rows to keep. Missing values are dropped; the number dropped is also returned.
     """
     within = wide.groupby("split", sort=False).cumcount().to_numpy()
-    ids = np.array([f"{s}-{k:0{width}d}" for s, k in zip(wide["split"], within)], dtype=object)
+    ids = np.array([f"{s}-{k:0{width}d}" for s, k in zip(wide["split"], within, strict=True)], dtype=object)
     if keep is not None:
         wide, ids = wide.loc[keep], ids[keep]
     values = wide.filter(regex=r"^t\d+$").to_numpy(dtype=float)

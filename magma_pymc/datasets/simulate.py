@@ -294,7 +294,7 @@ def simulate(
         f = np.stack(
             [
                 _gp_factor(grid, v, l, jitter) @ z[i]
-                for i, (v, l) in enumerate(zip(hp["variance"], hp["lengthscale"]))
+                for i, (v, l) in enumerate(zip(hp["variance"], hp["lengthscale"], strict=True))
             ]
         )
     latent = mean_process + f
