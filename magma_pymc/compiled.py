@@ -209,6 +209,16 @@ class ModelGraphs:
             pt.scalar("n_obs", dtype="float64"),
         )
 
+    def _mean_step(self, data_inputs, objective) -> Function:
+        """``(mean_hp, grid, *data_inputs, jitter) -> (value, grad)`` of ``objective(mean_hp, grid, jitter)``
+        (a graph in ``data_inputs`` too), the gradient w.r.t. the mean-process HP: the shape of every
+        mean-process M-step."""
+        log_params = pt.vector("mean_log_params", dtype="float64")
+        grid = pt.matrix("grid", dtype="float64")
+        jitter = pt.scalar("jitter", dtype="float64")
+        value = objective(log_params, grid, jitter)
+        return _compile([log_params, grid, *data_inputs, jitter], [value, pytensor.grad(value, log_params)], self.mode)
+
     @cached_property
     def data_precision(self) -> Function:
         """``(hp, grid, inputs, residuals, mask, index, jitter) -> (precision, shift, quad_residuals,
@@ -227,13 +237,12 @@ class ModelGraphs:
         """``(mean_hp, grid, precision, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (value,
         grad)`` of :math:`-\\log p(y)` w.r.t. the mean-process HP, from :meth:`data_precision`'s
         summary: :math:`O(N^3)` per call whatever the number of individuals."""
-        log_params = pt.vector("mean_log_params", dtype="float64")
-        grid = pt.matrix("grid", dtype="float64")
         summary = self._symbolic_summary()
-        jitter = pt.scalar("jitter", dtype="float64")
-        value = -build_log_likelihood_from_precision(self.mean_kernel, log_params, grid, summary, jitter)
-        return _compile(
-            [log_params, grid, *summary, jitter], [value, pytensor.grad(value, log_params)], self.mode
+        return self._mean_step(
+            summary,
+            lambda log_params, grid, jitter: -build_log_likelihood_from_precision(
+                self.mean_kernel, log_params, grid, summary, jitter
+            ),
         )
 
     @cached_property
@@ -249,27 +258,27 @@ class ModelGraphs:
         """``(mean_hp, grid, noise_cov, observations, offset, jitter) -> (value, grad)`` of
         :math:`-\\log p(y)` w.r.t. the mean-process HP from :meth:`pseudo_observations`: one
         :math:`N \\times N` factorisation per call."""
-        log_params = pt.vector("mean_log_params", dtype="float64")
-        grid = pt.matrix("grid", dtype="float64")
         pseudo = PseudoObservations(
             pt.matrix("noise_cov", dtype="float64"), pt.vector("observations", dtype="float64"),
             pt.scalar("offset", dtype="float64"),
         )
-        jitter = pt.scalar("jitter", dtype="float64")
-        value = -build_log_likelihood_from_pseudo_observations(self.mean_kernel, log_params, grid, pseudo, jitter)
-        return _compile([log_params, grid, *pseudo, jitter], [value, pytensor.grad(value, log_params)], self.mode)
+        return self._mean_step(
+            pseudo,
+            lambda log_params, grid, jitter: -build_log_likelihood_from_pseudo_observations(
+                self.mean_kernel, log_params, grid, pseudo, jitter
+            ),
+        )
 
     @cached_property
     def mean_process_step(self) -> Function:
         """``(mean_hp, grid, centred_mean, cov_factor, jitter) -> (value, grad)`` of :math:`-Q_0`."""
-        log_params = pt.vector("mean_log_params", dtype="float64")
-        grid = pt.matrix("grid", dtype="float64")
         centred_mean = pt.vector("centred_mean", dtype="float64")
         cov_factor = pt.matrix("cov_factor", dtype="float64")
-        jitter = pt.scalar("jitter", dtype="float64")
-        value = mean_process_objective(self.mean_kernel, log_params, grid, centred_mean, cov_factor, jitter)
-        return _compile(
-            [log_params, grid, centred_mean, cov_factor, jitter], [value, pytensor.grad(value, log_params)], self.mode
+        return self._mean_step(
+            (centred_mean, cov_factor),
+            lambda log_params, grid, jitter: mean_process_objective(
+                self.mean_kernel, log_params, grid, centred_mean, cov_factor, jitter
+            ),
         )
 
     @cached_property
