@@ -65,6 +65,8 @@ from scipy.linalg import lapack, solve_triangular
 __all__ = [
     "GaussianBlockLoss",
     "gaussian_block_loss",
+    "block_precisions",
+    "block_gradient",
     "GaussianInformationLoss",
     "gaussian_information_loss",
     "GaussianMarginalLoss",
@@ -125,17 +127,28 @@ class GaussianBlockLoss(Op):
         L_op = pullback
 
 
-def _block_loss(psi: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Values and derivatives of the module docstring for a batch of blocks (raises ``LinAlgError``
-    if any block is not positive definite)."""
+def block_precisions(psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Psi_i^{-1}, 1/2 log|Psi_i|)`` for a batch of blocks from their Cholesky factors (raises
+    ``LinAlgError`` if any block is not positive definite)."""
     chol = np.linalg.cholesky(psi)
     # L_i^{-1}: NumPy's batched solve against the identity (a C loop over the blocks, no Python
     # loop over individuals); its accuracy is governed by cond(L_i) = cond(Psi_i)^{1/2}.
     inverse_factor = np.linalg.inv(chol)
     precision = inverse_factor.mT @ inverse_factor                 # Psi^{-1}, symmetric by construction
-    half_logdet = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    return precision, np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+
+
+def block_gradient(precision: np.ndarray, scatter: np.ndarray) -> np.ndarray:
+    r""":math:`\partial \ell_i / \partial \Psi_i = \tfrac12 (\Psi_i^{-1} - \Psi_i^{-1} G_i \Psi_i^{-1})` (module docstring)."""
+    return 0.5 * (precision - precision @ scatter @ precision)
+
+
+def _block_loss(psi: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and derivatives of the module docstring for a batch of blocks (raises ``LinAlgError``
+    if any block is not positive definite)."""
+    precision, half_logdet = block_precisions(psi)
     loss = 0.5 * (precision * scatter).sum(axis=(1, 2)) + half_logdet
-    return loss, 0.5 * (precision - precision @ scatter @ precision)
+    return loss, block_gradient(precision, scatter)
 
 
 _loss = GaussianBlockLoss()
