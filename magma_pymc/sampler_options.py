@@ -1,0 +1,67 @@
+"""Options of ``Magma.fit(method="nuts")`` passed to ``pm.sample``: defaults, pass-through and checks.
+
+Every keyword of ``pm.sample`` and of PyMC's NUTS step (``max_treedepth``, ``step_scale``, ...) is
+accepted and passed on unchanged, except those the library sets itself (``model``,
+``return_inferencedata``, ``compute_convergence_checks``: its own checks run after sampling). The
+defaults differ from ``pm.sample``'s in two places a first run notices: the chains run in parallel
+on ``min(chains, available CPUs)`` processes (``pm.sample`` uses at most half the CPUs, so two chains
+on two cores run one after the other), and the progress bar is on. An unknown option is an error
+naming the public call and the accepted options, before any work is done.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import pymc as pm
+
+__all__ = ["SAMPLE_DEFAULTS", "accepted_options", "available_cpus", "sample_options"]
+
+#: Defaults of ``pm.sample`` options that the library chooses (``cores``: see :func:`sample_options`).
+SAMPLE_DEFAULTS: dict[str, Any] = dict(draws=1000, tune=1000, chains=4, random_seed=None, nuts_sampler="pymc",
+                                       target_accept=0.9, progressbar=True)
+#: ``pm.sample`` keywords the library sets itself.
+RESERVED = frozenset({"model", "return_inferencedata", "compute_convergence_checks", "kwargs", "step"})
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@cache
+def accepted_options() -> frozenset[str]:
+    """Keywords of ``pm.sample`` and of the NUTS step (``pm.NUTS`` and its HMC base), minus :data:`RESERVED`."""
+    names = set(inspect.signature(pm.sample).parameters)
+    for init in (pm.NUTS.__init__, pm.step_methods.hmc.base_hmc.BaseHMC.__init__):
+        names |= set(inspect.signature(init).parameters) - {"self", "vars", "model", "initial_point", "dtype",
+                                                             "blocked", "rng", "kwargs"}
+    return frozenset(names - RESERVED)
+
+
+def sample_options(options: Mapping[str, Any], *, public: str = "Magma.fit(method='nuts')") -> dict[str, Any]:
+    """Keyword arguments for ``pm.sample`` from the user's ``options`` and :data:`SAMPLE_DEFAULTS`.
+
+    ``cores`` defaults to ``min(chains, available_cpus())``. Raises ``TypeError`` naming ``public``
+    and the accepted options for an unknown keyword, and for one the library sets itself.
+    """
+    reserved = sorted(set(options) & RESERVED)
+    if reserved:
+        raise TypeError(f"{public}: {', '.join(reserved)} cannot be set (the library sets it)")
+    unknown = sorted(set(options) - accepted_options())
+    if unknown:
+        raise TypeError(
+            f"{public} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it accepts the data "
+            f"options of Magma.fit and pm.sample's options: {', '.join(sorted(accepted_options()))}"
+        )
+    kwargs = {**SAMPLE_DEFAULTS, **options}
+    if kwargs.get("cores") is None:
+        kwargs["cores"] = max(1, min(int(kwargs["chains"]), available_cpus()))
+    return kwargs
