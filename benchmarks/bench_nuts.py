@@ -3,16 +3,20 @@
 One row per (input grid, HP setting, method, sampler, compile mode): ``grid`` is ``common`` (every
 individual observed on the same 30 inputs, N = 30), ``uncommon`` (30 inputs each drawn from a
 201-point grid, union N of about 190) or ``uncommon, G=30`` (uncommon inputs with ``Magma(inducing=30)``:
-mu0 on 30 inducing points, theory page *Large union grids*). Columns: wall time of ``fit`` (NUTS:
-``chains`` x ``draws`` after ``tune``, chains run in parallel processes by PyMC; compile times included, warm
-PyTensor cache), the smallest bulk ESS over all log hyper-parameters divided by the fit time
-(``min_ess_per_s``), the largest r_hat, the number of divergences and the mean number of
-leapfrog steps per draw. Each case runs in its own subprocess with a time limit; data are seeded.
+mu0 on 30 inducing points, theory page *Large union grids*) or ``weight`` (the first M children of the
+bundled weight data, 11 ages). Different HP are sampled under the population layer (``hierarchical=True``)
+unless ``--independent``. Columns: wall time of ``fit`` (NUTS: ``chains`` x ``draws`` after ``tune``, the
+chains in parallel on ``--cores`` processes; compilation included, warm PyTensor cache), the smallest bulk
+ESS over every free variable the sampler moved (the ``unconstrained_posterior`` group) and that ESS per
+second of fit, the largest r_hat, the number of divergences, the mean number of leapfrog steps per draw
+and the machine's one-minute load average before and after the fit (the timings scale with it on a shared
+machine). Each case runs in its own subprocess with a time limit; data are seeded.
 
 Run from the repository root::
 
     python benchmarks/bench_nuts.py                                  # M=20, every grid and HP setting
-    python benchmarks/bench_nuts.py --grids common --hp common --modes NUMBA   # the quickest rows
+    python benchmarks/bench_nuts.py --grids uncommon --hp common --no-em      # one row
+    python benchmarks/bench_nuts.py --grids weight --hp different --m 100     # 100 children of `weight`
     python benchmarks/bench_nuts.py --draws 500 --tune 500 --output benchmarks/nuts.md
 """
 
@@ -20,11 +24,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 
 MARKER = "BENCH_RESULT "
+
+
+def load_average() -> float:
+    """One-minute load average of the machine (the benchmark shares it; the timings scale with it)."""
+    return round(os.getloadavg()[0], 1)
+
+
+def training_data(case: dict):
+    import magma_pymc as mp
+
+    if case["grid"] == "weight":  # the first `m` children of the bundled weight data
+        weight = mp.datasets.load_weight()
+        return weight[weight["ID"].isin(weight["ID"].unique()[: case["m"]])][["ID", "Input", "Output"]]
+    return mp.simulate(case["m"], 30, common_grid=case["grid"] == "common", common_hp=case["common_hp"],
+                       seed=case["seed"]).data
 
 
 def worker(case: dict) -> None:
@@ -34,26 +54,32 @@ def worker(case: dict) -> None:
 
     import magma_pymc as mp
 
-    sim = mp.simulate(case["m"], 30, common_grid=case["grid"] == "common", common_hp=case["common_hp"],
-                      seed=case["seed"])
+    data = training_data(case)
     model = mp.Magma(common_hp=case["common_hp"], inducing=case.get("inducing"))
+    load_before = load_average()
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if case["method"] == "em":
-            model.fit(sim.data)
+            model.fit(data)
         else:
-            model.fit(sim.data, method="nuts", draws=case["draws"], tune=case["tune"], chains=case["chains"],
-                      random_seed=case["seed"], compile_mode=case["mode"], nuts_sampler=case["sampler"],
-                      thin=max(1, case["draws"] // 50))
+            options = dict(hierarchical=case["hierarchical"]) if not case["common_hp"] else {}
+            model.fit(data, method="nuts", draws=case["draws"], tune=case["tune"], chains=case["chains"],
+                      cores=case["cores"], random_seed=case["seed"], compile_mode=case["mode"],
+                      nuts_sampler=case["sampler"], thin=max(1, case["draws"] // 50), progressbar=False,
+                      likelihood=case["likelihood"], init=case["init"], **options)
     seconds = time.perf_counter() - start
-    result = dict(case, fit_s=round(seconds, 2), n_grid=len(model.mean_process_grid))
+    result = dict(case, fit_s=round(seconds, 2), n_grid=len(model.mean_process_grid),
+                  load=f"{load_before}-{load_average()}")
     if case["method"] == "nuts":
         tree = model.idata_
         result["mean_steps"] = round(float(tree["sample_stats"]["n_steps"].mean()), 1)
-        names = ["log_mu0_hp", "log_hp"]
-        ess = min(float(v.min()) for v in az.ess(tree, var_names=names, method="bulk").data_vars.values())
-        rhat = max(float(v.max()) for v in az.rhat(tree, var_names=names).data_vars.values())
+        # Diagnostics over every free variable the sampler moved (log HP, population layer).
+        names = list(tree["unconstrained_posterior"].data_vars)
+        ess = min(float(v.min()) for v in az.ess(tree, group="unconstrained_posterior", var_names=names,
+                                                 method="bulk").data_vars.values())
+        rhat = max(float(v.max()) for v in az.rhat(tree, group="unconstrained_posterior",
+                                                   var_names=names).data_vars.values())
         result.update(min_ess=round(ess), min_ess_per_s=round(ess / seconds, 1), max_rhat=round(rhat, 4),
                       divergences=int(tree["sample_stats"]["diverging"].sum()))
     print(MARKER + json.dumps(result), flush=True)
@@ -71,17 +97,19 @@ def run(case: dict, timeout: float) -> dict:
     return json.loads(lines[-1][len(MARKER):])
 
 
-COLUMNS = ["grid", "N", "hp", "method", "sampler", "mode", "chains x draws", "fit_s", "min_ess_per_s", "max_rhat",
-           "divergences", "mean steps"]
+COLUMNS = ["grid", "M", "N", "hp", "method", "sampler", "mode", "chains x draws", "fit_s", "min_ess", "min_ess_per_s",
+           "max_rhat", "divergences", "mean steps", "load"]
 
 
 def row(r: dict) -> list[str]:
     nuts = r["method"] == "nuts"
     grid = r["grid"] + (f", G={r['inducing']}" if r.get("inducing") else "")
-    return [grid, str(r.get("n_grid", "-")), "common" if r["common_hp"] else "different", r["method"],
+    hp = "common" if r["common_hp"] else ("different, population" if r.get("hierarchical") else "different")
+    return [grid, str(r["m"]), str(r.get("n_grid", "-")), hp, r["method"],
             r["sampler"] if nuts else "-", r["mode"] if nuts else "CVM",
             f"{r['chains']} x {r['draws']}" if nuts else "-", str(r["fit_s"]),
-            *(str(r.get(k, "-")) for k in ("min_ess_per_s", "max_rhat", "divergences", "mean_steps"))]
+            *(str(r.get(k, "-")) for k in ("min_ess", "min_ess_per_s", "max_rhat", "divergences", "mean_steps",
+                                            "load"))]
 
 
 def main() -> None:
@@ -90,10 +118,18 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--modes", default="CVM,NUMBA", help="compile modes of the sampler's log-density")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--modes", default="CVM", help="compile modes of the sampler's log-density")
     parser.add_argument("--hp", default="common,different")
     parser.add_argument("--grids", default="common,uncommon,inducing",
-                        help="comma-separated: common, uncommon (exact), inducing (uncommon, G points)")
+                        help="comma-separated: common, uncommon (exact), inducing (uncommon, G points), "
+                             "weight (the first M children of the bundled weight data)")
+    parser.add_argument("--samplers", default="pymc", help="comma-separated NUTS implementations (pymc, nutpie)")
+    parser.add_argument("--likelihood", default="closed_form", help="closed_form or autodiff")
+    parser.add_argument("--init", default="auto", help="pm.sample's init (auto, jitter+adapt_full, ...)")
+    parser.add_argument("--independent", action="store_true",
+                        help="different HP: independent priors instead of the population layer")
+    parser.add_argument("--no-em", action="store_true", help="skip the EM rows")
     parser.add_argument("--inducing", type=int, default=30, help="G of the 'inducing' grid")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -102,22 +138,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
-    samplers = ["pymc"]
-    try:
-        import nutpie  # noqa: F401
-
-        samplers.append("nutpie")
-    except ImportError:
-        print("nutpie not installed: default sampler only")
+    samplers = args.samplers.split(",")
     results = []
     for grid, hp in ((g, h) for g in args.grids.split(",") for h in args.hp.split(",")):
         base = dict(m=args.m, common_hp=hp == "common", seed=args.seed, draws=args.draws, tune=args.tune,
-                    chains=args.chains, sampler="pymc", mode="CVM",
-                    grid="common" if grid == "common" else "uncommon",
+                    chains=args.chains, cores=args.cores, sampler="pymc", mode="CVM", likelihood=args.likelihood,
+                    init=args.init, hierarchical=hp != "common" and not args.independent,
+                    grid=grid if grid in ("common", "weight") else "uncommon",
                     inducing=args.inducing if grid == "inducing" else None)
-        cases = [dict(base, method="em")]
-        cases += [dict(base, method="nuts", mode=mode) for mode in args.modes.split(",")]
-        cases += [dict(base, method="nuts", sampler=s, mode="NUMBA") for s in samplers[1:]]
+        cases = [] if args.no_em else [dict(base, method="em")]
+        cases += [dict(base, method="nuts", mode=mode, sampler=s) for mode in args.modes.split(",") for s in samplers]
         for case in cases:
             results.append(run(case, args.timeout))
             print(" | ".join(row(results[-1])), flush=True)
