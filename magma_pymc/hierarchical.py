@@ -97,14 +97,18 @@ def hierarchical_prior(centre: np.ndarray, **options) -> Callable[[str, tuple[st
     return factory
 
 
-def population_draws(posterior: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def population_draws(fit: xr.DataTree | xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Posterior draws ``(mean, scale)`` of the population of log HP, each ``(S, P + 1)`` (chains stacked).
 
-    ``posterior`` is the group holding :data:`POPULATION_MEAN` and :data:`POPULATION_SCALE`
-    (dims chain, draw, hp).
+    ``fit`` is a fitted model's ``idata_`` (the variables are read from its ``unconstrained_posterior``
+    group, else its ``posterior``) or a dataset holding :data:`POPULATION_MEAN` and
+    :data:`POPULATION_SCALE` (dims chain, draw, hp).
     """
+    if isinstance(fit, xr.DataTree):
+        group = "unconstrained_posterior" if "unconstrained_posterior" in fit.children else "posterior"
+        fit = fit[group].to_dataset()
     for variable in (POPULATION_MEAN, POPULATION_SCALE):
-        if variable not in posterior:
+        if variable not in fit:
             raise KeyError(f"{variable!r} not in the posterior: the fit has no population layer")
-    stacked = [posterior[v].transpose("chain", "draw", ...).values for v in (POPULATION_MEAN, POPULATION_SCALE)]
+    stacked = [fit[v].transpose("chain", "draw", ...).values for v in (POPULATION_MEAN, POPULATION_SCALE)]
     return tuple(v.reshape(-1, v.shape[-1]) for v in stacked)
