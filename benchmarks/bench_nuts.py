@@ -10,7 +10,8 @@ chains in parallel on ``--cores`` processes; compilation included, warm PyTensor
 ESS over every free variable the sampler moved (the ``unconstrained_posterior`` group) and that ESS per
 second of fit, the largest r_hat, the number of divergences, the mean number of leapfrog steps per draw
 and the machine's one-minute load average before and after the fit (the timings scale with it on a shared
-machine). Each case runs in its own subprocess with a time limit; data are seeded.
+machine), and the single-thread speed of a 187 x 187 matrix product before and after (``gflops``; about
+32 GFlop/s on an idle core: the share of a core the benchmark got). Each case runs in its own subprocess with a time limit; data are seeded.
 
 Run from the repository root::
 
@@ -37,6 +38,22 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 1)
 
 
+def gemm_gflops(n: int = 187, seconds: float = 1.0) -> float:
+    """Single-thread speed of an n x n matrix product now (GFlop/s): how much of a core this shared
+    machine gives the benchmark at the moment (about 32 on an idle core of the reference machine)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(n, n)), rng.normal(size=(n, n))
+    with threadpool_limits(1):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+    return round(2 * n**3 * count / (time.perf_counter() - start) / 1e9, 1)
+
+
 def training_data(case: dict):
     import magma_pymc as mp
 
@@ -56,7 +73,7 @@ def worker(case: dict) -> None:
 
     data = training_data(case)
     model = mp.Magma(common_hp=case["common_hp"], inducing=case.get("inducing"))
-    load_before = load_average()
+    load_before, speed_before = load_average(), gemm_gflops()
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -70,7 +87,7 @@ def worker(case: dict) -> None:
                       likelihood=case["likelihood"], init=case["init"], **options)
     seconds = time.perf_counter() - start
     result = dict(case, fit_s=round(seconds, 2), n_grid=len(model.mean_process_grid),
-                  load=f"{load_before}-{load_average()}")
+                  load=f"{load_before}-{load_average()}", gflops=f"{speed_before}-{gemm_gflops()}")
     if case["method"] == "nuts":
         tree = model.idata_
         result["mean_steps"] = round(float(tree["sample_stats"]["n_steps"].mean()), 1)
@@ -98,7 +115,7 @@ def run(case: dict, timeout: float) -> dict:
 
 
 COLUMNS = ["grid", "M", "N", "hp", "method", "sampler", "mode", "chains x draws", "fit_s", "min_ess", "min_ess_per_s",
-           "max_rhat", "divergences", "mean steps", "load"]
+           "max_rhat", "divergences", "mean steps", "load", "gflops"]
 
 
 def row(r: dict) -> list[str]:
@@ -109,7 +126,7 @@ def row(r: dict) -> list[str]:
             r["sampler"] if nuts else "-", r["mode"] if nuts else "CVM",
             f"{r['chains']} x {r['draws']}" if nuts else "-", str(r["fit_s"]),
             *(str(r.get(k, "-")) for k in ("min_ess", "min_ess_per_s", "max_rhat", "divergences", "mean_steps",
-                                            "load"))]
+                                            "load", "gflops"))]
 
 
 def main() -> None:
