@@ -13,13 +13,11 @@ from reference import JointGP
 from scipy import optimize, stats
 
 import magma_pymc as mp
-from magma_pymc.bayes import (
-    SAMPLING_JITTER,
-    _check_diagnostics,
-    build_marginal_model,
-    compare_fits,
-    mixture_quantiles,
-)
+from magma_pymc.compare import compare_fits
+from magma_pymc.diagnostics import MAX_RHAT, check_diagnostics
+from magma_pymc.jitter import SAMPLING_JITTER
+from magma_pymc.mixture import mixture_quantiles
+from magma_pymc.sampling import build_marginal_model
 from magma_pymc.model import PRIOR_SD
 
 HP0 = (3.0, 2.0)
@@ -48,7 +46,7 @@ def test_potential_is_dense_joint_gp_log_density(small_problem, setting):
     assert model._problem_.graphs.fast_path == (setting == "common_grid")
     # The "common" case also overrides the prior of the individual log HP (priors={"hp": ...}).
     custom = {"hp": lambda name, dims: pm.Normal(name, mu=0.0, sigma=1.0, dims=dims)} if setting == "common" else None
-    pm_model = build_marginal_model(model, model._problem_, 1e-10, priors=custom)
+    pm_model = build_marginal_model(model._spec(model.data_), model._problem_, 1e-10, priors=custom)
     expected = {"log_mu0_hp", "log_hp", "mu0_variance", "variance", "noise", "marginal_likelihood"}
     assert set(pm_model.named_vars) >= expected
     assert pm_model.named_vars_to_dims["log_hp"] == (("hp",) if common else ("individual", "hp"))
@@ -88,7 +86,7 @@ def test_diagnostics_warn_on_divergences_rhat_and_ess():
     stats_ = xr.Dataset({"diverging": (("chain", "draw"), np.arange(100).reshape(2, 50) == 7)})
     tree = xr.DataTree.from_dict({"posterior": post, "sample_stats": stats_})
     with pytest.warns(mp.ConvergenceWarning, match="1 divergent") as record:
-        problems = _check_diagnostics(tree)
+        problems = check_diagnostics(tree)
     assert "r_hat" in str(record[0].message) and "ESS" in str(record[0].message) and len(problems) == 3
 
 
