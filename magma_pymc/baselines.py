@@ -16,10 +16,10 @@ import xarray as xr
 from magma_pymc.compiled import DEFAULT_MODE, graphs_for
 from magma_pymc.data import as_individual, as_inputs
 from magma_pymc.jitter import JITTER_DEFAULT
-from magma_pymc.results import gaussian_dataset, latent_bounds
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.mstep import minimize_log_params
 from magma_pymc.predict import NewIndividualFit, Prediction
+from magma_pymc.results import gaussian_dataset, latent_bounds
 
 __all__ = ["SingleGP"]
 

@@ -13,7 +13,12 @@ from magma_pymc.compare import compare_fits
 from magma_pymc.diagnostics import MAX_RHAT, MIN_ESS, check_diagnostics
 from magma_pymc.map_priors import compile_log_priors
 from magma_pymc.mixture import GaussianMixture, mixture_quantiles
-from magma_pymc.sampling import NUTS_DEFAULTS, SAMPLING_JITTER, build_marginal_model, fit_nuts
+from magma_pymc.sampling import (
+           NUTS_DEFAULTS,
+           SAMPLING_JITTER,
+           build_marginal_model,
+           fit_nuts,
+)
 
 __all__ = ["NUTS_DEFAULTS", "SAMPLING_JITTER", "MAX_RHAT", "MIN_ESS", "build_marginal_model", "fit_nuts",
            "check_diagnostics", "compile_log_priors", "GaussianMixture", "mixture_quantiles", "compare_fits"]

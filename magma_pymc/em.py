@@ -16,10 +16,10 @@ import numpy as np
 
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.compiled import ModelGraphs
-from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
-from magma_pymc.mstep import minimize_log_params
 from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
 from magma_pymc.exceptions import warn as _warn
+from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
+from magma_pymc.mstep import minimize_log_params
 
 __all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "EMTrace"]
 

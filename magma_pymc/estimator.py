@@ -18,18 +18,22 @@ import pymc as pm
 import xarray as xr
 
 from magma_pymc import predictive
-from magma_pymc.compiled import DEFAULT_MODE, blas_limited, graphs_for
+from magma_pymc.compiled import DEFAULT_MODE, blas_limited
 from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
-from magma_pymc.em import EMState, Problem, TrainingArrays, run_em
+from magma_pymc.em import EMState, Problem, run_em
+from magma_pymc.exceptions import NotFittedError
 from magma_pymc.fit_result import FitResult
 from magma_pymc.jitter import JITTER_DEFAULT, MODEL_JITTER
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.model import ModelSpec
 from magma_pymc.params import NOISE, HyperParameters
+from magma_pymc.problem import build_problem
 from magma_pymc.results import em_datatree
 from magma_pymc.settings import (
     check_inducing,
+    check_kernels,
     check_settings,
+    initial_log_params,
     resolve_prior_mean,
     scales,
     warn_far_inputs,
@@ -39,6 +43,9 @@ from magma_pymc.settings import (
 __all__ = ["Magma"]
 
 PriorMean = float | Callable[[np.ndarray], np.ndarray] | None
+#: The configuration of ``Magma.__init__`` (what :meth:`Magma.get_params` returns and a saved file records).
+_PARAMS = ("common_hp", "mean_kernel", "kernel", "prior_mean", "max_iter", "tol", "compile_mode", "jitter",
+           "mean_step", "inducing", "new_individual_hp")
 
 
 class Magma:
@@ -128,19 +135,10 @@ class Magma:
         self.tol = tol
         self.compile_mode = compile_mode
         self.jitter = jitter
-        if mean_step not in ("marginal", "expected"):
-            raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
         self.mean_step = mean_step
-        check_settings(common_hp, max_iter, tol, jitter)
-        self.inducing = check_inducing(inducing, self.mean_kernel.input_dim)
-        if new_individual_hp not in ("map", "ml"):
-            raise ValueError(f"new_individual_hp must be 'map' or 'ml', got {new_individual_hp!r}")
         self.new_individual_hp = new_individual_hp
-        if self.inducing is not None and mean_step != "marginal":
-            raise ValueError(
-                "inducing points need mean_step='marginal': in the projected model the data depend on the "
-                "mean-process HP through the projection, which the textbook ('expected') M-step ignores"
-            )
+        check_settings(common_hp, max_iter, tol, jitter, mean_step, new_individual_hp, inducing)
+        self.inducing = check_inducing(inducing, self.mean_kernel.input_dim)
 
     # ------------------------------------------------------------------------------------ fit
     @blas_limited
@@ -177,7 +175,9 @@ class Magma:
             EM find the MAP under those priors, the mode of the posterior NUTS samples; ``em_trace``
             then also holds ``log_posterior`` (``log_likelihood`` plus the log prior).
         """
-        from magma_pymc.sampling import NUTS_DEFAULTS  # sampler options travel in **data_options
+        from magma_pymc.sampling import (
+            NUTS_DEFAULTS,  # sampler options travel in **data_options
+        )
 
         nuts_options = {k: data_options.pop(k) for k in NUTS_DEFAULTS if k in data_options}
         map_priors = nuts_options.pop("priors", None) if method == "em" else None
@@ -189,7 +189,7 @@ class Magma:
         if method == "fixed" and hyperparameters is None:
             raise ValueError("method='fixed' needs hyperparameters=")
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
-        self._check_kernels(train)
+        check_kernels(self.mean_kernel, self.kernel, train)
         prior_mean = resolve_prior_mean(self.prior_mean, train)
         prior_mean(train.grid)  # checks a callable prior mean early, on the distinct inputs
         warn_far_inputs(train.grid, scales(train)[0], train.input_names, "training data")
@@ -233,11 +233,7 @@ class Magma:
         parameters at 1; values given in a kernel's ``initial`` take precedence.
         """
         train = data if isinstance(data, TrainingData) else as_training_data(data)
-        input_range, output_var = scales(train)
-        mean_log = self.mean_kernel.initial_log_params(input_range, output_var)
-        log_params = np.append(self.kernel.initial_log_params(input_range, output_var), np.log(0.1 * output_var))
-        if not self.common_hp:
-            log_params = np.tile(log_params, (train.n_individuals, 1))
+        mean_log, log_params = initial_log_params(self.mean_kernel, self.kernel, train, self.common_hp)
         return HyperParameters.from_log(
             self.mean_kernel, self.kernel, mean_log, log_params, None if self.common_hp else train.ids
         )
@@ -304,25 +300,16 @@ class Magma:
         return self.result_.problem.data_args.grid
 
     # --------------------------------------------------------------------------- save/load
+    def get_params(self) -> dict[str, Any]:
+        """The configuration given to ``__init__`` (scikit-learn style)."""
+        return {name: getattr(self, name) for name in _PARAMS}
+
     def save(self, path) -> None:
         """Save the fit (:attr:`result_`) and this configuration to netCDF (see :mod:`magma_pymc.persistence`)."""
-        from magma_pymc.persistence import kernel_record, save_result
+        from magma_pymc.persistence import save_result, settings_record
 
         result = self.result_
-        config = {
-            "common_hp": self.common_hp,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "jitter": self.jitter,
-            "mean_step": self.mean_step,
-            "new_individual_hp": self.new_individual_hp,
-            "inducing": self.inducing.tolist() if isinstance(self.inducing, np.ndarray) else self.inducing,
-            "prior_mean": getattr(result.prior_mean, "value", None),
-            "mean_kernel": kernel_record(self.mean_kernel),
-            "kernel": kernel_record(self.kernel),
-            "input_names": list(result.data.input_names),
-        }
-        save_result(result, path, config)
+        save_result(result, path, settings_record(self.get_params(), result.prior_mean, result.data.input_names))
 
     @classmethod
     def load(cls, path, *, mean_kernel: Kernel | None = None, kernel: Kernel | None = None,
@@ -330,37 +317,17 @@ class Magma:
         """Load a model saved with :meth:`save`; it predicts exactly as the saved one. Custom kernels or a
         callable prior mean must be passed again as keyword arguments (``mean_kernel=``, ``kernel=``,
         ``prior_mean=``); a file of an incompatible layout raises ``ValueError`` naming the versions."""
-        from magma_pymc.persistence import kernel_from_record, read_result
+        from magma_pymc.persistence import read_result, settings_from_record
 
         saved = read_result(path)
-        config = saved.config
-        if config["prior_mean"] is None and prior_mean is None:
-            raise ValueError("the saved model used a callable prior mean: pass it again, Magma.load(path, prior_mean=...)")
-        model = cls(
-            common_hp=config["common_hp"],
-            mean_kernel=kernel_from_record(config["mean_kernel"], mean_kernel, "mean_kernel"),
-            kernel=kernel_from_record(config["kernel"], kernel, "kernel"),
-            prior_mean=config["prior_mean"] if prior_mean is None else prior_mean,
-            max_iter=config["max_iter"],
-            tol=config["tol"],
-            jitter=config["jitter"],
-            mean_step=config["mean_step"],
-            inducing=config.get("inducing"),  # absent from files written before inducing points existed
-            new_individual_hp=config.get("new_individual_hp", "ml"),  # older files: the likelihood alone
-        )
+        model = cls(**settings_from_record(saved.config, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean))
         m0 = resolve_prior_mean(model.prior_mean, saved.data)
         result = FitResult(
             saved.method, saved.mean_log_draws, saved.log_param_draws, saved.cluster_weights, saved.point,
             model._problem(saved.data, m0), saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
         )
-        tree = saved.tree
-        if "em_trace" in tree.children:
-            trace = tree["em_trace"]
-            converged, n_iter = bool(trace.attrs.get("converged", 0)), trace.sizes["em_iteration"] - 1
-        else:
-            converged, n_iter = tree.attrs.get("diagnostics", "ok") == "ok", 0
-        model._set_result(result, converged=converged, n_iter=n_iter,
-                          log_likelihood=float(tree.attrs.get("log_likelihood", np.nan)))
+        model._set_result(result, converged=saved.converged, n_iter=saved.n_iter,
+                          log_likelihood=float(saved.tree.attrs.get("log_likelihood", np.nan)))
         return model
 
     # ------------------------------------------------------------------------- PyMC model
@@ -396,29 +363,12 @@ class Magma:
         self._check_fitted()
         return self._result
 
-    @property
-    def data_(self) -> TrainingData:
-        """The validated training data."""
-        return self.result_.data
-
-    @property
-    def idata_(self) -> xr.DataTree:
-        """Results tree (layout in :mod:`magma_pymc.results`)."""
-        return self.result_.tree
-
-    @property
-    def _state(self) -> EMState:
-        """The point estimate and jitter of the fit (read-only view of :attr:`result_`)."""
-        return self.result_.point
-
-    @property
-    def _problem_(self) -> Problem:
-        """Compiled graphs, training arrays and bounds of the fit (read-only view of :attr:`result_`)."""
-        return self.result_.problem
-
-    @property
-    def _prior_mean_value(self) -> Callable[[np.ndarray], np.ndarray]:
-        return self.result_.prior_mean
+    data_ = property(lambda self: self.result_.data, doc="The validated training data.")
+    idata_ = property(lambda self: self.result_.tree, doc="Results tree (layout in :mod:`magma_pymc.results`).")
+    # Read-only views of the fit, for code written before FitResult: point estimate, problem, m0.
+    _state = property(lambda self: self.result_.point)
+    _problem_ = property(lambda self: self.result_.problem)
+    _prior_mean_value = property(lambda self: self.result_.prior_mean)
 
     def _set_result(self, result: FitResult, *, converged: bool, n_iter: int, log_likelihood: float | None = None) -> None:
         """Adopt ``result`` and the attributes derived from it (the one place fitted state is written)."""
@@ -432,7 +382,7 @@ class Magma:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "_result"):
-            raise RuntimeError("this Magma model is not fitted yet: call .fit(data) first")
+            raise NotFittedError("this Magma model is not fitted yet: call .fit(data) first")
 
     def _spec(self, train: TrainingData) -> ModelSpec:
         """Kernels, HP sharing, IDs and the default prior centres (the data-driven initial HP)."""
@@ -440,44 +390,6 @@ class Magma:
         centres = (np.log(initial.mean_process.to_numpy()), np.log(initial.individual.to_numpy()[0]))
         return ModelSpec(self.mean_kernel, self.kernel, self.common_hp, tuple(train.ids), centres)
 
-    def _check_kernels(self, train: TrainingData) -> None:
-        for role, kern in (("mean_kernel", self.mean_kernel), ("kernel", self.kernel)):
-            if kern.input_dim != train.input_dim:
-                raise ValueError(
-                    f"{role} acts on {kern.input_dim}-dimensional inputs but the data have {train.input_dim} "
-                    f"input column(s) {train.input_names}"
-                )
-
     def _problem(self, train: TrainingData, m0: Callable[[np.ndarray], np.ndarray]) -> Problem:
-        projected = self.inducing is not None
-        graphs = graphs_for(
-            self.mean_kernel,
-            self.kernel,
-            common_hp=self.common_hp,
-            common_grid=train.common_grid,
-            mode=self.compile_mode,
-            projected=projected,
-        )
-        if graphs.fast_path:
-            residuals = np.stack([ind.outputs for ind in train.individuals]) - m0(train.grid)[None, :]
-        else:
-            flat_inputs = train.inputs.reshape(-1, train.input_dim)
-            residuals = (train.outputs - m0(flat_inputs).reshape(train.mask.shape)) * train.mask
-        input_range, output_var = scales(train)
-        ind_bounds = [*self.kernel.log_bounds(input_range, output_var), (np.log(1e-8 * output_var), np.log(1e4 * output_var))]
-        return Problem(
-            graphs=graphs,
-            data_args=TrainingArrays(
-                self._inducing_points(train) if projected else train.grid, train.inputs, residuals, train.mask, train.index
-            ),
-            mean_bounds=self.mean_kernel.log_bounds(input_range, output_var),
-            bounds=ind_bounds * (1 if self.common_hp else train.n_individuals),
-            output_scale=output_var,
-            mean_step=self.mean_step,
-        )
-
-    def _inducing_points(self, train: TrainingData) -> np.ndarray:
-        if isinstance(self.inducing, int):
-            low, high = train.grid.min(axis=0), train.grid.max(axis=0)
-            return np.linspace(low, high, self.inducing)
-        return self.inducing
+        return build_problem(train, m0, self.mean_kernel, self.kernel, common_hp=self.common_hp,
+                             compile_mode=self.compile_mode, inducing=self.inducing, mean_step=self.mean_step)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from os import PathLike
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -23,7 +23,8 @@ from magma_pymc.em import EMState
 from magma_pymc.fit_result import FitResult, flat_log_draws
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 
-__all__ = ["save_result", "read_result", "SavedFit", "kernel_record", "kernel_from_record", "FORMAT_VERSION"]
+__all__ = ["save_result", "read_result", "SavedFit", "settings_record", "settings_from_record", "kernel_record",
+           "kernel_from_record", "FORMAT_VERSION"]
 
 #: Version of the file layout; files with another major version are refused.
 FORMAT_VERSION = "1.0"
@@ -55,6 +56,42 @@ def kernel_from_record(record: dict, given: Kernel | None, role: str) -> Kernel:
     return given
 
 
+def settings_record(settings: dict[str, Any], prior_mean: Any, input_names: tuple[str, ...]) -> dict:
+    """JSON-serialisable record of an estimator's settings (``Magma.get_params()``): kernels by
+    :func:`kernel_record`, the prior mean by value (``None`` for a callable, which is code), the
+    inducing points as a list; ``compile_mode`` is left out (it belongs to the machine, not the model)."""
+    inducing = settings["inducing"]
+    record = {k: v for k, v in settings.items() if k not in ("mean_kernel", "kernel", "prior_mean", "compile_mode")}
+    record.update(
+        inducing=inducing.tolist() if isinstance(inducing, np.ndarray) else inducing,
+        prior_mean=getattr(prior_mean, "value", None),
+        mean_kernel=kernel_record(settings["mean_kernel"]),
+        kernel=kernel_record(settings["kernel"]),
+        input_names=list(input_names),
+    )
+    return record
+
+
+def settings_from_record(record: dict, *, mean_kernel: Kernel | None = None, kernel: Kernel | None = None,
+                         prior_mean: Any = None) -> dict[str, Any]:
+    """The estimator's keyword arguments from :func:`settings_record`'s record; custom kernels and a
+    callable prior mean, which a file cannot hold, must be given again."""
+    if record["prior_mean"] is None and prior_mean is None:
+        raise ValueError("the saved model used a callable prior mean: pass it again, Magma.load(path, prior_mean=...)")
+    return dict(
+        common_hp=record["common_hp"],
+        mean_kernel=kernel_from_record(record["mean_kernel"], mean_kernel, "mean_kernel"),
+        kernel=kernel_from_record(record["kernel"], kernel, "kernel"),
+        prior_mean=record["prior_mean"] if prior_mean is None else prior_mean,
+        max_iter=record["max_iter"],
+        tol=record["tol"],
+        jitter=record["jitter"],
+        mean_step=record["mean_step"],
+        inducing=record.get("inducing"),  # absent from files written before inducing points existed
+        new_individual_hp=record.get("new_individual_hp", "ml"),  # older files: the likelihood alone
+    )
+
+
 class SavedFit(NamedTuple):
     """What a file holds: the :class:`FitResult` fields that are data, and the estimator's configuration."""
 
@@ -66,6 +103,8 @@ class SavedFit(NamedTuple):
     data: TrainingData
     tree: xr.DataTree
     config: dict
+    converged: bool  # EM: converged; NUTS: no diagnostic problem
+    n_iter: int      # EM iterations (0 for NUTS)
 
 
 def save_result(result: FitResult, path: str | PathLike, config: dict) -> None:
@@ -119,4 +158,9 @@ def read_result(path: str | PathLike) -> SavedFit:
         mean_draws, draws = flat_log_draws(tree, int(tree.attrs.get("thin", 1)))
     else:
         mean_draws, draws = point.mean_log_params[None], point.log_params[None]
-    return SavedFit(method, mean_draws, draws, weights, point, data, tree, config)
+    if "em_trace" in tree.children:
+        trace = tree["em_trace"]
+        converged, n_iter = bool(trace.attrs.get("converged", 0)), trace.sizes["em_iteration"] - 1
+    else:
+        converged, n_iter = tree.attrs.get("diagnostics", "ok") == "ok", 0
+    return SavedFit(method, mean_draws, draws, weights, point, data, tree, config, converged, n_iter)

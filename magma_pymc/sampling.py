@@ -36,7 +36,15 @@ from magma_pymc.fit_result import FitResult, flat_log_draws, log_draws
 from magma_pymc.hyperposterior import TrainingTensors
 from magma_pymc.jitter import SAMPLING_JITTER
 from magma_pymc.mixture import GaussianMixture
-from magma_pymc.model import LOG_HP, MEAN_LOG_HP, LogPriorFactory, ModelSpec, build_model, hp_coords, log_hp_variables
+from magma_pymc.model import (
+    LOG_HP,
+    MEAN_LOG_HP,
+    LogPriorFactory,
+    ModelSpec,
+    build_model,
+    hp_coords,
+    log_hp_variables,
+)
 from magma_pymc.params import NOISE
 from magma_pymc.results import hyperposterior_dataset, observed_dataset
 

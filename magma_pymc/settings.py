@@ -17,8 +17,10 @@ from magma_pymc.data import MagmaInputError, TrainingData
 from magma_pymc.em import EMState, Problem
 from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
 from magma_pymc.exceptions import warn as _warn
+from magma_pymc.kernels import Kernel
 
-__all__ = ["Constant", "CheckedPriorMean", "resolve_prior_mean", "check_settings", "check_inducing",
+__all__ = ["Constant", "CheckedPriorMean", "resolve_prior_mean", "check_settings", "check_inducing", "check_kernels",
+           "initial_log_params",
            "warn_far_inputs", "warn_hp_at_bounds", "scales", "FAR_INPUTS"]
 
 
@@ -63,7 +65,8 @@ class CheckedPriorMean:
         return repr(self.function)
 
 
-def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any) -> None:
+def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_step: Any = "marginal",
+                   new_individual_hp: Any = "map", inducing: Any = None) -> None:
     """Early, explicit errors for the estimator's settings (a zero or NaN jitter could loop forever)."""
     if common_hp not in (True, False):
         raise ValueError(f"common_hp must be True or False, got {common_hp!r}")
@@ -72,6 +75,37 @@ def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any) -> None
     for name, value in (("tol", tol), ("jitter", jitter)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if mean_step not in ("marginal", "expected"):
+        raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
+    if new_individual_hp not in ("map", "ml"):
+        raise ValueError(f"new_individual_hp must be 'map' or 'ml', got {new_individual_hp!r}")
+    if inducing is not None and mean_step != "marginal":
+        raise ValueError(
+            "inducing points need mean_step='marginal': in the projected model the data depend on the "
+            "mean-process HP through the projection, which the textbook ('expected') M-step ignores"
+        )
+
+
+def check_kernels(mean_kernel: Kernel, kernel: Kernel, train: TrainingData) -> None:
+    """Both kernels act on inputs of the data's dimension."""
+    for role, kern in (("mean_kernel", mean_kernel), ("kernel", kernel)):
+        if kern.input_dim != train.input_dim:
+            raise ValueError(
+                f"{role} acts on {kern.input_dim}-dimensional inputs but the data have {train.input_dim} "
+                f"input column(s) {train.input_names}"
+            )
+
+
+def initial_log_params(mean_kernel: Kernel, kernel: Kernel, train: TrainingData,
+                       common_hp: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Data-driven starting log HP: variances at the output variance (noise at a tenth of it),
+    lengthscales at a tenth of the input range, others at 1; a kernel's ``initial`` values first."""
+    input_range, output_var = scales(train)
+    mean_log = mean_kernel.initial_log_params(input_range, output_var)
+    log_params = np.append(kernel.initial_log_params(input_range, output_var), np.log(0.1 * output_var))
+    if not common_hp:
+        log_params = np.tile(log_params, (train.n_individuals, 1))
+    return mean_log, log_params
 
 
 def check_inducing(inducing: Any, input_dim: int) -> int | np.ndarray | None:

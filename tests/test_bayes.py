@@ -16,9 +16,8 @@ import magma_pymc as mp
 from magma_pymc.compare import compare_fits
 from magma_pymc.diagnostics import MAX_RHAT, check_diagnostics
 from magma_pymc.jitter import SAMPLING_JITTER
-from magma_pymc.mixture import mixture_quantiles
-from magma_pymc.sampling import build_marginal_model
 from magma_pymc.model import PRIOR_SD
+from magma_pymc.sampling import build_marginal_model
 
 HP0 = (3.0, 2.0)
 DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
@@ -63,18 +62,6 @@ def test_potential_is_dense_joint_gp_log_density(small_problem, setting):
     hp_prior = stats.norm(0.0, 1.0) if custom else stats.norm(centre, PRIOR_SD)
     priors = stats.norm(centre0, PRIOR_SD).logpdf(log_mu0).sum() + hp_prior.logpdf(log_hp).sum()
     np.testing.assert_allclose(logp, potential + priors, rtol=1e-8)
-
-
-def test_mixture_quantiles_against_root_finding():
-    rng = np.random.default_rng(0)
-    means, variances = rng.normal(0, 1, (5, 3)), rng.uniform(0.1, 2.0, (5, 3))
-    q = mixture_quantiles(means, variances, (0.025, 0.5, 0.975))
-    for j in range(3):
-        for k, p in enumerate((0.025, 0.5, 0.975)):
-            cdf = lambda x: stats.norm(means[:, j], np.sqrt(variances[:, j])).cdf(x).mean() - p  # noqa: E731
-            np.testing.assert_allclose(q[k, j], optimize.brentq(cdf, -20, 20, xtol=1e-14), atol=1e-10)
-    one = mixture_quantiles(means[:1], variances[:1], (0.975,))
-    np.testing.assert_allclose(one[0], means[0] + stats.norm.ppf(0.975) * np.sqrt(variances[0]), rtol=1e-12)
 
 
 def test_diagnostics_warn_on_divergences_rhat_and_ess():
@@ -124,9 +111,10 @@ def test_nuts_posterior_contains_em_estimate(nuts_common, em_common):
     assert {"sample_stats", "hyperposterior", "observed_data"} <= set(tree.children)
     assert tree["hyperposterior"]["mu0_mean_draws"].dims == ("chain", "draw", "input")
     assert tree["hyperposterior"].sizes["draw"] == 30            # thin=10
-    assert model.converged_ == (not convergence_warnings)
+    # The run converges by the library's own criteria (r_hat <= MAX_RHAT, bulk ESS, no divergence).
+    assert not convergence_warnings and model.converged_ and tree.attrs["diagnostics"] == "ok"
     assert int(tree["sample_stats"]["diverging"].sum()) == 0
-    assert float(summary["r_hat"].max()) < 1.05
+    assert float(az.rhat(tree, var_names=["log_mu0_hp", "log_hp"]).to_array().max()) <= MAX_RHAT
     # EM's MAP estimate (same priors) lies in the central 95% posterior interval of every HP.
     em = em_common.idata_["posterior"]
     for name in HP_NAMES:
@@ -179,7 +167,12 @@ def test_compare_fits_table(nuts_common, em_common, simulation):
     assert list(table.index) == ["em", "nuts"] and list(table["method"]) == ["em", "nuts"]
     assert set(HP_NAMES) | {"log_likelihood", "fit_seconds", "mse", "coverage"} <= set(table.columns)
     assert table[["log_likelihood", "fit_seconds", "mse"]].notna().all().all()
-    assert ((table["coverage"] >= 0) & (table["coverage"] <= 1)).all()
+    # Simulated from the model: each fit's 95 % intervals cover the held-out points as often as a
+    # Binomial(n, 0.95) count allows (two-sided 0.1 % limits).
+    n_target = len(target)
+    low, high = stats.binom.ppf([0.0005, 0.9995], n_target, 0.95)
+    for label in ("em", "nuts"):
+        assert low <= round(table.loc[label, "coverage"] * n_target) <= high, (label, table.loc[label, "coverage"])
     # EM maximises the likelihood: the posterior median cannot beat it by more than EM's tolerance.
     em_ll = table.loc["em", "log_likelihood"]
     assert em_ll >= table.loc["nuts", "log_likelihood"] - 1e-3 * abs(em_ll)
