@@ -65,7 +65,7 @@ class Problem:
     output_scale: float         # output variance, the unit of the jitter
     mean_step: str = "marginal"  # "marginal" (ECME) or "expected" (the textbook M-step of theta0)
     #: MAP mode: ``(mean_fn, individual_fn)``, log prior density and gradient of each HP block
-    #: (:func:`magma_pymc.bayes.compile_log_priors`); ``None``: maximum likelihood.
+    #: (:func:`magma_pymc.map_priors.compile_log_priors`); ``None``: maximum likelihood.
     log_priors: tuple | None = None
 
     def log_prior(self, state: EMState) -> float:

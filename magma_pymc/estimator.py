@@ -160,7 +160,7 @@ class Magma:
         method
             ``"em"`` (default) or ``"fixed"``: keep ``hyperparameters`` as given and only compute
             the hyper-posterior (how to reproduce results at known HP), or ``"nuts"``: sample the HP
-            posterior (:mod:`magma_pymc.bayes`; ``hyperparameters`` then start the chains).
+            posterior (:mod:`magma_pymc.sampling`; ``hyperparameters`` then start the chains).
         hyperparameters
             Initial values for EM, or the fixed values. A :class:`HyperParameters` or a dict
             ``{"mean_process": {"variance": ..., "lengthscale": ...}, "individual": {"variance": ...,
@@ -169,7 +169,7 @@ class Magma:
         **data_options
             Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
             ``output_col``, ``duplicates``). With ``method="nuts"`` also the sampler options of
-            :data:`magma_pymc.bayes.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
+            :data:`magma_pymc.sampling.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
             ``nuts_sampler``, ``target_accept``, ``priors``, ``thin``, ``progressbar``). With
             ``method="em"``, ``priors`` (a mapping as for NUTS; ``{}`` for the default priors) makes
             EM find the MAP under those priors, the mode of the posterior NUTS samples; ``em_trace``
