@@ -8,7 +8,6 @@ import pytest
 import magma_pymc as mp
 from magma_pymc import predictive
 from magma_pymc.data import as_individual
-from magma_pymc.fit_result import FitResult
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import make_long
+from conftest import COMMON, DIFFERENT, HP0, hp_dict, make_long
 from reference import ProjectedJointGP
-from test_hyperposterior import COMMON, DIFFERENT, HP0, hp_dict
 
 import magma_pymc as mp
 
