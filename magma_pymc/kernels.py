@@ -185,7 +185,7 @@ _FACTORY_CACHE: dict[tuple, Callable] = {}
 
 
 def squared_exponential_kernel(input_dim: int = 1, **initial: float) -> Kernel:
-    r"""A :class:`Kernel`: the squared exponential :math:`k(x,x') = v \exp(-\|x-x'\|^2 / (2\ell^2))`.
+    r"""A :class:`Kernel`, also named ``SquaredExponential`` (as ``mp.SquaredExponential()``): the squared exponential :math:`k(x,x') = v \exp(-\|x-x'\|^2 / (2\ell^2))`.
 
     Hyper-parameters ``variance`` (:math:`v`) and ``lengthscale`` (:math:`\ell`), evaluated by
     ``pm.gp.cov.ExpQuad``. Keyword arguments set initial values.
@@ -194,7 +194,7 @@ def squared_exponential_kernel(input_dim: int = 1, **initial: float) -> Kernel:
 
 
 def matern52_kernel(input_dim: int = 1, **initial: float) -> Kernel:
-    r"""A :class:`Kernel`: Matern 5/2, ``variance * pm.gp.cov.Matern52(input_dim, ls=lengthscale)``."""
+    r"""A :class:`Kernel`, also named ``Matern52`` (as ``mp.Matern52()``): Matern 5/2, ``variance * pm.gp.cov.Matern52(input_dim, ls=lengthscale)``."""
     return Kernel(_with_input_dim(_matern52, input_dim), input_dim=input_dim, initial=initial)
 
 
