@@ -114,8 +114,8 @@ def test_nuts_posterior_contains_em_estimate(nuts_common, em_common):
     # converged_ and the ConvergenceWarning follow the library's thresholds, recomputed here from the draws
     # (a short run: with 2 x 300 draws the mean-process HP reach r_hat ~1.02, which must be reported).
     log_vars = ["log_mu0_hp", "log_hp"]
-    rhat = float(az.rhat(tree, var_names=log_vars).to_array().max())
-    ess = float(az.ess(tree, var_names=log_vars, method="bulk").to_array().min())
+    rhat = max(float(v.max()) for v in az.rhat(tree, var_names=log_vars).data_vars.values())
+    ess = min(float(v.min()) for v in az.ess(tree, var_names=log_vars, method="bulk").data_vars.values())
     n_div = int(tree["sample_stats"]["diverging"].sum())
     healthy = rhat <= MAX_RHAT and ess >= MIN_ESS and n_div == 0
     assert model.converged_ == healthy and (not convergence_warnings) == healthy
