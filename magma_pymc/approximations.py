@@ -33,11 +33,11 @@ __all__ = ["laplace_posterior", "advi_posterior", "APPROXIMATIONS"]
 APPROXIMATIONS = ("laplace", "advi", "fullrank_advi")
 
 
-def _log_density(pm_model: pm.Model):
+def _log_density(pm_model: pm.Model, mode: str | None = None):
     point = pm_model.initial_point()
     value_vars = pm_model.value_vars
     bijection = DictToArrayBijection.map({v.name: point[v.name] for v in value_vars})
-    logp_fn = pm_model.compile_fn([pm_model.logp(), pm_model.dlogp()], inputs=value_vars, point_fn=False)
+    logp_fn = pm_model.compile_fn([pm_model.logp(), pm_model.dlogp()], inputs=value_vars, point_fn=False, mode=mode)
 
     def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
         values = DictToArrayBijection.rmap(bijection._replace(data=x))
@@ -47,11 +47,11 @@ def _log_density(pm_model: pm.Model):
     return bijection, value_and_grad
 
 
-def _posterior_dataset(pm_model: pm.Model, bijection, draws: np.ndarray) -> xr.Dataset:
+def _posterior_dataset(pm_model: pm.Model, bijection, draws: np.ndarray, mode: str | None = None) -> xr.Dataset:
     """Free variables (own scale) and Deterministics at each row of ``draws`` (unconstrained vectors)."""
     # Transformed values (PyMC names them `<name>_<transform>__`) are dropped: their variable is kept.
     outputs = [v for v in pm_model.unobserved_value_vars if not v.name.endswith("__")]
-    fn = pm_model.compile_fn(outputs, inputs=pm_model.value_vars, point_fn=False)
+    fn = pm_model.compile_fn(outputs, inputs=pm_model.value_vars, point_fn=False, mode=mode)
     columns: dict[str, list] = {v.name: [] for v in outputs}
     for x in draws:
         values = DictToArrayBijection.rmap(bijection._replace(data=x))
@@ -70,15 +70,16 @@ def _posterior_dataset(pm_model: pm.Model, bijection, draws: np.ndarray) -> xr.D
 
 
 def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any = None,
-                      start: dict | None = None, step: float = 1e-5) -> xr.Dataset:
+                      start: dict | None = None, step: float = 1e-5, mode: str | None = None) -> xr.Dataset:
     r"""Laplace approximation at the MAP (module docstring); ``attrs``: ``log_posterior_at_map``,
     ``hessian_condition``, ``optimiser_iterations``, ``seconds``.
 
     ``start``: initial values of some free variables (on their own scale), as ``pm.sample``'s
-    ``initvals``; the MAP search starts from the model's initial point otherwise.
+    ``initvals``; the MAP search starts from the model's initial point otherwise. ``mode``: the
+    PyTensor compile mode of the log density.
     """
     begin = time.perf_counter()
-    bijection, value_and_grad = _log_density(pm_model)
+    bijection, value_and_grad = _log_density(pm_model, mode)
     x0 = bijection.data.copy()
     if start:
         point = pm_model.initial_point()
@@ -114,7 +115,7 @@ def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any
     rng = np.random.default_rng(random_seed)
     z = rng.standard_normal((draws, dim))
     samples = x_map + np.linalg.solve(factor.T, z.T).T                 # x* + L^{-T} z
-    posterior = _posterior_dataset(pm_model, bijection, samples)
+    posterior = _posterior_dataset(pm_model, bijection, samples, mode)
     eigenvalues = np.linalg.eigvalsh(hessian)
     posterior.attrs.update(log_posterior_at_map=float(-result.fun), hessian_condition=float(eigenvalues[-1] / eigenvalues[0]),
                            optimiser_iterations=int(result.nit), seconds=time.perf_counter() - begin)

@@ -16,13 +16,19 @@ MAX_RHAT, MIN_ESS = 1.01, 100.0
 
 def check_diagnostics(tree: xr.DataTree) -> list[str]:
     """Warn (:class:`ConvergenceWarning`) on divergences, max :math:`\\hat R` > ``MAX_RHAT`` or min
-    bulk ESS < ``MIN_ESS`` over the log HP; returns the problems found (empty: none)."""
+    bulk ESS < ``MIN_ESS`` over every variable the sampler moved (the ``unconstrained_posterior``
+    group: log HP and, with a population layer, its mean, scale and offsets; else the log HP of
+    ``posterior``); returns the problems found (empty: none)."""
     import arviz as az  # arviz-stats is slow to import: only when sampling
 
-    var_names = [MEAN_LOG_HP, LOG_HP]
+    if "unconstrained_posterior" in tree.children:
+        group, var_names = "unconstrained_posterior", list(tree["unconstrained_posterior"].data_vars)
+    else:
+        group, var_names = "posterior", [MEAN_LOG_HP, LOG_HP]
     n_div = int(tree["sample_stats"]["diverging"].sum())
-    rhat = max(float(v.max()) for v in az.rhat(tree, var_names=var_names).data_vars.values())
-    ess = min(float(v.min()) for v in az.ess(tree, var_names=var_names, method="bulk").data_vars.values())
+    rhat = max(float(v.max()) for v in az.rhat(tree, group=group, var_names=var_names).data_vars.values())
+    ess = min(float(v.min()) for v in az.ess(tree, group=group, var_names=var_names,
+                                             method="bulk").data_vars.values())
     problems = [f"{n_div} divergent transition(s)"] if n_div else []
     if not rhat <= MAX_RHAT:
         problems.append(f"max r_hat {rhat:.3f} > {MAX_RHAT}")

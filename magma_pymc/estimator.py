@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -39,6 +41,10 @@ from magma_pymc.settings import (
     warn_far_inputs,
     warn_hp_at_bounds,
 )
+
+#: Keywords of ``Magma.fit`` that go to :func:`magma_pymc.data.as_training_data`.
+_DATA_OPTIONS = frozenset(p.name for p in inspect.signature(as_training_data).parameters.values()
+                          if p.kind is p.KEYWORD_ONLY and p.name != "input_dim")
 
 __all__ = ["Magma"]
 
@@ -146,7 +152,7 @@ class Magma:
         self,
         data: Any,
         *,
-        method: Literal["em", "fixed", "nuts"] = "em",
+        method: Literal["em", "fixed", "nuts", "laplace", "advi", "fullrank_advi"] = "em",
         hyperparameters: HyperParameters | dict | None = None,
         **data_options: Any,
     ) -> Magma:
@@ -160,7 +166,9 @@ class Magma:
         method
             ``"em"`` (default) or ``"fixed"``: keep ``hyperparameters`` as given and only compute
             the hyper-posterior (how to reproduce results at known HP), or ``"nuts"``: sample the HP
-            posterior (:mod:`magma_pymc.sampling`; ``hyperparameters`` then start the chains).
+            posterior (:mod:`magma_pymc.sampling`; ``hyperparameters`` then start the chains), or a
+            cheaper approximation of that posterior: ``"laplace"`` (Gaussian at the MAP), ``"advi"`` or
+            ``"fullrank_advi"`` (:func:`magma_pymc.sampling.fit_approximation`).
         hyperparameters
             Initial values for EM, or the fixed values. A :class:`HyperParameters` or a dict
             ``{"mean_process": {"variance": ..., "lengthscale": ...}, "individual": {"variance": ...,
@@ -168,24 +176,40 @@ class Magma:
             ID, for different HP). Default for EM: :meth:`initial_hyperparameters`.
         **data_options
             Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
-            ``output_col``, ``duplicates``). With ``method="nuts"`` also the sampler options of
-            :data:`magma_pymc.sampling.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
-            ``nuts_sampler``, ``target_accept``, ``priors``, ``thin``, ``progressbar``). With
+            ``output_col``, ``duplicates``). With ``method="nuts"`` also every option of ``pm.sample``
+            and of its NUTS step (``draws``, ``tune``, ``chains``, ``cores`` -- default
+            ``min(chains, CPUs)`` --, ``random_seed``, ``nuts_sampler``, ``target_accept``, ``init``,
+            ``progressbar`` -- default on --, ``max_treedepth``, ...) and the library's own
+            (:data:`magma_pymc.sampling.MAGMA_OPTIONS`: ``priors``, ``thin``, ``hierarchical``,
+            ``likelihood``, ``marginalised``, ``compile_mode``); with an approximation, ``draws``,
+            ``random_seed``, ``priors``, ``thin``, ``hierarchical``, ``likelihood``, ``n`` (ADVI
+            iterations), ``progressbar``. An unknown keyword is a ``TypeError``. With
             ``method="em"``, ``priors`` (a mapping as for NUTS; ``{}`` for the default priors) makes
             EM find the MAP under those priors, the mode of the posterior NUTS samples; ``em_trace``
             then also holds ``log_posterior`` (``log_likelihood`` plus the log prior).
         """
-        from magma_pymc.sampling import (
-            NUTS_DEFAULTS,  # sampler options travel in **data_options
-        )
+        from magma_pymc.sampling import APPROXIMATIONS, is_sampler_option  # sampler options travel in **data_options
 
-        nuts_options = {k: data_options.pop(k) for k in NUTS_DEFAULTS if k in data_options}
+        methods = ("em", "fixed", "nuts", *APPROXIMATIONS)
+        if method not in methods:
+            raise ValueError(f"method must be one of {methods}, got {method!r}")
+        nuts_options = {k: data_options.pop(k) for k in list(data_options) if k not in _DATA_OPTIONS}
+        unknown = sorted(k for k in nuts_options
+                         if not (k == "priors" or is_sampler_option(k, "nuts") or is_sampler_option(k, method)))
+        if unknown:
+            raise TypeError(f"Magma.fit() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                            f"it takes the data options {', '.join(sorted(_DATA_OPTIONS))} and the inference "
+                            "options of help(Magma.fit)")
+        sampled = method == "nuts" or method in APPROXIMATIONS
         map_priors = nuts_options.pop("priors", None) if method == "em" else None
-        if nuts_options and method != "nuts":
-            raise ValueError(f"sampler options {sorted(nuts_options)} need method='nuts'")
+        if nuts_options and not sampled:
+            raise ValueError(f"sampler options {sorted(nuts_options)} need method='nuts' (or an approximation)")
+        if method in APPROXIMATIONS:
+            wrong = sorted(k for k in nuts_options if not is_sampler_option(k, method))
+            if wrong:
+                raise TypeError(f"Magma.fit(method={method!r}) does not take {', '.join(map(repr, wrong))} "
+                                f"(sampler options of method='nuts')")
         start = time.perf_counter()
-        if method not in ("em", "fixed", "nuts"):
-            raise ValueError(f"method must be 'em', 'fixed' or 'nuts', got {method!r}")
         if method == "fixed" and hyperparameters is None:
             raise ValueError("method='fixed' needs hyperparameters=")
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
@@ -200,12 +224,13 @@ class Magma:
             hp = HyperParameters.coerce(hyperparameters, self.mean_kernel, self.kernel)
         mean_log, log_params = hp.to_log(self.mean_kernel, self.kernel, None if self.common_hp else train.ids)
         state = EMState(mean_log, log_params, self.jitter * problem.output_scale)
-        if method == "nuts":
-            from magma_pymc.sampling import fit_nuts
+        if sampled:
+            from magma_pymc.sampling import fit_approximation, fit_nuts
 
-            result = fit_nuts(self._spec(train), problem, state, train, prior_mean,
-                              initial=hyperparameters is not None, model_compile_mode=self.compile_mode,
-                              **nuts_options)
+            fit_draws = fit_nuts if method == "nuts" else functools.partial(fit_approximation, method)
+            result = fit_draws(self._spec(train), problem, state, train, prior_mean,
+                               initial=hyperparameters is not None, model_compile_mode=self.compile_mode,
+                               **nuts_options)
             self._set_result(result, converged=result.tree.attrs["diagnostics"] == "ok", n_iter=0)
             self.fit_seconds_ = time.perf_counter() - start
             return self

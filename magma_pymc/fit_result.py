@@ -29,13 +29,18 @@ from magma_pymc.data import TrainingData
 from magma_pymc.em import EMState, Problem
 from magma_pymc.model import LOG_HP, MEAN_LOG_HP
 
-__all__ = ["FitResult", "log_draws", "flat_log_draws"]
+__all__ = ["FitResult", "SAMPLED_METHODS", "log_draws", "flat_log_draws"]
+
+#: Methods whose result is a set of posterior draws (the others: one point, S = 1).
+SAMPLED_METHODS = ("nuts", "laplace", "advi", "fullrank_advi")
 
 
 def log_draws(tree: xr.DataTree, thin: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Thinned log-HP draws ``(C, D, P0)`` and ``(C, D, [M,] P + 1)`` of a sampled ``posterior`` group
-    (variables ``log_mu0_hp``, ``log_hp``: :mod:`magma_pymc.model`)."""
-    post = tree["posterior"]
+    """Thinned log-HP draws ``(C, D, P0)`` and ``(C, D, [M,] P + 1)`` of a sampled fit (variables
+    ``log_mu0_hp``, ``log_hp``: :mod:`magma_pymc.model`, in the ``unconstrained_posterior`` group,
+    or in ``posterior`` for trees saved before that group existed)."""
+    group = "unconstrained_posterior" if "unconstrained_posterior" in tree.children else "posterior"
+    post = tree[group]
     mean_log = post[MEAN_LOG_HP].transpose("chain", "draw", "mean_hp").values[:, ::thin]
     dims = ("chain", "draw", *[d for d in post[LOG_HP].dims if d not in ("chain", "draw")])
     return mean_log, post[LOG_HP].transpose(*dims).values[:, ::thin]
@@ -61,7 +66,7 @@ class FitResult:
     Attributes
     ----------
     method
-        ``"em"``, ``"fixed"`` or ``"nuts"`` (EM with priors, the MAP, is ``"em"``).
+        ``"em"``, ``"fixed"``, or one of :data:`SAMPLED_METHODS` (EM with priors, the MAP, is ``"em"``).
     mean_log_draws, log_param_draws
         ``(S, P0)`` and ``(S, P + 1)`` (common HP) or ``(S, M, P + 1)``: the HP of the components,
         log scale (read-only arrays).

@@ -21,46 +21,33 @@ natural-scale HP (and, with a population layer, its median :math:`e^{m}` and geo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
+from magma_pymc.compiled import ModelGraphs, build_estep_for
 from magma_pymc.hierarchical import POPULATION_MEAN, POPULATION_OFFSET, POPULATION_SCALE, hierarchical_prior
-from magma_pymc.hyperposterior import TrainingTensors, build_estep, build_estep_common, build_estep_projected
-from magma_pymc.kernels import Kernel
+from magma_pymc.hyperposterior import TrainingTensors
 from magma_pymc.likelihood import build_marginal_log_likelihood
+from magma_pymc.model import LOG_HP, MEAN_LOG_HP, LogPriorFactory, ModelSpec, hp_coords, log_hp_variables
 
-__all__ = ["MEAN_LOG_HP", "LOG_HP", "PRIOR_SD", "POPULATION_MEDIAN", "POPULATION_SPREAD", "LIKELIHOODS",
-           "sampling_model", "organise_posterior"]
+__all__ = ["POPULATION_MEDIAN", "POPULATION_SPREAD", "LIKELIHOODS", "sampling_model", "organise_posterior"]
 
-MEAN_LOG_HP = "log_mu0_hp"
-LOG_HP = "log_hp"
-#: Standard deviation of the default normal priors on log hyper-parameters.
-PRIOR_SD = 2.0
-MEAN_PREFIX = "mu0_"
-NOISE = "noise"
 #: Natural-scale summaries of a population layer in the posterior: median and geometric sd of each HP.
 POPULATION_MEDIAN = "population_median"
 POPULATION_SPREAD = "population_spread"
 #: ``likelihood=`` choices: the Op with the closed-form gradient, or automatic differentiation of the E-step.
 LIKELIHOODS = ("closed_form", "autodiff")
 
-LogPriorFactory = Callable[[str, tuple[str, ...]], pm.Distribution]
-
 
 def sampling_model(
-    mean_kernel: Kernel,
-    kernel: Kernel,
+    spec: ModelSpec,
+    structure: ModelGraphs,
     data_args: Sequence[np.ndarray],
     *,
-    ids: Sequence,
-    common_hp: bool,
-    fast_path: bool,
-    projected: bool,
-    centres: tuple[np.ndarray, np.ndarray],
     jitter: float,
     priors: Mapping[str, LogPriorFactory] | None = None,
     hierarchical: bool = False,
@@ -68,54 +55,38 @@ def sampling_model(
 ) -> pm.Model:
     """The model of the module docstring.
 
-    ``data_args`` is ``(grid, inputs, residuals, mask, index)`` as the compiled graphs take them
-    (:class:`~magma_pymc.hyperposterior.TrainingTensors`); ``centres`` the ``(mean, individual)``
-    centres of the default priors; ``priors`` ``{"mean_hp": f, "hp": g}`` factories
-    ``(name, dims) -> variable`` of log HP; ``hierarchical`` declares the population layer on the
-    individual log HP (different HP only; an explicit ``priors["hp"]`` takes precedence).
+    ``structure`` gives the model's structure (fast path, projected); ``data_args`` is
+    ``(grid, inputs, residuals, mask, index)`` as the compiled graphs take them
+    (:class:`~magma_pymc.em.TrainingArrays`); ``priors`` ``{"mean_hp": f, "hp": g}`` factories
+    ``(name, dims) -> variable`` of log HP (:func:`magma_pymc.model.log_hp_variables`);
+    ``hierarchical`` declares the population layer on the individual log HP (different HP only;
+    an explicit ``priors["hp"]`` takes precedence).
     """
-    if hierarchical and common_hp:
+    if hierarchical and spec.common_hp:
         raise ValueError("hierarchical=True needs different HP (Magma(common_hp=False)): with common HP "
                          "all individuals share one set of HP and there is no population to learn")
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     grid, inputs, residuals, mask, index = (np.asarray(a) for a in data_args)
-    coords = {
-        "mean_hp": list(mean_kernel.names), "hp": [*kernel.names, NOISE], "individual": [str(i) for i in ids],
-        "grid_point": np.arange(grid.shape[0]), "input_dim": np.arange(grid.shape[1]),
-        "slot": np.arange(inputs.shape[1]),
-    }
-    mean_centre, centre = (np.asarray(c, dtype=float) for c in centres)
-    hp_dims = ("hp",) if common_hp else ("individual", "hp")
+    coords = {**hp_coords(spec), "grid_point": np.arange(grid.shape[0]), "input_dim": np.arange(grid.shape[1]),
+              "slot": np.arange(inputs.shape[1])}
     priors = dict(priors or {})
     if hierarchical:
-        priors.setdefault("hp", hierarchical_prior(centre))
+        priors.setdefault("hp", hierarchical_prior(spec.centres[1]))
     with pm.Model(coords=coords) as model:
         data = TrainingTensors(
             pm.Data("grid", grid, dims=("grid_point", "input_dim")),
             pm.Data("inputs", inputs, dims=("individual", "slot", "input_dim")),
-            pm.Data("residuals", residuals, dims=("individual", "grid_point" if fast_path else "slot")),
+            pm.Data("residuals", residuals, dims=("individual", "grid_point" if structure.fast_path else "slot")),
             pm.Data("mask", mask, dims=("individual", "slot")),
             pm.Data("index", index, dims=("individual", "slot")),
             pm.Data("jitter", np.asarray(jitter, dtype=float)),
         )
-        default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
-        default = lambda name, dims: pm.Normal(name, mu=centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
-        mean_log = priors.get("mean_hp", default_mean)(MEAN_LOG_HP, ("mean_hp",))
-        log_hp = priors.get("hp", default)(LOG_HP, hp_dims)
-        for k, name in enumerate(mean_kernel.names):
-            pm.Deterministic(MEAN_PREFIX + name, pt.exp(mean_log[k]))
-        for k, name in enumerate((*kernel.names, NOISE)):
-            pm.Deterministic(name, pt.exp(log_hp[..., k]), dims=None if common_hp else "individual")
-        if fast_path:  # common grid and HP: residuals (M, N) on the grid, one factorisation of Psi
-            loglik = build_estep_common(mean_kernel, kernel, mean_log, log_hp, data.grid, data.residuals,
-                                        data.jitter).log_likelihood
-        elif projected:  # mu0 on inducing points (`grid`)
-            loglik = build_estep_projected(mean_kernel, kernel, mean_log, log_hp, data).log_likelihood
-        elif likelihood == "closed_form":
-            loglik = build_marginal_log_likelihood(mean_kernel, kernel, mean_log, log_hp, data)
-        else:
-            loglik = build_estep(mean_kernel, kernel, mean_log, log_hp, data).log_likelihood
+        mean_log, log_hp = log_hp_variables(spec, priors)
+        if likelihood == "closed_form" and not (structure.fast_path or structure.projected):
+            loglik = build_marginal_log_likelihood(spec.mean_kernel, spec.kernel, mean_log, log_hp, data)
+        else:  # common grid and HP (one factorisation of Psi), inducing points, or autodiff asked for
+            loglik = build_estep_for(structure, spec.mean_kernel, spec.kernel, mean_log, log_hp, data).log_likelihood
         pm.Potential("marginal_likelihood", pt.switch(pt.isnan(loglik), -np.inf, loglik))
     return model
 

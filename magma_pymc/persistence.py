@@ -20,7 +20,7 @@ import xarray as xr
 
 from magma_pymc.data import TrainingData, as_training_data
 from magma_pymc.em import EMState
-from magma_pymc.fit_result import FitResult, flat_log_draws
+from magma_pymc.fit_result import SAMPLED_METHODS, FitResult, flat_log_draws
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 
 __all__ = ["save_result", "read_result", "SavedFit", "settings_record", "settings_from_record", "kernel_record",
@@ -154,7 +154,7 @@ def read_result(path: str | PathLike) -> SavedFit:
     weights = fit_state["cluster_weights"].values if "cluster_weights" in fit_state else np.ones(1)
     del tree["fit_state"]
     method = tree.attrs.get("method", "em")
-    if method == "nuts":
+    if method in SAMPLED_METHODS:
         mean_draws, draws = flat_log_draws(tree, int(tree.attrs.get("thin", 1)))
     else:
         mean_draws, draws = point.mean_log_params[None], point.log_params[None]

@@ -7,10 +7,20 @@ Target. With :math:`\Theta = (\theta_0, \theta_i, \sigma_i^2)` on the log scale,
     \log p(\log\Theta \mid y) = \log p(y \mid \Theta) + \log p(\log\Theta) + \text{const},
 
 where :math:`\log p(y \mid \Theta)` is the exact marginal likelihood of theory page, *Marginal likelihood*
-(:math:`\mu_0` integrated out analytically, the E-step graph :func:`magma_pymc.compiled.build_estep_for`),
-added to the PyMC model as ``pm.Potential("marginal_likelihood", ...)``, and the priors are those of
-:func:`magma_pymc.model.log_hp_variables`: by default independent :math:`\mathcal N(c, 2^2)` on
-every log HP, centred on the data-driven :meth:`~magma_pymc.Magma.initial_hyperparameters`.
+(:math:`\mu_0` integrated out analytically; on the exact union grid the Op of
+:mod:`magma_pymc.likelihood` with its closed-form gradient), added to the PyMC model as
+``pm.Potential("marginal_likelihood", ...)`` (:func:`magma_pymc.marginal_model.sampling_model`), and the
+priors are those of :func:`magma_pymc.model.log_hp_variables`: by default independent
+:math:`\mathcal N(c, 2^2)` on every log HP, centred on the data-driven
+:meth:`~magma_pymc.Magma.initial_hyperparameters`; with different HP, by default, the population
+layer of :mod:`magma_pymc.hierarchical` on the individuals' log HP.
+
+Options. Every ``pm.sample`` and NUTS-step option passes through
+(:mod:`magma_pymc.sampler_options`: chains in parallel, progress bar on by default). The result's
+``posterior`` holds the natural-scale HP; the log-scale variables the sampler moved are in
+``unconstrained_posterior`` (:func:`magma_pymc.marginal_model.organise_posterior`).
+:func:`fit_approximation` gives the same record from a Laplace approximation or ADVI
+(:mod:`magma_pymc.approximations`).
 
 Rao-Blackwellisation. The draws :math:`\Theta^{(s)}` become the components of the
 :class:`~magma_pymc.fit_result.FitResult`; the hyper-posterior of :math:`\mu_0` and predictions are
@@ -25,105 +35,144 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
-import pytensor.tensor as pt
 import xarray as xr
 
-from magma_pymc.compiled import build_estep_for, sampling_mode
+from magma_pymc.approximations import APPROXIMATIONS, advi_posterior, laplace_posterior
+from magma_pymc.compiled import sampling_mode
 from magma_pymc.data import TrainingData
 from magma_pymc.diagnostics import check_diagnostics
 from magma_pymc.em import EMState, Problem, estep
 from magma_pymc.fit_result import FitResult, flat_log_draws, log_draws
-from magma_pymc.hyperposterior import TrainingTensors
+from magma_pymc.hierarchical import POPULATION_MEAN, POPULATION_OFFSET, POPULATION_SCALE, hierarchical_prior
 from magma_pymc.jitter import SAMPLING_JITTER
+from magma_pymc.marginal_model import organise_posterior, sampling_model
 from magma_pymc.mixture import GaussianMixture
-from magma_pymc.model import (
-    LOG_HP,
-    MEAN_LOG_HP,
-    LogPriorFactory,
-    ModelSpec,
-    build_model,
-    hp_coords,
-    log_hp_variables,
-)
+from magma_pymc.model import LOG_HP, MEAN_LOG_HP, LogPriorFactory, ModelSpec, build_model
 from magma_pymc.params import NOISE
 from magma_pymc.results import hyperposterior_dataset, observed_dataset
+from magma_pymc.sampler_options import SAMPLE_DEFAULTS, accepted_options, sample_options
 
-__all__ = ["NUTS_DEFAULTS", "SAMPLING_JITTER", "build_marginal_model", "fit_nuts"]
+__all__ = ["NUTS_DEFAULTS", "MAGMA_OPTIONS", "SAMPLING_JITTER", "is_sampler_option", "build_marginal_model",
+           "fit_nuts", "fit_approximation"]
 
-#: Keyword arguments of ``Magma.fit(..., method="nuts")`` and their defaults.
-NUTS_DEFAULTS: dict[str, Any] = dict(draws=1000, tune=1000, chains=4, random_seed=None, nuts_sampler="pymc",
-                                     target_accept=0.9, priors=None, thin=1, progressbar=False,
-                                     marginalised=True, compile_mode=None)
+#: Options of ``Magma.fit(method="nuts")`` that are the library's own (the others go to ``pm.sample``).
+#: ``hierarchical=None``: the population layer with different HP (unless ``priors["hp"]`` is given).
+MAGMA_OPTIONS: dict[str, Any] = dict(priors=None, thin=1, marginalised=True, compile_mode=None, hierarchical=None,
+                                     likelihood="closed_form")
+#: Keyword arguments of ``Magma.fit(..., method="nuts")`` with a default set by the library; every
+#: other ``pm.sample`` / NUTS option is accepted too (:func:`magma_pymc.sampler_options.accepted_options`).
+NUTS_DEFAULTS: dict[str, Any] = {**SAMPLE_DEFAULTS, **MAGMA_OPTIONS}
+#: Options of the approximations (``method="laplace"``, ``"advi"``, ``"fullrank_advi"``).
+APPROXIMATION_OPTIONS = frozenset({"draws", "random_seed", "priors", "thin", "hierarchical", "likelihood", "n",
+                                   "progressbar", "compile_mode"})
+
+
+def is_sampler_option(name: str, method: str = "nuts") -> bool:
+    """Whether ``Magma.fit(method=method)`` takes ``name`` as an inference option (not a data option)."""
+    if method in APPROXIMATIONS:
+        return name in APPROXIMATION_OPTIONS
+    return name in MAGMA_OPTIONS or name in accepted_options()
+
+
+def _use_population(spec: ModelSpec, priors, hierarchical: bool | None) -> bool:
+    if hierarchical is None:
+        return not spec.common_hp and "hp" not in (priors or {})
+    return bool(hierarchical)
 
 
 def build_marginal_model(
-    spec: ModelSpec, problem: Problem, jitter: float, priors: Mapping[str, LogPriorFactory] | None = None
+    spec: ModelSpec, problem: Problem, jitter: float, priors: Mapping[str, LogPriorFactory] | None = None, *,
+    hierarchical: bool | None = False, likelihood: str = "closed_form",
 ) -> pm.Model:
-    r"""PyMC model of the log HP with :math:`\mu_0` marginalised (module docstring).
+    r"""PyMC model of the log HP with :math:`\mu_0` marginalised (module docstring;
+    :func:`magma_pymc.marginal_model.sampling_model`).
 
     Free variables ``log_mu0_hp`` (dims ``mean_hp``) and ``log_hp`` (dims ``hp``, or
-    ``(individual, hp)`` for different HP); Deterministics of the natural-scale HP named as in
-    :func:`magma_pymc.results.hp_dataset` (``mu0_variance``, ..., ``noise``); the likelihood is
-    ``pm.Potential("marginal_likelihood")``, :math:`-\infty` where a Cholesky factorisation fails.
-    The training arrays enter as ``pm.Data`` so that the compiled graph is reused across data sets.
-    ``priors`` as in :func:`magma_pymc.model.build_model`.
+    ``(individual, hp)`` for different HP; with the population layer, a Deterministic of
+    ``population_mean``, ``population_scale`` and ``population_offset``); Deterministics of the
+    natural-scale HP named as in :func:`magma_pymc.results.hp_dataset` (``mu0_variance``, ..., ``noise``);
+    the likelihood is ``pm.Potential("marginal_likelihood")``, :math:`-\infty` where a Cholesky
+    factorisation fails. The training arrays enter as ``pm.Data`` with named dims.
+    ``priors`` as in :func:`magma_pymc.model.build_model`; ``hierarchical=None`` chooses the
+    population layer for different HP.
     """
-    args = problem.data_args
-    with pm.Model(coords=hp_coords(spec)) as pm_model:
-        data = TrainingTensors(
-            pm.Data("grid", args.grid), pm.Data("inputs", args.inputs), pm.Data("residuals", args.residuals),
-            pm.Data("mask", args.mask), pm.Data("index", args.index), pm.Data("jitter", np.asarray(jitter)),
-        )
-        mean_log, log_hp = log_hp_variables(spec, priors)
-        step = build_estep_for(problem.graphs, spec.mean_kernel, spec.kernel, mean_log, log_hp, data)
-        loglik = step.log_likelihood
-        pm.Potential("marginal_likelihood", pt.switch(pt.isnan(loglik), -np.inf, loglik))
-    return pm_model
+    return sampling_model(spec, problem.graphs, problem.data_args, jitter=jitter, priors=priors,
+                          hierarchical=_use_population(spec, priors, hierarchical), likelihood=likelihood)
+
+
+def _initial_values(state: EMState, population: bool) -> dict[str, np.ndarray]:
+    """``initvals`` from a state: the log HP, or with a population layer its mean, scale and offsets."""
+    if not population:
+        return {MEAN_LOG_HP: state.mean_log_params, LOG_HP: state.log_params}
+    mean = state.log_params.mean(axis=0)
+    scale = np.maximum(state.log_params.std(axis=0), 0.05)
+    return {MEAN_LOG_HP: state.mean_log_params, POPULATION_MEAN: mean, POPULATION_SCALE: scale,
+            POPULATION_OFFSET: (state.log_params - mean) / scale}
 
 
 def fit_nuts(
     spec: ModelSpec, problem: Problem, state: EMState, data: TrainingData,
     prior_mean: Callable[[np.ndarray], np.ndarray], *, initial: bool = False, model_compile_mode: str = "CVM",
-    draws: int = 1000, tune: int = 1000, chains: int = 4, random_seed: Any = None, nuts_sampler: str = "pymc",
-    target_accept: float = 0.9, priors: Mapping[str, LogPriorFactory] | None = None, thin: int = 1,
-    progressbar: bool = False, marginalised: bool = True, compile_mode: str | None = None,
+    priors: Mapping[str, LogPriorFactory] | None = None, thin: int = 1, marginalised: bool = True,
+    compile_mode: str | None = None, hierarchical: bool | None = None, likelihood: str = "closed_form",
+    **sample_kwargs: Any,
 ) -> FitResult:
     r"""Sample the HP posterior with NUTS; the :class:`FitResult` of the (thinned) draws.
 
     ``state`` holds the starting HP (used as ``initvals`` when ``initial``; otherwise PyMC starts
     around the prior centres) and the jitter; ``thin`` keeps every ``thin``-th draw for the
-    hyper-posterior of :math:`\mu_0` and for predictions (the full chains stay in ``posterior``).
-    The record's tree holds ``posterior``, ``sample_stats``, ``constant_data`` from ``pm.sample``,
-    plus ``hyperposterior`` -- per-draw ``mu0_mean_draws`` (chain, draw, input) and the mixture
-    ``mu0_mean``/``mu0_cov`` -- and ``observed_data``; its point estimate is the posterior
-    **median** of each HP (of its logarithm, over all draws); ``attrs["diagnostics"]`` lists the
-    problems :func:`magma_pymc.diagnostics.check_diagnostics` found (``"ok"``: none).
+    hyper-posterior of :math:`\mu_0` and for predictions (the full chains stay in the tree).
+    ``sample_kwargs`` are ``pm.sample``'s and the NUTS step's options
+    (:func:`magma_pymc.sampler_options.sample_options`: ``draws``, ``tune``, ``chains``, ``cores``,
+    ``random_seed``, ``nuts_sampler``, ``target_accept``, ``init``, ``progressbar``, ...).
+    ``hierarchical`` (default: with different HP) samples under the population layer of
+    :mod:`magma_pymc.hierarchical`; ``likelihood`` ``"closed_form"`` (default) or ``"autodiff"``
+    (:func:`magma_pymc.marginal_model.sampling_model`).
+    The record's tree holds ``posterior`` (natural-scale HP), ``unconstrained_posterior`` (the
+    log-scale variables sampled), ``sample_stats``, ``constant_data`` (named dims) from
+    ``pm.sample``, plus ``hyperposterior`` -- per-draw ``mu0_mean_draws`` (chain, draw, input) and
+    the mixture ``mu0_mean``/``mu0_cov`` -- and ``observed_data``; its point estimate is the
+    posterior **median** of each HP (of its logarithm, over all draws); ``attrs["diagnostics"]``
+    lists the problems :func:`magma_pymc.diagnostics.check_diagnostics` found (``"ok"``: none),
+    ``attrs["divergences"]`` their number.
 
     ``marginalised=False`` samples the literal model instead (:func:`magma_pymc.model.build_model`,
     non-centred: :math:`\mu_0` and every :math:`f_i` latent), same priors and jitter: the same HP
     posterior at a far higher cost, as a cross-check on small data. ``compile_mode`` is the
     PyTensor mode of the sampler's log-density (default: ``model_compile_mode``, or ``"CVM"``
-    if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`; ``"NUMBA"``
-    evaluates small graphs about 7x faster than ``"CVM"`` after a compile of tens of seconds).
+    if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`).
     """
     if thin < 1 or int(thin) != thin:
         raise ValueError(f"thin must be a positive integer, got {thin!r}")
+    options = sample_options(sample_kwargs)
     _, state = estep(state, problem)  # grows the jitter if the starting HP need it
     jitter = max(state.jitter, SAMPLING_JITTER * problem.output_scale)
+    population = _use_population(spec, priors, hierarchical)
     if marginalised:
-        pm_model = build_marginal_model(spec, problem, jitter, priors)
+        pm_model = build_marginal_model(spec, problem, jitter, priors, hierarchical=population, likelihood=likelihood)
     else:
+        model_priors = {"hp": hierarchical_prior(spec.centres[1]), **(priors or {})} if population else priors
         pm_model = build_model(data, spec.mean_kernel, spec.kernel, prior_mean, common_hp=spec.common_hp,
-                               centres=spec.centres, priors=priors, jitter=jitter, noncentred=True)
-    options = dict(initvals={MEAN_LOG_HP: state.mean_log_params, LOG_HP: state.log_params}) if initial else {}
-    if nuts_sampler == "pymc":
-        options["compile_kwargs"] = {"mode": compile_mode or sampling_mode(model_compile_mode)}
+                               centres=spec.centres, priors=model_priors, jitter=jitter, noncentred=True)
+    if initial:
+        options.setdefault("initvals", _initial_values(state, population))
+    if options["nuts_sampler"] == "pymc":
+        options.setdefault("compile_kwargs", {"mode": compile_mode or sampling_mode(model_compile_mode)})
     with pm_model, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
-        tree = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=random_seed, nuts_sampler=nuts_sampler,
-                         target_accept=target_accept, progressbar=progressbar, compute_convergence_checks=False,
-                         **options)
+        warnings.filterwarnings("ignore", message="Numba will use object mode to run MarginalLogLikelihood")
+        tree = pm.sample(compute_convergence_checks=False, **options)
+    tree = organise_posterior(tree)
     diagnostics = check_diagnostics(tree)
+    tree.attrs.update(nuts_sampler=options["nuts_sampler"], marginalised=int(marginalised),
+                      hierarchical=int(population), likelihood=likelihood,
+                      divergences=int(tree["sample_stats"]["diverging"].sum()))
+    return _draws_result("nuts", tree, problem, data, prior_mean, spec, jitter, thin, diagnostics)
+
+
+def _draws_result(method: str, tree: xr.DataTree, problem: Problem, data: TrainingData, prior_mean, spec: ModelSpec,
+                  jitter: float, thin: int, diagnostics: list[str]) -> FitResult:
+    """The :class:`FitResult` of posterior draws (NUTS or an approximation), its tree completed."""
     mean_log, log_params = log_draws(tree, 1)
     point = EMState(np.median(mean_log, axis=(0, 1)), np.median(log_params, axis=(0, 1)), jitter)
     mean_log, log_params = mean_log[:, ::thin], log_params[:, ::thin]
@@ -131,12 +180,45 @@ def fit_nuts(
     tree.update({"hyperposterior": xr.DataTree(_hyperposterior_group(problem, data, prior_mean, tree, mean_log,
                                                                      log_params, thin, jitter)),
                  "observed_data": xr.DataTree(observed_dataset(data))})
-    tree.attrs.update(method="nuts", common_hp=int(spec.common_hp), jitter=jitter, thin=int(thin),
+    tree.attrs.update(method=method, common_hp=int(spec.common_hp), jitter=jitter, thin=int(thin),
                       log_likelihood=log_likelihood, n_individuals=data.n_individuals,
-                      nuts_sampler=nuts_sampler, marginalised=int(marginalised),
                       diagnostics="; ".join(diagnostics) or "ok")
-    return FitResult("nuts", *flat_log_draws(tree, thin), np.ones(1), point, problem, data, prior_mean,
+    return FitResult(method, *flat_log_draws(tree, thin), np.ones(1), point, problem, data, prior_mean,
                      (*spec.kernel.names, NOISE), tree)
+
+
+def fit_approximation(
+    method: str, spec: ModelSpec, problem: Problem, state: EMState, data: TrainingData,
+    prior_mean: Callable[[np.ndarray], np.ndarray], *, initial: bool = False, model_compile_mode: str = "CVM",
+    draws: int = 1000, random_seed: Any = None, priors: Mapping[str, LogPriorFactory] | None = None, thin: int = 1,
+    hierarchical: bool | None = None, likelihood: str = "closed_form", n: int = 20000, progressbar: bool = False,
+    compile_mode: str | None = None,
+) -> FitResult:
+    """A Laplace approximation at the MAP (``method="laplace"``) or ADVI (``"advi"``, ``"fullrank_advi"``,
+    ``n`` iterations) of the posterior NUTS samples (:mod:`magma_pymc.approximations`), as a
+    :class:`FitResult` of ``draws`` draws (one chain) with the same tree groups as :func:`fit_nuts`
+    except ``sample_stats``. ``initial``: the Laplace MAP search starts from ``state``."""
+    if method not in APPROXIMATIONS:
+        raise ValueError(f"method must be one of {APPROXIMATIONS}, got {method!r}")
+    if thin < 1 or int(thin) != thin:
+        raise ValueError(f"thin must be a positive integer, got {thin!r}")
+    _, state = estep(state, problem)
+    jitter = max(state.jitter, SAMPLING_JITTER * problem.output_scale)
+    population = _use_population(spec, priors, hierarchical)
+    pm_model = build_marginal_model(spec, problem, jitter, priors, hierarchical=population, likelihood=likelihood)
+    mode = compile_mode or sampling_mode(model_compile_mode)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
+        if method == "laplace":
+            start = _initial_values(state, population) if initial else None
+            posterior = laplace_posterior(pm_model, draws=draws, random_seed=random_seed, start=start, mode=mode)
+        else:
+            posterior = advi_posterior(pm_model, method=method, draws=draws, n=n, random_seed=random_seed,
+                                       progressbar=progressbar)
+    tree = organise_posterior(xr.DataTree.from_dict({"posterior": posterior}))
+    tree.attrs.update(hierarchical=int(population), likelihood=likelihood,
+                      **{f"{method}_{k}": v for k, v in posterior.attrs.items()})
+    return _draws_result(method, tree, problem, data, prior_mean, spec, jitter, thin, [])
 
 
 def _hyperposterior_group(

@@ -7,23 +7,24 @@ import xarray as xr
 from conftest import make_long
 from reference import JointGP
 
-from magma_pymc.compiled import DEFAULT_MODE
+from magma_pymc.compiled import DEFAULT_MODE, graphs_for
 from magma_pymc.data import as_training_data
 from magma_pymc.hierarchical import POPULATION_MEAN, POPULATION_OFFSET, POPULATION_SCALE
 from magma_pymc.kernels import SquaredExponential
+from magma_pymc.model import ModelSpec
 from magma_pymc.marginal_model import POPULATION_MEDIAN, POPULATION_SPREAD, organise_posterior, sampling_model
 
 DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
 
 
-def model_for(individuals, **options):
+def model_for(individuals, common_hp=False, **options):
     train = as_training_data(make_long(individuals))
     residuals = (train.outputs - 0.4) * train.mask
     kernel = SquaredExponential()
     args = (train.grid, train.inputs, residuals, train.mask, train.index)
-    defaults = dict(ids=train.ids, common_hp=False, fast_path=False, projected=False,
-                    centres=(np.zeros(2), np.zeros(3)), jitter=1e-10)
-    return sampling_model(kernel, kernel, args, **{**defaults, **options})
+    spec = ModelSpec(kernel, kernel, common_hp, tuple(train.ids), (np.zeros(2), np.zeros(3)))
+    structure = graphs_for(kernel, kernel, common_hp=common_hp, common_grid=False)
+    return sampling_model(spec, structure, args, **{"jitter": 1e-10, **options})
 
 
 @pytest.mark.parametrize("hierarchical", [False, True])
