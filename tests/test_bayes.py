@@ -88,7 +88,7 @@ def nuts_common(simulation):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = mp.Magma(common_hp=True).fit(simulation.data, method="nuts", draws=300, tune=300, chains=2,
-                                             random_seed=11, thin=10, **SAMPLER)
+                                             cores=2, random_seed=11, thin=10, **SAMPLER)
     return model, [w for w in caught if issubclass(w.category, mp.ConvergenceWarning)]
 
 
@@ -105,17 +105,28 @@ def test_nuts_posterior_contains_em_estimate(nuts_common, em_common):
     summary = az.summary(tree, var_names=HP_NAMES)
     print(summary)
     assert "r_hat" in summary.columns and "ess_bulk" in summary.columns
+    assert list(summary.index) == HP_NAMES  # each HP once, on one scale
     assert tree["posterior"]["variance"].dims == ("chain", "draw")
-    assert tree["posterior"]["log_hp"].dims == ("chain", "draw", "hp")
-    assert dict(tree["posterior"].sizes) == {"chain": 2, "draw": 300, "mean_hp": 2, "hp": 3}
-    assert {"sample_stats", "hyperposterior", "observed_data"} <= set(tree.children)
+    # One scale in the posterior (natural, one variable per HP); the sampled log HP on their own.
+    assert set(tree["posterior"].data_vars) == set(HP_NAMES)
+    assert dict(tree["posterior"].sizes) == {"chain": 2, "draw": 300}
+    assert tree["unconstrained_posterior"]["log_hp"].dims == ("chain", "draw", "hp")
+    assert {"sample_stats", "hyperposterior", "observed_data", "constant_data"} <= set(tree.children)
+    # constant_data: every dimension named.
+    constant = tree["constant_data"]
+    assert constant["inputs"].dims == ("individual", "slot", "input_dim")
+    assert constant["grid"].dims == ("grid_point", "input_dim")
+    assert not [d for v in constant.data_vars for d in constant[v].dims if "_dim_" in d]
+    assert tree.attrs["divergences"] == int(tree["sample_stats"]["diverging"].sum())
     assert tree["hyperposterior"]["mu0_mean_draws"].dims == ("chain", "draw", "input")
     assert tree["hyperposterior"].sizes["draw"] == 30            # thin=10
     # converged_ and the ConvergenceWarning follow the library's thresholds, recomputed here from the draws
     # (a short run: with 2 x 300 draws the mean-process HP reach r_hat ~1.02, which must be reported).
     log_vars = ["log_mu0_hp", "log_hp"]
-    rhat = max(float(v.max()) for v in az.rhat(tree, var_names=log_vars).data_vars.values())
-    ess = min(float(v.min()) for v in az.ess(tree, var_names=log_vars, method="bulk").data_vars.values())
+    group = "unconstrained_posterior"
+    rhat = max(float(v.max()) for v in az.rhat(tree, group=group, var_names=log_vars).data_vars.values())
+    ess = min(float(v.min()) for v in az.ess(tree, group=group, var_names=log_vars,
+                                             method="bulk").data_vars.values())
     n_div = int(tree["sample_stats"]["diverging"].sum())
     healthy = rhat <= MAX_RHAT and ess >= MIN_ESS and n_div == 0
     assert model.converged_ == healthy and (not convergence_warnings) == healthy
@@ -165,12 +176,18 @@ def test_nuts_predict_is_mixture_over_draws(nuts_common, simulation, tmp_path):
     np.testing.assert_allclose(loaded.predict(new, t_pred)["variance"].values, pred["variance"].values, rtol=1e-10)
 
 
-def test_compare_fits_table(nuts_common, em_common, simulation):
+@pytest.fixture(scope="module")
+def laplace_common(simulation):
+    return mp.Magma(common_hp=True).fit(simulation.data, method="laplace", draws=200, random_seed=3)
+
+
+def test_compare_fits_table(nuts_common, em_common, laplace_common, simulation):
     model, _ = nuts_common
     observed, target = mp.split_observed(simulation.new, 6)
-    table = compare_fits({"em": em_common, "nuts": model}, new_data=observed, target=target)
+    table = compare_fits({"em": em_common, "nuts": model, "laplace": laplace_common}, new_data=observed,
+                         target=target)
     print(table.T)
-    assert list(table.index) == ["em", "nuts"] and list(table["method"]) == ["em", "nuts"]
+    assert list(table.index) == ["em", "nuts", "laplace"] and list(table["method"]) == ["em", "nuts", "laplace"]
     assert set(HP_NAMES) | {"log_likelihood", "fit_seconds", "mse", "coverage"} <= set(table.columns)
     assert table[["log_likelihood", "fit_seconds", "mse"]].notna().all().all()
     # Simulated from the model: each fit's 95 % intervals cover the held-out points as often as a
@@ -184,6 +201,37 @@ def test_compare_fits_table(nuts_common, em_common, simulation):
     assert em_ll >= table.loc["nuts", "log_likelihood"] - 1e-3 * abs(em_ll)
 
 
+def test_laplace_fit_is_a_draws_record_around_the_map(laplace_common, em_common):
+    """method="laplace": draws of a Gaussian at the MAP of the same posterior as NUTS; its log-HP
+    draws centre on EM's MAP (same default priors), and predictions average over them."""
+    tree = laplace_common.idata_
+    assert tree.attrs["method"] == "laplace" and set(tree["posterior"].data_vars) == set(HP_NAMES)
+    assert dict(tree["posterior"].sizes) == {"chain": 1, "draw": 200}
+    log_draws = np.concatenate([tree["unconstrained_posterior"]["log_mu0_hp"].values.reshape(200, -1),
+                                tree["unconstrained_posterior"]["log_hp"].values.reshape(200, -1)], axis=1)
+    state = em_common.result_.point
+    em_map = np.concatenate([state.mean_log_params, state.log_params])
+    se = log_draws.std(axis=0) / np.sqrt(200)
+    assert np.all(np.abs(log_draws.mean(axis=0) - em_map) < 5 * se + 0.02), (log_draws.mean(axis=0), em_map)
+    pred = laplace_common.predict(None, [1.0, 2.0])
+    assert pred.attrs["n_draws"] == 200 and np.all(np.isfinite(pred["variance"].values))
+
+
+def test_fit_rejects_unknown_options_naming_the_public_call(simulation):
+    with pytest.raises(TypeError, match=r"Magma.fit\(\) got unexpected keyword argument\(s\) 'coress'"):
+        mp.Magma().fit(simulation.data, method="nuts", coress=2)
+    with pytest.raises(TypeError, match="does not take 'tune'"):
+        mp.Magma().fit(simulation.data, method="laplace", tune=10)
+    with pytest.raises(ValueError, match="need method='nuts'"):
+        mp.Magma().fit(simulation.data, chains=2)
+
+
+def test_em_result_works_with_arviz_summary_and_forest(em_common):
+    summary = az.summary(em_common.idata_, kind="stats")
+    assert set(HP_NAMES) <= {name.split("[")[0] for name in summary.index}
+    az.plot_forest(em_common.idata_, var_names=HP_NAMES)
+
+
 def test_nuts_different_hp_reproducible(small_problem):
     """Different HP: posterior dims (chain, draw, individual, hp); same seed, identical draws; Type II prediction."""
     data = make_long(small_problem)
@@ -193,9 +241,13 @@ def test_nuts_different_hp_reproducible(small_problem):
             warnings.simplefilter("ignore", mp.ConvergenceWarning)
             fits.append(mp.Magma(common_hp=False).fit(data, method="nuts", draws=30, tune=30, chains=1,
                                                       random_seed=5, thin=10, **SAMPLER))
-    first, second = (f.idata_["posterior"] for f in fits)
+    first, second = (f.idata_["unconstrained_posterior"] for f in fits)
     assert first["log_hp"].dims == ("chain", "draw", "individual", "hp")
-    assert first["noise"].dims == ("chain", "draw", "individual")
+    assert fits[0].idata_["posterior"]["noise"].dims == ("chain", "draw", "individual")
+    # Different HP: the population layer by default, summarised on the natural scale.
+    assert fits[0].idata_.attrs["hierarchical"] == 1
+    assert fits[0].idata_["posterior"]["population_median"].dims == ("chain", "draw", "hp")
+    assert {"population_mean", "population_scale", "population_offset"} <= set(first.data_vars)
     np.testing.assert_array_equal(first["log_hp"].values, second["log_hp"].values)
     np.testing.assert_array_equal(first["log_mu0_hp"].values, second["log_mu0_hp"].values)
     pred = fits[0].predict(None, [1.0, 2.0])
@@ -215,7 +267,8 @@ def test_literal_model_gives_the_same_hp_posterior():
             fit = mp.Magma().fit(sim.data, method="nuts", marginalised=marginalised, draws=300, tune=300, chains=2,
                                  random_seed=2, target_accept=0.95, compile_mode="NUMBA", **SAMPLER)
         assert fit.idata_.attrs["marginalised"] == int(marginalised)
-        summaries.append(az.summary(fit.idata_, var_names=["log_mu0_hp", "log_hp"]).astype(float))
+        summaries.append(az.summary(fit.idata_, group="unconstrained_posterior",
+                                    var_names=["log_mu0_hp", "log_hp"]).astype(float))
     marginal, literal = summaries
     print(pd.concat({"marginal": marginal[["mean", "sd", "mcse_mean"]], "literal": literal[["mean", "sd", "mcse_mean"]]}, axis=1))
     z = (marginal["mean"] - literal["mean"]).abs() / np.hypot(marginal["mcse_mean"], literal["mcse_mean"])
@@ -244,7 +297,7 @@ def test_simulation_based_calibration_light():
             warnings.simplefilter("ignore", mp.ConvergenceWarning)
             fit = mp.Magma(prior_mean=0.0).fit(sim.data, method="nuts", draws=200, tune=200, chains=2,
                                                random_seed=seed, priors=priors, **SAMPLER)
-        post = fit.idata_["posterior"]
+        post = fit.idata_["unconstrained_posterior"]
         draws = np.concatenate([post["log_mu0_hp"].values.reshape(-1, 2), post["log_hp"].values.reshape(-1, 3)], axis=1)
         lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
         truth = np.concatenate([log_mean_hp, log_hp])
