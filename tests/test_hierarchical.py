@@ -84,8 +84,8 @@ def test_simulation_based_calibration_light_hierarchical():
                 target_accept=0.9, nuts_sampler="pymc", progressbar=False)
         tree = fit.idata_
         divergences += int(tree["sample_stats"]["diverging"].sum())
-        mean, scale = population_draws(tree["posterior"])
-        mean0 = tree["posterior"]["log_mu0_hp"].values.reshape(-1, 2)
+        mean, scale = population_draws(tree)
+        mean0 = tree["unconstrained_posterior"]["log_mu0_hp"].values.reshape(-1, 2)
         draws = np.concatenate([mean0, mean, scale], axis=1)
         lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
         truth = np.concatenate([mean_log0, population_mean, population_scale])
@@ -94,4 +94,5 @@ def test_simulation_based_calibration_light_hierarchical():
           f"{divergences} divergences in 6 x 600 draws")
     assert stats.binom(len(hits), 0.9).cdf(37) < 0.02
     assert sum(hits) >= 38
-    assert POPULATION_MEAN in tree["posterior"] and POPULATION_SCALE in tree["posterior"]
+    assert POPULATION_MEAN in tree["unconstrained_posterior"] and POPULATION_SCALE in tree["unconstrained_posterior"]
+    assert tree.attrs["hierarchical"] == 1
