@@ -6,8 +6,8 @@ posterior ``xr.Dataset`` with dims ``(chain, draw, ...)`` (one chain), holding e
 on its own scale and every Deterministic, as ``pm.sample`` does.
 
 *Laplace*: :math:`x^* = \arg\max \log p(x \mid y)` (SciPy's L-BFGS-B on PyMC's compiled log density
-and gradient), :math:`H = -\nabla^2 \log p(x^* \mid y)` by central differences of the exact gradient
-(symmetrised; :math:`2\dim x` gradient evaluations), and draws :math:`x = x^* + L^{-\top} z`,
+and gradient, polished by Newton steps), :math:`H = -\nabla^2 \log p(x^* \mid y)` by central
+differences of the exact gradient (symmetrised; :math:`2\dim x` gradient evaluations), and draws :math:`x = x^* + L^{-\top} z`,
 :math:`H = L L^\top`, :math:`z \sim \mathcal N(0, I)`. Where :math:`H` is not positive definite
 (a ridge or a saddle: the Gaussian approximation does not exist) a ``ValueError`` says so.
 
@@ -47,6 +47,17 @@ def _log_density(pm_model: pm.Model, mode: str | None = None):
     return bijection, value_and_grad
 
 
+def _negative_hessian(value_and_grad, x: np.ndarray, step: float) -> np.ndarray:
+    """:math:`-\\nabla^2 \\log p` at ``x`` by central differences of the exact gradient, symmetrised."""
+    dim = x.size
+    hessian = np.empty((dim, dim))
+    for k in range(dim):
+        e = np.zeros(dim)
+        e[k] = step
+        hessian[k] = -(value_and_grad(x + e)[1] - value_and_grad(x - e)[1]) / (2 * step)
+    return 0.5 * (hessian + hessian.T)
+
+
 def _posterior_dataset(pm_model: pm.Model, bijection, draws: np.ndarray, mode: str | None = None) -> xr.Dataset:
     """Free variables (own scale) and Deterministics at each row of ``draws`` (unconstrained vectors)."""
     # Transformed values (PyMC names them `<name>_<transform>__`) are dropped: their variable is kept.
@@ -70,7 +81,8 @@ def _posterior_dataset(pm_model: pm.Model, bijection, draws: np.ndarray, mode: s
 
 
 def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any = None,
-                      start: dict | None = None, step: float = 1e-5, mode: str | None = None) -> xr.Dataset:
+                      start: dict | None = None, step: float = 1e-5, mode: str | None = None,
+                      max_newton: int = 20) -> xr.Dataset:
     r"""Laplace approximation at the MAP (module docstring); ``attrs``: ``log_posterior_at_map``,
     ``hessian_condition``, ``optimiser_iterations``, ``seconds``.
 
@@ -95,15 +107,27 @@ def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any
             return np.inf, np.zeros_like(x)
         return -value, -grad
 
-    result = optimize.minimize(negative, x0, jac=True, method="L-BFGS-B", options=dict(maxiter=5000, gtol=1e-8))
-    x_map = result.x
-    dim = x_map.size
-    hessian = np.empty((dim, dim))
-    for k in range(dim):
-        e = np.zeros(dim)
-        e[k] = step
-        hessian[k] = -(value_and_grad(x_map + e)[1] - value_and_grad(x_map - e)[1]) / (2 * step)
-    hessian = 0.5 * (hessian + hessian.T)
+    result = optimize.minimize(negative, x0, jac=True, method="L-BFGS-B",
+                               options=dict(maxiter=5000, ftol=1e-15, gtol=1e-9))
+    # L-BFGS-B stops early on the flat ridges of GP likelihoods (relative reduction of f below its
+    # tolerance): polish with Newton steps on the difference Hessian, which the approximation needs anyway.
+    x_map, hessian = result.x, _negative_hessian(value_and_grad, result.x, step)
+    newton_steps = 0
+    for newton_steps in range(1, max_newton + 1):
+        value, grad = value_and_grad(x_map)
+        try:
+            direction = np.linalg.solve(np.linalg.cholesky(hessian).T, np.linalg.solve(np.linalg.cholesky(hessian), grad))
+        except np.linalg.LinAlgError:
+            break
+        length = 1.0
+        while length > 1e-4 and not value_and_grad(x_map + length * direction)[0] > value:
+            length /= 2
+        if length <= 1e-4:
+            break
+        x_map = x_map + length * direction
+        hessian = _negative_hessian(value_and_grad, x_map, step)
+        if np.max(np.abs(length * direction)) < 1e-8:
+            break
     try:
         factor = np.linalg.cholesky(hessian)
     except np.linalg.LinAlgError:
@@ -112,13 +136,16 @@ def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any
             f"the Laplace approximation does not exist here: the negative Hessian of the log posterior at the "
             f"MAP is not positive definite (smallest eigenvalue {eigenvalues[0]:.3g}); use NUTS or ADVI"
         ) from None
+    dim = x_map.size
     rng = np.random.default_rng(random_seed)
     z = rng.standard_normal((draws, dim))
     samples = x_map + np.linalg.solve(factor.T, z.T).T                 # x* + L^{-T} z
     posterior = _posterior_dataset(pm_model, bijection, samples, mode)
     eigenvalues = np.linalg.eigvalsh(hessian)
-    posterior.attrs.update(log_posterior_at_map=float(-result.fun), hessian_condition=float(eigenvalues[-1] / eigenvalues[0]),
-                           optimiser_iterations=int(result.nit), seconds=time.perf_counter() - begin)
+    posterior.attrs.update(log_posterior_at_map=value_and_grad(x_map)[0],
+                           hessian_condition=float(eigenvalues[-1] / eigenvalues[0]),
+                           optimiser_iterations=int(result.nit), newton_steps=newton_steps,
+                           seconds=time.perf_counter() - begin)
     return posterior
 
 

@@ -29,6 +29,7 @@ their Gaussian mixture (:mod:`magma_pymc.predictive`, :mod:`magma_pymc.mixture`)
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,10 +42,11 @@ from magma_pymc.approximations import APPROXIMATIONS, advi_posterior, laplace_po
 from magma_pymc.compiled import sampling_mode
 from magma_pymc.data import TrainingData
 from magma_pymc.diagnostics import check_diagnostics
-from magma_pymc.em import EMState, Problem, estep
+from magma_pymc.em import EMState, Problem, estep, run_em
 from magma_pymc.fit_result import FitResult, flat_log_draws, log_draws
 from magma_pymc.hierarchical import POPULATION_MEAN, POPULATION_OFFSET, POPULATION_SCALE, hierarchical_prior
 from magma_pymc.jitter import SAMPLING_JITTER
+from magma_pymc.map_priors import compile_log_priors
 from magma_pymc.marginal_model import organise_posterior, sampling_model
 from magma_pymc.mixture import GaussianMixture
 from magma_pymc.model import LOG_HP, MEAN_LOG_HP, LogPriorFactory, ModelSpec, build_model
@@ -170,6 +172,13 @@ def fit_nuts(
     return _draws_result("nuts", tree, problem, data, prior_mean, spec, jitter, thin, diagnostics)
 
 
+def _em_start(spec: ModelSpec, problem: Problem, state: EMState, priors, population: bool) -> EMState:
+    """EM's optimum from ``state``: the MAP under ``priors`` (independent priors), else the MLE."""
+    if not population:
+        problem = dataclasses.replace(problem, log_priors=compile_log_priors(spec, priors))
+    return run_em(state, problem, max_iter=100, tol=1e-6).state
+
+
 def _draws_result(method: str, tree: xr.DataTree, problem: Problem, data: TrainingData, prior_mean, spec: ModelSpec,
                   jitter: float, thin: int, diagnostics: list[str]) -> FitResult:
     """The :class:`FitResult` of posterior draws (NUTS or an approximation), its tree completed."""
@@ -197,7 +206,10 @@ def fit_approximation(
     """A Laplace approximation at the MAP (``method="laplace"``) or ADVI (``"advi"``, ``"fullrank_advi"``,
     ``n`` iterations) of the posterior NUTS samples (:mod:`magma_pymc.approximations`), as a
     :class:`FitResult` of ``draws`` draws (one chain) with the same tree groups as :func:`fit_nuts`
-    except ``sample_stats``. ``initial``: the Laplace MAP search starts from ``state``."""
+    except ``sample_stats``. The Laplace MAP search starts from ``state`` if ``initial``, else from
+    EM's optimum (the MAP under independent priors, the maximum likelihood under a population layer,
+    which EM cannot optimise): the posterior can have several modes, and the prior centre may sit in
+    the basin of a worse one."""
     if method not in APPROXIMATIONS:
         raise ValueError(f"method must be one of {APPROXIMATIONS}, got {method!r}")
     if thin < 1 or int(thin) != thin:
@@ -210,7 +222,9 @@ def fit_approximation(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
         if method == "laplace":
-            start = _initial_values(state, population) if initial else None
+            if not initial:  # GP posteriors are often multimodal: start the MAP search from EM's optimum
+                state = _em_start(spec, problem, state, priors, population)
+            start = _initial_values(state, population)
             posterior = laplace_posterior(pm_model, draws=draws, random_seed=random_seed, start=start, mode=mode)
         else:
             posterior = advi_posterior(pm_model, method=method, draws=draws, n=n, random_seed=random_seed,
