@@ -23,6 +23,8 @@ from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inp
 from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, run_em
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.params import HyperParameters
+from magma_pymc.priors import normal_log_prior
+from magma_pymc.model import PRIOR_SD
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import gaussian_dataset, hp_dataset, latent_bounds, training_datatree
 from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
@@ -83,6 +85,11 @@ class Magma:
         likelihood alone often drives the noise towards zero and the intervals collapse (measured
         on held-out children of ``weight``: 95 % intervals covering 52 % of points with ``"ml"``,
         77 % with ``"map"``, and a lower MSE).
+    mean_process_prior
+        ``"weak"`` (default): EM maximises the likelihood times a weakly informative, boundary-avoiding
+        prior on the mean-process log HP (:mod:`magma_pymc.priors`), so that a variance cannot
+        collapse to 0 nor a lengthscale stop on its bound without cause; ``None``: maximum
+        likelihood (as the MAGMA paper). ``fit(..., priors=...)`` replaces it by the given priors on all HP.
 
     Attributes
     ----------
@@ -108,6 +115,7 @@ class Magma:
         mean_step: Literal["marginal", "expected"] = "marginal",
         inducing: int | np.ndarray | None = None,
         new_individual_hp: Literal["map", "ml"] = "map",
+        mean_process_prior: Literal["weak"] | None = "weak",
     ) -> None:
         self.common_hp = common_hp
         self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
@@ -125,6 +133,9 @@ class Magma:
         if new_individual_hp not in ("map", "ml"):
             raise ValueError(f"new_individual_hp must be 'map' or 'ml', got {new_individual_hp!r}")
         self.new_individual_hp = new_individual_hp
+        if mean_process_prior not in ("weak", None):
+            raise ValueError(f"mean_process_prior must be 'weak' or None, got {mean_process_prior!r}")
+        self.mean_process_prior = mean_process_prior
         if self.inducing is not None and mean_step != "marginal":
             raise ValueError(
                 "inducing points need mean_step='marginal': in the projected model the data depend on the "
@@ -204,16 +215,19 @@ class Magma:
             from magma_pymc.bayes import compile_log_priors
 
             problem = dataclasses.replace(problem, log_priors=compile_log_priors(self, map_priors))
+        elif self.mean_process_prior == "weak" and method == "em":  # magma_pymc.priors
+            centre = self.initial_hyperparameters(train).mean_process.to_numpy()
+            problem = dataclasses.replace(problem, log_priors=(normal_log_prior(np.log(centre), PRIOR_SD), None))
         trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
-        if method == "em":
-            self._warn_hp_at_bounds(trace.state, problem, train)
+        self.hp_at_bounds_ = self._warn_hp_at_bounds(trace.state, problem, train) if method == "em" else []
         self._state, self._problem_ = trace.state, problem
         ids = None if self.common_hp else train.ids
         self.hyperparameters_ = HyperParameters.from_log(
             self.mean_kernel, self.kernel, trace.state.mean_log_params, trace.state.log_params, ids
         )
         self.log_likelihood_ = trace.estep.log_likelihood
-        self.converged_ = trace.converged
+        # An HP stopped on its box constraint is not a converged estimate, whatever the likelihood did.
+        self.converged_ = trace.converged and not self.hp_at_bounds_
         self.n_iter_ = len(trace.log_likelihood) - 1
         self.idata_ = self._datatree(trace, method)
         self.fit_seconds_ = time.perf_counter() - start
@@ -390,9 +404,9 @@ class Magma:
                     f"input column(s) {train.input_names}"
                 )
 
-    def _warn_hp_at_bounds(self, state: EMState, problem: Problem, train: TrainingData) -> None:
+    def _warn_hp_at_bounds(self, state: EMState, problem: Problem, train: TrainingData) -> list[str]:
         """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint (a
-        start far from any optimum, or HP the data do not identify)."""
+        start far from any optimum, or HP the data do not identify); returns their descriptions."""
         names = (*self.kernel.names, "noise")
         blocks = [("", [f"mu0_{n}" for n in self.mean_kernel.names], state.mean_log_params, problem.mean_bounds)]
         rows = np.reshape(state.log_params, (-1, len(names)))
@@ -413,6 +427,7 @@ class Magma:
                 "(fit(..., hyperparameters=...)) or check the data's scale (bounds: Kernel.log_bounds)",
                 ConvergenceWarning,
             )
+        return hits
 
     def _resolve_prior_mean(self, train: TrainingData) -> Callable[[np.ndarray], np.ndarray]:
         m0 = self.prior_mean
