@@ -349,13 +349,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 records = [r for case, fitted in zip(cases, fitted_per_case, strict=True) for r in run_case(case, name, fitted)]
                 new_rows = summarise(records, cases[0].data, hp, name)
                 rows += new_rows
+                if args.csv:  # saved as they come: a long run interrupted keeps what it measured
+                    pd.DataFrame(new_rows).to_csv(args.csv, mode="a", header=not os.path.exists(args.csv), index=False)
                 for r in new_rows:
                     print(f"{r['data']:32s} {hp:6s} {r['type']:2s} {name:12s} cov50 {r['cov50']:.2f} cov80 {r['cov80']:.2f} "
                           f"cov95 {r['cov95']:.2f} CRPS {r['CRPS']:.3g} MSE {r['MSE']:.3g} [{time.perf_counter() - start:.0f} s]",
                           flush=True)
     table = pd.DataFrame(rows)
-    if args.csv:
-        table.to_csv(args.csv, mode="a", header=not os.path.exists(args.csv), index=False)
     print_tables(table)
     return table
 
