@@ -22,7 +22,7 @@ Data (seeded; the same held-out individuals for every method):
   u ~ U[0, 5] and lengthscale e^(v/2), v ~ U[0, 2], for mu0 and each individual; noise variance
   ~ U[0, 1]; M = 20 training individuals of 30 points (the same 30 inputs for all on a common grid,
   drawn per individual otherwise); HP shared by all individuals (common HP) or drawn per individual
-  (different HP). Five new individuals per data set: Type I forecasts the last 10 of their 30
+  (different HP). Three new individuals per data set (``--n-new``): Type I forecasts the last 10 of their 30
   points from the first 20; Type II forecasts the 30 points. The model's ``common_hp`` matches the
   data's setting.
 
@@ -131,12 +131,12 @@ def real_cases(common_hp: bool, quick: bool) -> list[Case]:
     return cases
 
 
-def simulated_cases(common_grid: bool, common_hp: bool, n_sets: int) -> list[Case]:
+def simulated_cases(common_grid: bool, common_hp: bool, n_sets: int, n_new: int) -> list[Case]:
     label = f"sim {'common' if common_grid else 'uncommon'} grid, {'common' if common_hp else 'diff'} HP"
     cases = []
     for seed in range(n_sets):
         rng = np.random.default_rng([int(common_grid), int(common_hp), seed])
-        train, splits, full = paper_data_set(rng, common_grid, common_hp)
+        train, splits, full = paper_data_set(rng, common_grid, common_hp, n_new=n_new)
         cases.append(Case(label, common_hp, train, splits, full))
     return cases
 
@@ -209,6 +209,7 @@ def integrated_predictor(model, observed, inputs) -> Mixture:
 
 
 METHODS: dict[str, Method] = {
+    "before": Method("before", {"mean_process_prior": None}, {}, "maximum-likelihood EM, plug-in MAP of the new individual's HP (the defaults before calibration)"),
     "default": Method("default", {}, {}, "the estimator's defaults"),
     "integrated": Method("integrated", {}, {}, "new individual's HP integrated (importance sampling)",
                          predictor=integrated_predictor),
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="default,single_gp", help=f"comma list of single_gp, {', '.join(METHODS)}")
     parser.add_argument("--n-sim", type=int, default=40, help="simulated data sets per setting")
+    parser.add_argument("--n-new", type=int, default=3, help="new individuals per simulated data set")
     parser.add_argument("--quick", action="store_true", help="3 simulated data sets per setting, 5 held-out real individuals")
     parser.add_argument("--only", default="", help="comma list of data names (weight, swimmers, ECG5000, traffic, sim)")
     parser.add_argument("--hp", default="both", choices=["both", "common", "diff"])
@@ -339,9 +341,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for common_hp in hp_settings:
         hp = "common" if common_hp else "diff"
-        groups = [[c] for c in real_cases(common_hp, args.quick) if not only or c.data in only]
-        if not only or "sim" in only:
-            groups += [simulated_cases(grid, common_hp, n_sim) for grid in (True, False)]
+        groups = [simulated_cases(grid, common_hp, n_sim, args.n_new) for grid in (True, False)] if not only or "sim" in only else []
+        groups += [[c] for c in real_cases(common_hp, args.quick) if not only or c.data in only]
         for cases in groups:
             fitted_per_case = [dict() for _ in cases]
             for name in methods:
