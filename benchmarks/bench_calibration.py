@@ -195,13 +195,8 @@ def integrated_predictor(model, observed, inputs) -> Mixture:
             obs_mean, obs_cov = joint_mean[:n_obs], joint_cov[:n_obs, :n_obs]
             fit = fit_new_individual(problem.graphs, individual, obs_mean, obs_cov, state.log_params,
                                      problem.bounds[: len(model.kernel.names) + 1], state.jitter, empirical_prior=True)
-
-            def gradient(v):
-                g = problem.graphs.new_individual_step(v, individual.inputs, individual.outputs, obs_mean, obs_cov, state.jitter)[1]
-                return np.asarray(g) + np.linalg.solve(prior.cov, v - prior.mean)
-
             draws = hpi.posterior_draws(model.kernel, individual.inputs, individual.outputs, obs_mean, obs_cov, prior,
-                                        fit.log_params, gradient, state.jitter)
+                                        fit.log_params, state.jitter)
     comp = hpi.conditional_predictions(model.kernel, draws.log_params, individual.inputs, individual.outputs, x,
                                        joint_mean, joint_cov, state.jitter)
     variances = np.diagonal(comp.latent_covs, axis1=1, axis2=2) + comp.noise[:, None]
