@@ -155,7 +155,7 @@ def from_dataset(ds) -> Mixture:
     """A one-component mixture from a ``Magma.predict`` / ``SingleGP.predict`` dataset, or its stored
     mixture components when it has them (``component_*`` variables)."""
     if "component_mean" in ds:
-        return Mixture(ds["component_weight"].values, ds["component_mean"].values.T, np.sqrt(ds["component_variance"].values.T))
+        return Mixture(ds["component_weight"].values, ds["component_mean"].values, np.sqrt(ds["component_variance"].values))
     return Mixture(np.ones(1), ds["mean"].values[None], np.sqrt(ds["variance"].values)[None])
 
 
@@ -176,13 +176,14 @@ def integrated_predictor(model, observed, inputs) -> Mixture:
     (:mod:`magma_pymc.hp_integration`); the plug-in prediction for common HP."""
     from magma_pymc import hp_integration as hpi
     from magma_pymc.data import as_individual, as_inputs
-    from magma_pymc.predict import fit_new_individual
+    from magma_pymc.predict import fit_new_individual, mean_process_at
 
     individual = as_individual(observed, input_dim=1)
     x = as_inputs(inputs, input_dim=1)
     joint_inputs = np.concatenate([individual.inputs, x])
-    joint_mean, joint_cov = model._mean_process_at(joint_inputs)
     problem, state = model._problem_, model._state
+    joint_mean, joint_cov = mean_process_at(problem.graphs, (state.mean_log_params, state.log_params), problem.data_args,
+                                            state.jitter, joint_inputs, model._prior_mean_value(joint_inputs))
     n_obs = individual.n_points
     if model.common_hp:
         log_params = state.log_params[None]
@@ -204,11 +205,15 @@ def integrated_predictor(model, observed, inputs) -> Mixture:
 
 
 METHODS: dict[str, Method] = {
-    "before": Method("before", {"mean_process_prior": None}, {}, "maximum-likelihood EM, plug-in MAP of the new individual's HP (the defaults before calibration)"),
-    "default": Method("default", {}, {}, "the estimator's defaults"),
-    "integrated": Method("integrated", {}, {}, "new individual's HP integrated (importance sampling)",
-                         predictor=integrated_predictor),
-    "ml": Method("ml", {}, {}, "new individual's HP by maximum likelihood", {"new_individual_hp": "ml"}),
+    "before": Method("before", {"mean_process_prior": None}, {},
+                     "maximum-likelihood EM, the new individual's HP plugged in (MAP under the population prior)",
+                     {"new_individual_hp": "map"}),
+    "plugin": Method("plugin", {}, {}, "weak mean-process prior, the new individual's HP plugged in",
+                     {"new_individual_hp": "map"}),
+    "integrated": Method("integrated", {}, {"components": True},
+                         "weak mean-process prior, the new individual's HP integrated (the defaults)",
+                         {"new_individual_hp": "integrated"}),
+    "prototype": Method("prototype", {}, {}, "integrated_predictor (the prototype)", predictor=integrated_predictor),
 }
 
 
@@ -227,7 +232,7 @@ def fit_model(method: Method, case: Case):
 def score(mix: Mixture, y: np.ndarray) -> dict[str, np.ndarray]:
     out = {}
     for level in LEVELS:
-        lower, upper = scoring.mixture_quantiles(((1 - level) / 2, (1 + level) / 2), mix.weights, mix.means, mix.sds)
+        lower, upper = scoring.central_interval(level, mix.weights, mix.means, mix.sds)
         out[f"cov{int(level * 100)}"] = (y >= lower) & (y <= upper)
         if level == 0.95:
             out["IS95"] = scoring.interval_score(y, lower, upper, 1 - level)
@@ -250,7 +255,7 @@ def run_case(case: Case, method_name: str, fitted: dict) -> list[dict]:
                                 **score(from_dataset(ds), target["Output"].to_numpy())))
         return records
     method = METHODS[method_name]
-    key = repr(sorted(method.fit_options.items()))
+    key = repr(sorted(method.fit_options.items()))  # methods differing only at prediction share a fit
     if key not in fitted:
         fitted[key] = fit_model(method, case)
     model, fit_seconds, n_warn = fitted[key]

@@ -6,7 +6,8 @@ draw of the hyper-parameters when they are integrated). The scores below take th
 mixtures as ``weights`` ``(K,)``, ``means`` and ``sds`` ``(K, n)`` and observed values ``y``
 ``(n,)``:
 
-* coverage of the central interval of mass :math:`1 - \alpha`: :math:`[F^{-1}(\alpha/2), F^{-1}(1-\alpha/2)]`;
+* coverage of the central interval of mass :math:`1 - \alpha`: :math:`[F^{-1}(\alpha/2), F^{-1}(1-\alpha/2)]`
+  (:func:`central_interval`, exact mixture quantiles);
 * interval score (Gneiting & Raftery 2007, eq. 43), proper for the interval:
   :math:`(u - l) + \frac2\alpha (l - y)_+ + \frac2\alpha (y - u)_+`;
 * continuous ranked probability score, closed form for a Gaussian mixture (Grimit et al. 2006):
@@ -25,7 +26,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-__all__ = ["check_level", "mixture_cdf", "mixture_quantiles", "crps_mixture", "interval_score"]
+from magma_pymc.mixture import mixture_quantiles
+
+__all__ = ["check_level", "mixture_cdf", "central_interval", "crps_mixture", "interval_score"]
 
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
 
@@ -58,26 +61,13 @@ def mixture_cdf(y, weights, means, sds) -> np.ndarray:
     return w @ ndtr((np.asarray(y, dtype=float)[None, :] - m) / s)
 
 
-def mixture_quantiles(probs, weights, means, sds, *, iterations: int = 200) -> np.ndarray:
-    r"""Quantiles :math:`F^{-1}(p)` of the marginal mixtures, ``(len(probs), n)``.
-
-    Vectorised bisection on :math:`\sum_k w_k\Phi((q - m_k)/s_k) = p` within a bracket of
-    :math:`\pm 10` standard deviations around all components, to machine precision
-    (deterministic; one component gives the Gaussian quantile).
-    """
+def central_interval(level: float, weights, means, sds) -> tuple[np.ndarray, np.ndarray]:
+    r"""Central interval of mass ``level`` of the marginal mixtures: :math:`F^{-1}((1 \mp \text{level})/2)`
+    (exact quantiles, :func:`magma_pymc.mixture.mixture_quantiles`)."""
+    level = check_level(level, "level")
     w, m, s = _as_mixture(weights, means, sds)
-    out = []
-    for p in np.atleast_1d(probs):
-        p = check_level(p, "quantile level")
-        lo, hi = (m - 10 * s).min(axis=0), (m + 10 * s).max(axis=0)
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            below = w @ ndtr((mid[None, :] - m) / s) < p
-            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-            if np.all(hi - lo <= 4 * np.finfo(float).eps * np.maximum(np.abs(mid), 1.0)):
-                break
-        out.append(0.5 * (lo + hi))
-    return np.array(out)
+    lower, upper = mixture_quantiles(m, s**2, ((1 - level) / 2, (1 + level) / 2), w)
+    return lower, upper
 
 
 def _a(mu: np.ndarray, var: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 from scipy import stats
 
 import magma_pymc as mp
+from magma_pymc import scoring
 
 POP_MEAN = np.log([1.0, 1.2, 0.05])     # variance, lengthscale, noise of the individual processes
 POP_SD = np.array([0.4, 0.25, 0.5])
@@ -51,11 +52,14 @@ def test_integrated_intervals_cover_within_binomial_limits():
     train, new, table = simulate(rng, 40, 300)
     model = mp.Magma(common_hp=False, prior_mean=0.0).fit(
         train, method="fixed", hyperparameters={"mean_process": HP0, "individual": table})
-    inside = {level: 0 for level in LEVELS}
+    pit = []
     for t, y in new:
-        for level in LEVELS:
-            pred = model.predict((t[:-1], y[:-1]), t[-1:], prob=level)
-            inside[level] += int(pred["lower"].values[0] <= y[-1] <= pred["upper"].values[0])
-    for level in LEVELS:
+        pred = model.predict((t[:-1], y[:-1]), t[-1:], components=True)
+        assert pred.attrs["hp_source"] == "integrated"
+        pit.append(scoring.mixture_cdf(y[-1:], pred["component_weight"].values, pred["component_mean"].values,
+                                       np.sqrt(pred["component_variance"].values))[0])
+    pit = np.array(pit)
+    for level in LEVELS:  # inside the central interval of mass `level` <=> PIT within (1 -+ level) / 2
+        inside = int(np.sum((pit >= (1 - level) / 2) & (pit <= (1 + level) / 2)))
         low, high = stats.binom.interval(0.999, len(new), level)
-        assert low <= inside[level] <= high, (level, inside[level], (low, high))
+        assert low <= inside <= high, (level, inside, (low, high))

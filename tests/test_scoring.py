@@ -18,17 +18,17 @@ def cdf(x, j):
 def test_cdf_and_quantiles_match_scipy_root_finding():
     y = np.array([0.3, -1.0])
     np.testing.assert_allclose(scoring.mixture_cdf(y, WEIGHTS, MEANS, SDS), [cdf(0.3, 0), cdf(-1.0, 1)], rtol=1e-12)
-    probs = (0.025, 0.5, 0.9)
-    q = scoring.mixture_quantiles(probs, WEIGHTS, MEANS, SDS)
-    for k, p in enumerate(probs):
+    for level in (0.5, 0.95):
+        lower, upper = scoring.central_interval(level, WEIGHTS, MEANS, SDS)
         for j in range(2):
-            root = optimize.brentq(lambda x: cdf(x, j) - p, -50, 50, xtol=1e-14)
-            assert q[k, j] == pytest.approx(root, abs=1e-10)
+            for bound, p in ((lower, (1 - level) / 2), (upper, (1 + level) / 2)):
+                root = optimize.brentq(lambda x: cdf(x, j) - p, -50, 50, xtol=1e-14)
+                assert bound[j] == pytest.approx(root, abs=1e-10)
 
 
-def test_one_component_quantiles_are_gaussian():
-    q = scoring.mixture_quantiles((0.1, 0.975), [1.0], [[2.0]], [[3.0]])
-    np.testing.assert_allclose(q[:, 0], stats.norm.ppf([0.1, 0.975], 2.0, 3.0), rtol=1e-12)
+def test_one_component_interval_is_gaussian():
+    lower, upper = scoring.central_interval(0.8, [1.0], [[2.0]], [[3.0]])
+    np.testing.assert_allclose([lower[0], upper[0]], stats.norm.ppf([0.1, 0.9], 2.0, 3.0), rtol=1e-12)
 
 
 def test_crps_matches_numerical_integral_of_squared_cdf_difference():
@@ -59,8 +59,8 @@ def test_interval_score():
 def test_levels_outside_the_unit_interval_are_rejected(level):
     with pytest.raises(ValueError, match="between 0 and 1|number in"):
         scoring.check_level(level)
-    with pytest.raises(ValueError):
-        scoring.mixture_quantiles([level], [1.0], [[0.0]], [[1.0]])
+    with pytest.raises(ValueError, match="level"):
+        scoring.central_interval(level, [1.0], [[0.0]], [[1.0]])
 
 
 def test_bad_mixtures_are_rejected():
