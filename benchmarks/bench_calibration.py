@@ -309,6 +309,22 @@ def print_tables(table: pd.DataFrame) -> None:
         print(markdown(sub[cols]))
 
 
+def print_comparison(table: pd.DataFrame, before: str, after: str) -> None:
+    """One row per (data, HP, type): coverage, CRPS and MSE of ``before`` and ``after`` side by side."""
+    keys = ["data", "hp", "type"]
+    cols = ["cov50", "cov80", "cov95", "CRPS", "MSE"]
+    b = table[table["method"] == before].drop_duplicates(keys, keep="last").set_index(keys)[cols]
+    a = table[table["method"] == after].drop_duplicates(keys, keep="last").set_index(keys)[cols]
+    both = b.merge(a, left_index=True, right_index=True, suffixes=(" before", " after"))
+    both["MSE ratio"] = both["MSE after"] / both["MSE before"]
+    gp = table[table["method"] == "single_gp"].drop_duplicates(["data", "type"], keep="last").set_index(["data", "type"])
+    both["GP cov95"] = [gp["cov95"].get((d, t), np.nan) for d, _, t in both.index]
+    both["GP MSE"] = [gp["MSE"].get((d, t), np.nan) for d, _, t in both.index]
+    order = [f"{c} {w}" for c in cols for w in ("before", "after")] + ["MSE ratio", "GP cov95", "GP MSE"]
+    print(f"\n### {before} -> {after}\n")
+    print(markdown(both[order].reset_index().sort_values(["type", "hp", "data"])))
+
+
 def markdown(frame: pd.DataFrame) -> str:
     """A Markdown table, numbers to 3 significant digits."""
     def cell(v):
@@ -328,11 +344,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--only", default="", help="comma list of data names (weight, swimmers, ECG5000, traffic, sim)")
     parser.add_argument("--hp", default="both", choices=["both", "common", "diff"])
     parser.add_argument("--csv", default="", help="append the summary rows to this CSV")
-    parser.add_argument("--tables", default="", help="only print the tables of a saved CSV")
+    parser.add_argument("--tables", default="", help="only print the tables of saved CSVs (comma list)")
+    parser.add_argument("--compare", default="", help="with --tables: 'before,after' methods side by side")
     args = parser.parse_args(argv)
     if args.tables:
-        table = pd.read_csv(args.tables)
-        print_tables(table)
+        table = pd.concat([pd.read_csv(f) for f in args.tables.split(",")], ignore_index=True)
+        if args.compare:
+            print_comparison(table, *args.compare.split(","))
+        else:
+            print_tables(table)
         return table
     methods = [m for m in args.methods.split(",") if m]
     n_sim = 3 if args.quick else args.n_sim
