@@ -8,6 +8,7 @@ from scipy import optimize, stats
 from test_predict import NEW_T, NEW_Y, T_PRED, dense_new_individual_nll, fit_fixed
 
 from magma_pymc import hp_integration as hpi
+from magma_pymc.predict import mean_process_at
 
 PRIOR = hpi.PopulationPrior(np.log([1.0, 0.8, 0.25]), np.array([[0.09, 0.02, 0.0], [0.02, 0.09, 0.0], [0.0, 0.0, 0.16]]))
 
@@ -16,7 +17,10 @@ PRIOR = hpi.PopulationPrior(np.log([1.0, 0.8, 0.25]), np.array([[0.09, 0.02, 0.0
 def fitted(small_problem):
     model, reference = fit_fixed(small_problem, common_hp=False)
     joint_inputs = np.concatenate([NEW_T, T_PRED])[:, None]
-    joint_mean, joint_cov = model._mean_process_at(joint_inputs)
+    state, problem = model.result_.point, model.result_.problem
+    joint_mean, joint_cov = mean_process_at(problem.graphs, (state.mean_log_params, state.log_params),
+                                            problem.data_args, state.jitter, joint_inputs,
+                                            model.result_.prior_mean(joint_inputs))
     return model, reference, joint_mean, joint_cov
 
 
@@ -121,3 +125,25 @@ def test_finite_difference_hessian_of_a_quadratic():
     centre = np.array([0.1, -0.4, 0.7])
     log_density = lambda x: -0.5 * np.einsum("si,ij,sj->s", x - centre, a, x - centre)  # noqa: E731
     np.testing.assert_allclose(hpi._hessian(log_density, np.array([0.3, 0.2, -0.1])), a, atol=1e-6)
+
+
+def test_predict_integrates_by_default_and_states_its_fallbacks(small_problem):
+    """Magma.predict (different HP) returns the mixture of hp_integration's draws; with as many
+    training individuals as log HP the population covariance is diagonal (stated in attrs); with one
+    individual there is no population to estimate: a clear error; an interval level outside (0, 1): an error."""
+    model, _ = fit_fixed(small_problem, common_hp=False)
+    pred = model.predict((NEW_T, NEW_Y), T_PRED, components=True)
+    assert pred.attrs["hp_source"] == "integrated" and pred.attrs["population_cov"] == "full"
+    w = pred["component_weight"].values
+    np.testing.assert_allclose(w.sum(), 1.0)
+    np.testing.assert_allclose(w @ pred["component_mean"].values, pred["mean"].values, rtol=1e-10)
+    between = w @ (pred["component_mean"].values - pred["mean"].values) ** 2
+    np.testing.assert_allclose(w @ pred["component_variance"].values + between, pred["variance"].values, rtol=1e-8)
+    three, _ = fit_fixed(small_problem[:3], common_hp=False)
+    assert three.predict((NEW_T, NEW_Y), T_PRED).attrs["population_cov"] == "diagonal"
+    one, _ = fit_fixed(small_problem[:1], common_hp=False)
+    with pytest.raises(ValueError, match="at least 2 training individuals"):
+        one.predict((NEW_T, NEW_Y), T_PRED)
+    for prob in (0.0, 1.0, 1.2, float("nan")):
+        with pytest.raises(ValueError, match="prob"):
+            model.predict((NEW_T, NEW_Y), T_PRED, prob=prob)
