@@ -8,7 +8,8 @@ One path for every fit method: for each mixture component :math:`j = (s, k)` of 
 2. for a prediction, the new individual's HP and the Gaussian conditional: with common HP the
    shared HP; with different HP (default) weighted draws :math:`r` of its HP from their posterior
    given its observed points and the population distribution of the component's training HP
-   (:mod:`magma_pymc.hp_integration`), each an inner component of weight :math:`w_j v_r`;
+   (:mod:`magma_pymc.hp_integration`), each an inner component of weight :math:`w_j v_r` (with a
+   single training individual there is no population spread: plugged in, with a warning);
    or one plugged-in value (``new_individual_hp="map"`` / ``"ml"``:
    :func:`magma_pymc.predict.fit_new_individual`, the training median for Type II);
 
@@ -26,6 +27,8 @@ from magma_pymc.data import Individual
 from magma_pymc.fit_result import FitResult
 from magma_pymc.mixture import GaussianMixture
 from magma_pymc import hp_integration as hpi
+from magma_pymc.exceptions import MagmaWarning
+from magma_pymc.exceptions import warn as _warn
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import gaussian_dataset
 
@@ -88,6 +91,11 @@ def predict(
         )
         obs_mean, obs_cov = joint_mean[:n_obs], joint_cov[:n_obs, :n_obs]
         integrate = new_individual_hp == "integrated" and state.log_params.ndim == 2
+        if integrate and len(state.log_params) < 2:  # stated fallback: no population spread to estimate
+            _warn("one training individual: no population distribution of the individual HP to integrate the new "
+                  "individual's HP over; they are plugged in (maximum likelihood, or the training HP for Type II)",
+                  MagmaWarning)
+            integrate = False
         prior = hpi.PopulationPrior.from_training(state.log_params) if integrate else None
         hp = fit_new_individual(graphs, individual, obs_mean, obs_cov, state.log_params, bounds, state.jitter,
                                 empirical_prior=new_individual_hp != "ml", prior=prior)

@@ -7,6 +7,7 @@ import pytest
 from scipy import optimize, stats
 from test_predict import NEW_T, NEW_Y, T_PRED, dense_new_individual_nll, fit_fixed
 
+import magma_pymc as mp
 from magma_pymc import hp_integration as hpi
 from magma_pymc.predict import mean_process_at
 
@@ -130,7 +131,8 @@ def test_finite_difference_hessian_of_a_quadratic():
 def test_predict_integrates_by_default_and_states_its_fallbacks(small_problem):
     """Magma.predict (different HP) returns the mixture of hp_integration's draws; with as many
     training individuals as log HP the population covariance is diagonal (stated in attrs); with one
-    individual there is no population to estimate: a clear error; an interval level outside (0, 1): an error."""
+    individual there is no population to estimate: the HP are plugged in, with a warning; an
+    interval level outside (0, 1): an error."""
     model, _ = fit_fixed(small_problem, common_hp=False)
     pred = model.predict((NEW_T, NEW_Y), T_PRED, components=True)
     assert pred.attrs["hp_source"] == "integrated" and pred.attrs["population_cov"] == "full"
@@ -142,8 +144,11 @@ def test_predict_integrates_by_default_and_states_its_fallbacks(small_problem):
     three, _ = fit_fixed(small_problem[:3], common_hp=False)
     assert three.predict((NEW_T, NEW_Y), T_PRED).attrs["population_cov"] == "diagonal"
     one, _ = fit_fixed(small_problem[:1], common_hp=False)
+    with pytest.warns(mp.MagmaWarning, match="one training individual"):
+        fallback = one.predict((NEW_T, NEW_Y), T_PRED)
+    assert fallback.attrs["hp_source"] == "fitted" and np.all(np.isfinite(fallback["upper"].values))
     with pytest.raises(ValueError, match="at least 2 training individuals"):
-        one.predict((NEW_T, NEW_Y), T_PRED)
+        hpi.PopulationPrior.from_training(np.zeros((1, 3)))
     for prob in (0.0, 1.0, 1.2, float("nan")):
         with pytest.raises(ValueError, match="prob"):
             model.predict((NEW_T, NEW_Y), T_PRED, prob=prob)
