@@ -65,7 +65,8 @@ class Problem:
     output_scale: float         # output variance, the unit of the jitter
     mean_step: str = "marginal"  # "marginal" (ECME) or "expected" (the textbook M-step of theta0)
     #: MAP mode: ``(mean_fn, individual_fn)``, log prior density and gradient of each HP block
-    #: (:func:`magma_pymc.map_priors.compile_log_priors`); ``None``: maximum likelihood.
+    #: (:func:`magma_pymc.map_priors.compile_log_priors`), either ``None`` for a flat prior on that
+    #: block; ``None``: maximum likelihood.
     log_priors: tuple | None = None
 
     def log_prior(self, state: EMState) -> float:
@@ -73,7 +74,8 @@ class Problem:
         if self.log_priors is None:
             return 0.0
         mean_fn, individual_fn = self.log_priors
-        return float(mean_fn(state.mean_log_params)[0]) + float(individual_fn(state.log_params)[0])
+        mean_part = 0.0 if mean_fn is None else float(mean_fn(state.mean_log_params)[0])
+        return mean_part + (0.0 if individual_fn is None else float(individual_fn(state.log_params)[0]))
 
     @property
     def n_individuals(self) -> int:
@@ -127,7 +129,8 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
             log_params, individual_inputs, current.deviations, current.cov_blocks, mask, state.jitter
         )
 
-    if not graphs.common_hp and problem.log_priors is None:
+    mean_prior, individual_prior = problem.log_priors if problem.log_priors is not None else (None, None)
+    if not graphs.common_hp and individual_prior is None:
         # Different HP, maximum likelihood: M independent problems, each solved by its own L-BFGS-B
         # on one batched evaluation per round (a MAP prior may couple the rows: one joint run then).
         def individual_objectives(log_params, rows):
@@ -139,8 +142,8 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
 
         individual_fit = minimize_separable(individual_objectives, state.log_params, problem.bounds)
     else:
-        if problem.log_priors is not None:
-            individual_objective = _minus_log_prior(individual_objective, problem.log_priors[1])
+        if individual_prior is not None:
+            individual_objective = _minus_log_prior(individual_objective, individual_prior)
         individual_fit = minimize_log_params(individual_objective, state.log_params, problem.bounds)
 
     if problem.mean_step == "marginal" and graphs.precision_mean_step:
@@ -169,8 +172,8 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         def mean_objective(log_params):
             return graphs.mean_process_step(log_params, grid, current.mean, current.cov_factor, state.jitter)
 
-    if problem.log_priors is not None:
-        mean_objective = _minus_log_prior(mean_objective, problem.log_priors[0])
+    if mean_prior is not None:
+        mean_objective = _minus_log_prior(mean_objective, mean_prior)
     mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
     return state._replace(mean_log_params=mean_fit.x, log_params=individual_fit.x)
 

@@ -82,6 +82,10 @@ class GaussianMixture:
         w = np.array(self.weights)
         return w / w.sum()
 
+    def normalised_weights(self) -> np.ndarray:
+        """Component weights ``(J,)``, summing to 1."""
+        return self._normalised()
+
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Mixture mean ``(n,)`` and covariance ``(n, n)`` (module docstring)."""
         w, means = self._normalised(), np.array(self.means)

@@ -18,6 +18,7 @@ from scipy.linalg import solve_triangular
 
 from magma_pymc.compiled import ModelGraphs
 from magma_pymc.data import Individual
+from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior, log_likelihoods
 from magma_pymc.mstep import minimize_log_params
 
 __all__ = ["NewIndividualFit", "Prediction", "fit_new_individual", "predict_individual", "mean_process_at"]
@@ -25,7 +26,7 @@ __all__ = ["NewIndividualFit", "Prediction", "fit_new_individual", "predict_indi
 
 #: Added to the diagonal of the empirical prior's covariance of the log HP (a floor of its spread,
 #: and what keeps it positive definite when the training individuals share some HP).
-PRIOR_RIDGE = 1e-2
+PRIOR_RIDGE = POPULATION_RIDGE
 
 
 class NewIndividualFit(NamedTuple):
@@ -58,6 +59,7 @@ def fit_new_individual(
     *,
     n_restarts: int = 4,
     empirical_prior: bool = False,
+    prior: PopulationPrior | None = None,
 ) -> NewIndividualFit:
     r"""HP of the new individual (step 2 of the module docstring).
 
@@ -73,7 +75,8 @@ def fit_new_individual(
     likelihood alone often drives the noise to zero and the intervals collapse; the prior keeps
     the new individual's HP among those of the population (source ``"map"``). It needs more
     training individuals than log HP (a covariance of full rank); with fewer, the likelihood
-    alone is maximised (source ``"fitted"``).
+    alone is maximised (source ``"fitted"``). ``prior``: that population distribution, given
+    (:class:`~magma_pymc.hp_integration.PopulationPrior`; implies ``empirical_prior``).
     """
     if trained_log_params.ndim == 1:
         return NewIndividualFit(trained_log_params, "common", np.nan)
@@ -85,11 +88,10 @@ def fit_new_individual(
         return graphs.new_individual_step(log_params, individual.inputs, individual.outputs, obs_mean, obs_cov, jitter)
 
     # The prior needs a covariance estimate of full rank: more individuals than log HP.
-    empirical_prior = empirical_prior and len(trained_log_params) > trained_log_params.shape[1]
-    if empirical_prior:
-        centre = trained_log_params.mean(axis=0)
-        spread = np.atleast_2d(np.cov(trained_log_params, rowvar=False)) + PRIOR_RIDGE * np.eye(len(centre))
-        chol = np.linalg.cholesky(spread)
+    if prior is None and empirical_prior and len(trained_log_params) > trained_log_params.shape[1]:
+        prior = PopulationPrior.from_training(trained_log_params, PRIOR_RIDGE)
+    if prior is not None:
+        centre, chol = prior.mean, prior.chol
 
         def objective(log_params):
             value, grad = likelihood(log_params)
@@ -98,7 +100,11 @@ def fit_new_individual(
     else:
         objective = likelihood
 
-    scores = np.array([float(objective(row)[0]) for row in trained_log_params])
+    # Every start scored in one batched evaluation (same values as `objective`, up to rounding).
+    scores = -log_likelihoods(graphs.individual_kernel, trained_log_params, individual.inputs, individual.outputs,
+                              obs_mean, obs_cov, jitter, graphs.mode)
+    if prior is not None:
+        scores = scores - prior.log_density(trained_log_params)
     ranked = trained_log_params[np.argsort(np.where(np.isfinite(scores), scores, np.inf))]
     picks = np.unique(np.linspace(0, len(ranked) - 1, max(n_restarts - 1, 1)).round().astype(int))
     starts = [median, *ranked[picks]]
@@ -107,7 +113,7 @@ def fit_new_individual(
         result = minimize_log_params(objective, start, bounds)
         if best is None or result.fun < best.fun:
             best = result
-    return NewIndividualFit(best.x, "map" if empirical_prior else "fitted", float(best.fun))
+    return NewIndividualFit(best.x, "map" if prior is not None else "fitted", float(best.fun))
 
 
 def predict_individual(

@@ -5,9 +5,13 @@ One path for every fit method: for each mixture component :math:`j = (s, k)` of 
 
 1. :math:`\mu_0` at the requested inputs, :math:`\mathcal N(\hat m_j, \hat K_j)`
    (:func:`magma_pymc.predict.mean_process_at`, theory page, *Prediction* step 1);
-2. for a prediction, the new individual's HP (reused, fitted, or the training median:
-   :func:`magma_pymc.predict.fit_new_individual`) and the Gaussian conditional
-   (:func:`magma_pymc.predict.predict_individual`);
+2. for a prediction, the new individual's HP and the Gaussian conditional: with common HP the
+   shared HP; with different HP (default) weighted draws :math:`r` of its HP from their posterior
+   given its observed points and the population distribution of the component's training HP
+   (:mod:`magma_pymc.hp_integration`), each an inner component of weight :math:`w_j v_r` (with a
+   single training individual there is no population spread: plugged in, with a warning);
+   or one plugged-in value (``new_individual_hp="map"`` / ``"ml"``:
+   :func:`magma_pymc.predict.fit_new_individual`, the training median for Type II);
 
 and the result is the Gaussian mixture over components (:class:`magma_pymc.mixture.GaussianMixture`):
 mixture mean and covariance, intervals from its exact quantiles. EM (one component) gives the
@@ -22,6 +26,9 @@ import xarray as xr
 from magma_pymc.data import Individual
 from magma_pymc.fit_result import FitResult
 from magma_pymc.mixture import GaussianMixture
+from magma_pymc import hp_integration as hpi
+from magma_pymc.exceptions import MagmaWarning
+from magma_pymc.exceptions import warn as _warn
 from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
 from magma_pymc.results import gaussian_dataset
 
@@ -59,34 +66,61 @@ def predict(
     *,
     prob: float = 0.95,
     full_cov: bool = False,
-    empirical_prior: bool = True,
+    new_individual_hp: str = "integrated",
+    components: bool = False,
 ) -> xr.Dataset:
     r"""Mixture prediction of ``individual`` at ``pred_inputs`` (module docstring).
 
     ``mean``; predictive ``variance``, ``lower``, ``upper`` (a new noisy observation);
     ``latent_variance``, ``latent_lower``, ``latent_upper`` (:math:`\mu_0 + f_*`); ``cov`` when
     ``full_cov``. ``attrs``: ``individual``, ``prediction_type``, ``hp_source``, ``n_draws`` and
-    ``hp_<name>``, the median over components of the new individual's HP. ``empirical_prior``:
-    fit the new individual's HP as a MAP under the training individuals' spread (else ML).
+    ``hp_<name>``, the median over components of the new individual's HP (its posterior mode when
+    integrated). ``new_individual_hp``: ``"integrated"``, ``"map"`` or ``"ml"``
+    (:class:`~magma_pymc.estimator.Magma`). ``components``: also return the mixture's
+    ``component_weight``, ``component_mean``, ``component_variance`` (predictive) on dim ``component``.
     """
     probs = _interval_probs(prob)
     problem, n_obs = result.problem, individual.n_points
     joint_inputs = np.concatenate([individual.inputs, pred_inputs])
     graphs, m0 = problem.graphs, result.prior_mean(joint_inputs)
     bounds = problem.bounds[: len(result.hp_names)]
-    latent, predictive, new_hp = GaussianMixture(), GaussianMixture(), []
+    latent, predictive, new_hp, ess = GaussianMixture(), GaussianMixture(), [], []
     for weight, state in result.components():
         joint_mean, joint_cov = mean_process_at(
             graphs, (state.mean_log_params, state.log_params), problem.data_args, state.jitter, joint_inputs, m0
         )
-        hp = fit_new_individual(
-            graphs, individual, joint_mean[:n_obs], joint_cov[:n_obs, :n_obs], state.log_params, bounds,
-            state.jitter, empirical_prior=empirical_prior,
-        )
-        pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, state.jitter)
-        latent.add(pred.mean, pred.latent_cov, weight)
-        predictive.add(pred.mean, pred.predictive_cov, weight)
-        new_hp.append(hp.log_params)
+        obs_mean, obs_cov = joint_mean[:n_obs], joint_cov[:n_obs, :n_obs]
+        integrate = new_individual_hp == "integrated" and state.log_params.ndim == 2
+        if integrate and len(state.log_params) < 2:  # stated fallback: no population spread to estimate
+            _warn("one training individual: no population distribution of the individual HP to integrate the new "
+                  "individual's HP over; they are plugged in (maximum likelihood, or the training HP for Type II)",
+                  MagmaWarning)
+            integrate = False
+        prior = hpi.PopulationPrior.from_training(state.log_params) if integrate else None
+        hp = fit_new_individual(graphs, individual, obs_mean, obs_cov, state.log_params, bounds, state.jitter,
+                                empirical_prior=new_individual_hp != "ml", prior=prior)
+        if not integrate:
+            pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, state.jitter)
+            latent.add(pred.mean, pred.latent_cov, weight)
+            predictive.add(pred.mean, pred.predictive_cov, weight)
+            new_hp.append(hp.log_params)
+            continue
+        if n_obs:
+            draws = hpi.posterior_draws(graphs.individual_kernel, individual.inputs, individual.outputs, obs_mean,
+                                        obs_cov, prior, hp.log_params, state.jitter, compile_mode=graphs.mode)
+        else:
+            draws = hpi.population_draws(prior)
+        inner = hpi.conditional_predictions(graphs.individual_kernel, draws.log_params, individual.inputs,
+                                            individual.outputs, pred_inputs, joint_mean, joint_cov, state.jitter,
+                                            graphs.mode)
+        eye = np.eye(len(pred_inputs))
+        for w, mean, cov, noise in zip(draws.weights, inner.means, inner.latent_covs, inner.noise, strict=True):
+            latent.add(mean, cov, weight * w)
+            predictive.add(mean, cov + noise * eye, weight * w)
+        hp = hp._replace(source=draws.source)
+        new_hp.append(hp.log_params if n_obs else prior.mean)
+        ess.append(draws.ess)
+        diagonal = prior.diagonal
     ds = gaussian_dataset(pred_inputs, result.data.input_names, *predictive.moments(), prob, full_cov)
     lower, upper = predictive.quantiles(probs)
     latent_lower, latent_upper = latent.quantiles(probs)
@@ -94,6 +128,15 @@ def predict(
                    latent_variance=("input", np.diag(latent.moments()[1]).copy()),
                    latent_lower=("input", latent_lower), latent_upper=("input", latent_upper))
     median_hp = np.exp(np.median(np.array(new_hp), axis=0))
+    if components:
+        ds = ds.assign(component_weight=("component", predictive.normalised_weights()),
+                       component_mean=(("component", "input"), np.array(predictive.means)),
+                       component_variance=(("component", "input"), np.array(predictive.variances)))
+    if ess:
+        # ESS of the importance weights (worst component); "diagonal": too few training individuals
+        # for a full population covariance (hp_integration.PopulationPrior.from_training).
+        ds.attrs.update(hp_draws_ess=float(np.min(ess)), n_hp_draws=len(predictive.means) // result.n_draws,
+                        population_cov="diagonal" if diagonal else "full")
     ds.attrs.update(
         individual=str(individual.id), prediction_type="I" if n_obs else "II", hp_source=hp.source,
         n_draws=result.n_draws, intervals=_INTERVALS,

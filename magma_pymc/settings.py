@@ -66,7 +66,8 @@ class CheckedPriorMean:
 
 
 def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_step: Any = "marginal",
-                   new_individual_hp: Any = "map", inducing: Any = None) -> None:
+                   new_individual_hp: Any = "integrated", inducing: Any = None,
+                   mean_process_prior: Any = "weak") -> None:
     """Early, explicit errors for the estimator's settings (a zero or NaN jitter could loop forever)."""
     if common_hp not in (True, False):
         raise ValueError(f"common_hp must be True or False, got {common_hp!r}")
@@ -77,8 +78,10 @@ def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_st
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if mean_step not in ("marginal", "expected"):
         raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
-    if new_individual_hp not in ("map", "ml"):
-        raise ValueError(f"new_individual_hp must be 'map' or 'ml', got {new_individual_hp!r}")
+    if new_individual_hp not in ("integrated", "map", "ml"):
+        raise ValueError(f"new_individual_hp must be 'integrated', 'map' or 'ml', got {new_individual_hp!r}")
+    if mean_process_prior not in ("weak", None):
+        raise ValueError(f"mean_process_prior must be 'weak' or None, got {mean_process_prior!r}")
     if inducing is not None and mean_step != "marginal":
         raise ValueError(
             "inducing points need mean_step='marginal': in the projected model the data depend on the "
@@ -193,10 +196,11 @@ _AT_BOUND = 1e-4
 
 
 def warn_hp_at_bounds(state: EMState, problem: Problem, mean_names: tuple[str, ...], names: tuple[str, ...],
-                      ids: tuple | None) -> None:
+                      ids: tuple | None) -> list[str]:
     """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint (a
-    start far from any optimum, or HP the data do not identify). ``names``: the individual HP
-    (kernel parameters, then noise); ``ids``: the individuals' IDs (``None`` for common HP)."""
+    start far from any optimum, or HP the data do not identify); returns their descriptions.
+    ``names``: the individual HP (kernel parameters, then noise); ``ids``: the individuals' IDs
+    (``None`` for common HP)."""
     blocks = [("", [f"mu0_{n}" for n in mean_names], state.mean_log_params, problem.mean_bounds)]
     rows = np.reshape(state.log_params, (-1, len(names)))
     bounds = np.reshape(problem.bounds, (len(rows), len(names), 2))
@@ -216,3 +220,4 @@ def warn_hp_at_bounds(state: EMState, problem: Problem, mean_names: tuple[str, .
             "(fit(..., hyperparameters=...)) or check the data's scale (bounds: Kernel.log_bounds)",
             ConvergenceWarning,
         )
+    return hits

@@ -251,7 +251,8 @@ def test_nuts_different_hp_reproducible(small_problem):
     np.testing.assert_array_equal(first["log_hp"].values, second["log_hp"].values)
     np.testing.assert_array_equal(first["log_mu0_hp"].values, second["log_mu0_hp"].values)
     pred = fits[0].predict(None, [1.0, 2.0])
-    assert pred.attrs["hp_source"] == "median" and pred.attrs["n_draws"] == 3
+    # Type II, different HP: each draw's new-individual HP drawn from its population distribution
+    assert pred.attrs["hp_source"] == "population" and pred.attrs["n_draws"] == 3
     assert np.all(np.isfinite(pred["variance"].values)) and np.all(pred["variance"].values > 0)
 
 

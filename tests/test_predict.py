@@ -33,7 +33,8 @@ def fit_fixed(individuals, common_hp, **options):
 @pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
 @pytest.mark.parametrize("type_", ["I", "II"])
 def test_prediction_matches_dense_joint_gp(small_problem, common_hp, type_):
-    model, reference = fit_fixed(small_problem, common_hp)
+    # The plug-in prediction at the new individual's HP (the integrated one: test_hp_integration.py).
+    model, reference = fit_fixed(small_problem, common_hp, new_individual_hp="map")
     new = (NEW_T, NEW_Y) if type_ == "I" else None
     pred = model.predict(new, T_PRED, full_cov=True)
     assert pred.attrs["prediction_type"] == type_
@@ -93,12 +94,12 @@ def test_new_individual_hp_maximise_its_likelihood(small_problem):
 
 
 def test_new_individual_hp_map_under_the_empirical_prior(small_problem):
-    """Default new_individual_hp="map": the HP are a local maximum of the likelihood times the
+    """new_individual_hp="map": the HP are a local maximum of the likelihood times the
     Gaussian prior fitted to the training individuals' log HP (mean, covariance + ridge on the
     diagonal), computed densely here; the likelihood alone is maximised elsewhere."""
     from magma_pymc.predict import PRIOR_RIDGE
 
-    model, reference = fit_fixed(small_problem, common_hp=False)
+    model, reference = fit_fixed(small_problem, common_hp=False, new_individual_hp="map")
     pred = model.predict((NEW_T, NEW_Y), T_PRED)
     assert pred.attrs["hp_source"] == "map"
     best = np.log([pred.attrs["hp_variance"], pred.attrs["hp_lengthscale"], pred.attrs["hp_noise"]])
