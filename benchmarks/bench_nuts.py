@@ -35,7 +35,7 @@ def worker(case: dict) -> None:
     import magma_pymc as mp
 
     sim = mp.simulate(case["m"], 30, common_grid=case["grid"] == "common", common_hp=case["common_hp"],
-                      seed=case["seed"])
+                      seed=case["seed"], scheme="smooth")
     model = mp.Magma(common_hp=case["common_hp"], inducing=case.get("inducing"))
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -68,7 +68,7 @@ $\\mu_0 \\sim GP(m_0, k_{\\theta_0})$, individual processes $f_i \\sim GP(0, c_{
 Gaussian noise, each individual observed at random points of the grid. Here the individuals have
 different input points (uncommon grid) and share their hyper-parameters (common HP). `n_new=1`
 draws one more individual from the same model, to be predicted."""),
-    ("code", '''sim = mp.simulate(N_INDIVIDUALS, N_POINTS, common_grid=False, common_hp=True, seed=3, n_new=1)
+    ("code", '''sim = mp.simulate(N_INDIVIDUALS, N_POINTS, common_grid=False, common_hp=True, seed=3, n_new=1, scheme="smooth")
 print(sim)
 sim.data.head()'''),
     ("code", '''# The ground truth: the mean-process HP and the (common) individual HP
@@ -199,7 +199,7 @@ different HP, the new individual's HP are fitted on its observed points (Type I)
 median of the training individuals' HP (Type II)."""),
     ("code", '''results, fits = [], {}
 for k, (name, setting) in enumerate(SETTINGS.items()):
-    sim = mp.simulate(N_INDIVIDUALS, N_POINTS, seed=100 + k, n_new=1, **setting)
+    sim = mp.simulate(N_INDIVIDUALS, N_POINTS, seed=100 + k, n_new=1, **setting, scheme="smooth")
     observed, target = mp.split_observed(sim.new, N_OBSERVED)
     x, y = target["Input"].to_numpy(), target["Output"].to_numpy()
     start = time.perf_counter()
@@ -536,7 +536,7 @@ from magma_pymc import plots
 
 M, N_POINTS, N_OBSERVED = (6, 10, 6) if SMOKE else (20, 30, 20)
 DRAWS, TUNE, CHAINS = (100, 100, 2) if SMOKE else (1000, 1000, 4)"""),
-    ("code", """sim = mp.simulate(M, N_POINTS, common_grid=False, common_hp=True, seed=5, n_new=3)
+    ("code", """sim = mp.simulate(M, N_POINTS, common_grid=False, common_hp=True, seed=5, n_new=3, scheme="smooth")
 observed, target = mp.split_observed(sim.new, N_OBSERVED)   # three new individuals: first points seen, rest forecast
 em = mp.Magma(common_hp=True).fit(sim.data)
 with warnings.catch_warnings():
