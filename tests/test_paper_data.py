@@ -96,6 +96,7 @@ def test_experiment_scores_follow_the_protocol():
     observed, last 10 forecast, mu0 scored at the training inputs against ID 0."""
     runs = run_paper_experiment(["TT"], [3], n_observed=(5, 20))
     assert list(runs["target"]) == ["mu0", "forecast", "forecast"] and runs["error"].isna().all()
+    assert "fit_warnings" in runs
     one = paper_data_set(load_paper_simulations("TT"), 3)
     model = mp.Magma(common_hp=True, prior_mean=0.0).fit(one.training)
     x, y = one.test["Input"].to_numpy()[20:], one.test["Output"].to_numpy()[20:]
@@ -112,3 +113,10 @@ def test_experiment_scores_follow_the_protocol():
     np.testing.assert_allclose(paired["Algo MSE"].iloc[1:], theirs["MSE"])
     np.testing.assert_allclose(paired["Algo MSE"].iloc[0],
                                load_paper_results("TT", "mu").query("dataset == 3 and method == 'Algo'")["MSE"])
+
+
+def test_experiment_records_convergence_warnings():
+    """EM stopped after one iteration warns; the runner records the warning instead of hiding it."""
+    runs = run_paper_experiment(["TT"], [3], max_iter=1)
+    assert not runs["converged"].any()
+    assert runs["fit_warnings"].notna().all() and runs["fit_warnings"].str.len().min() > 0

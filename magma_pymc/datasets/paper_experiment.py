@@ -42,12 +42,16 @@ def _score_dataset(setting: str, frame: pd.DataFrame, dataset: int, n_observed: 
     options = {"prior_mean": 0.0, **magma_options}
     options.setdefault("common_hp", setting[1] == "T")
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in `converged`
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)  # recorded in `converged` and `fit_warnings`
         model = Magma(**options).fit(data.training)
     fit_seconds = time.perf_counter() - start
+    messages = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for w in caught:  # other warnings are passed on, not swallowed
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     base = dict(setting=setting, dataset=dataset, converged=bool(model.converged_), n_iter=model.n_iter_,
-                fit_seconds=fit_seconds)
+                fit_seconds=fit_seconds, fit_warnings=" | ".join(messages) or None)
     # Mean process at the training inputs, against the truth (ID 0 on the 201-point grid).
     inputs = np.unique(data.training["Input"].to_numpy())
     truth = np.interp(inputs, data.mean_process["Input"], data.mean_process["Output"])
@@ -95,7 +99,8 @@ def run_paper_experiment(
     pd.DataFrame
         One row per setting, data set and target: ``target`` ``"mu0"`` (mean-process estimate at
         the training inputs; ``N`` NaN) or ``"forecast"`` (one row per ``N``), with ``MSE``,
-        ``CI95`` (%), ``converged``, ``n_iter``, ``fit_seconds`` and ``hp_source`` (how the test
+        ``CI95`` (%), ``converged``, ``n_iter``, ``fit_seconds``, ``fit_warnings`` (EM's convergence warnings,
+        e.g. a HP ending on its bound) and ``hp_source`` (how the test
         individual's HP were set). A data set whose fit raises is recorded with NaN scores and the
         error in ``error``, never dropped.
     """
