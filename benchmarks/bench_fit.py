@@ -14,7 +14,7 @@ What is measured (one row per case, each case in its own subprocess, data seeded
 * warm: the user's usual cache; a first fit and prediction (not reported), then ``--repeat``
   more fits and predictions on the same data in the same process: the fastest of them is
   reported (the usual way to time short code on a shared machine, as ``timeit``).
-* seed: the data set (``mp.simulate(..., seed=seed)``); ``--seeds 1,2,3`` runs every case on each.
+* seed: the data set (``mp.simulate(..., seed=seed, scheme="smooth")``); ``--seeds 1,2,3`` runs every case on each.
   The number of EM iterations, hence the time, depends on the data set.
 * blas: BLAS threads of the worker (``--blas-threads``; ``default`` inherits the environment).
   On a loaded machine multi-threaded OpenBLAS is pathological for the small matrices of MAGMA
@@ -132,7 +132,7 @@ def worker(case: dict) -> None:
     grid = None if case["grid_size"] is None else np.linspace(0.0, 10.0, case["grid_size"])
     sim = mp.simulate(
         case["M"], case["N_i"], common_grid=case["common_grid"], common_hp=case["common_hp"],
-        seed=case["seed"], n_new=N_NEW, grid=grid,
+        seed=case["seed"], n_new=N_NEW, grid=grid, scheme="smooth"
     )
     observed, target = mp.split_observed(sim.new, 20)
     pred_inputs = np.linspace(sim.grid[0], sim.grid[-1], 100)

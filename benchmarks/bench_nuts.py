@@ -61,7 +61,7 @@ def training_data(case: dict):
         weight = mp.datasets.load_weight()
         return weight[weight["ID"].isin(weight["ID"].unique()[: case["m"]])][["ID", "Input", "Output"]]
     return mp.simulate(case["m"], 30, common_grid=case["grid"] == "common", common_hp=case["common_hp"],
-                       seed=case["seed"]).data
+                       seed=case["seed"], scheme="smooth").data
 
 
 def worker(case: dict) -> None:

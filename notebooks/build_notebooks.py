@@ -68,7 +68,7 @@ $\\mu_0 \\sim GP(m_0, k_{\\theta_0})$, individual processes $f_i \\sim GP(0, c_{
 Gaussian noise, each individual observed at random points of the grid. Here the individuals have
 different input points (uncommon grid) and share their hyper-parameters (common HP). `n_new=1`
 draws one more individual from the same model, to be predicted."""),
-    ("code", '''sim = mp.simulate(N_INDIVIDUALS, N_POINTS, common_grid=False, common_hp=True, seed=3, n_new=1)
+    ("code", '''sim = mp.simulate(N_INDIVIDUALS, N_POINTS, common_grid=False, common_hp=True, seed=3, n_new=1, scheme="smooth")
 print(sim)
 sim.data.head()'''),
     ("code", '''# The ground truth: the mean-process HP and the (common) individual HP
@@ -199,7 +199,7 @@ different HP, the new individual's HP are fitted on its observed points (Type I)
 median of the training individuals' HP (Type II)."""),
     ("code", '''results, fits = [], {}
 for k, (name, setting) in enumerate(SETTINGS.items()):
-    sim = mp.simulate(N_INDIVIDUALS, N_POINTS, seed=100 + k, n_new=1, **setting)
+    sim = mp.simulate(N_INDIVIDUALS, N_POINTS, seed=100 + k, n_new=1, **setting, scheme="smooth")
     observed, target = mp.split_observed(sim.new, N_OBSERVED)
     x, y = target["Input"].to_numpy(), target["Output"].to_numpy()
     start = time.perf_counter()
@@ -255,140 +255,107 @@ for ax, (name, fit) in zip(axes.ravel(), fits.items()):
 
 # -------------------------------------------------------------------------------- simulation study
 SIMULATION_STUDY = [
-    ("md", """# Simulation study: the protocol of the MAGMA paper
+    ("md", """# Simulation study: the MAGMA paper's experiment on the paper's own data
 
-This notebook reproduces the simulation protocol of Leroy, Latouche, Guedj & Gey (2022, *Machine
-Learning* 111, section 5, Table 1) for the four settings (common grid T/F, common HP T/F). In each
-setting, `N_DATASETS` independent data sets are drawn (the paper uses 100), each with M = 20
-training individuals observed at 30 points of a 201-point grid on [0, 10] and one test
-individual whose first 20 points are observed and last 10 forecast. MAGMA (fitted on the training
-individuals, Type I prediction) and a GP fitted to the test individual alone are compared on the
-forecast MSE and the CI95 coverage (percentage of the 10 forecast points inside the 95 %
-predictive interval), averaged over data sets and shown beside the paper's published values.
-A full run fits 400 MAGMA models (minutes each on a small machine): set `MAGMA_N_DATASETS` to
-fewer data sets, or `MAGMA_TIME_BUDGET` (seconds) to stop starting new data sets after a while."""),
+Leroy, Latouche, Guedj & Gey (2022, *Machine Learning* 111, section 5, Table 1) evaluate MAGMA on
+100 simulated data sets in each of four settings (common inputs T/F, common hyper-parameters T/F):
+20 training individuals with 30 points each, one test individual whose first 20 points are
+observed and last 10 forecast (MSE, and CI95: the percentage of the 10 points inside the 95 %
+predictive interval). `magma_pymc` bundles the authors' own 400 data sets and their per-run
+results (`mp.datasets.load_paper_simulations`, `mp.datasets.load_paper_results`; from the
+authors' repository ArthurLeroy/MAGMA), so every number below is **computed on the paper's data
+and paired, data set by data set, with the authors' run on the same data**: their MAGMA
+(`Algo`), a GP fitted to the test individual alone (`One GP`) and GPFDA (common inputs only).
+
+This notebook fits the first `N_DATASETS` data sets of each setting live (prior mean 0, as the
+authors), then shows the tables of the full run of all 400 data sets produced by
+`benchmarks/bench_paper.py` and checks that the live fits reproduce it."""),
     ("code", SMOKE_CELL),
     ("code", '''import time
-import warnings
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 import magma_pymc as mp
-from magma_pymc.baselines import SingleGP
+from magma_pymc.datasets.paper_experiment import paired_with_authors, run_paper_experiment, summary_table, worst_datasets
 
-SEED = 2022
-if SMOKE:
-    N_DATASETS, M, N_POINTS, N_OBSERVED, MAX_ITER = 2, 6, 15, 10, 5
-else:
-    N_DATASETS = int(os.environ.get("MAGMA_N_DATASETS", "100"))
-    M, N_POINTS, N_OBSERVED, MAX_ITER = 20, 30, 20, 25
-TIME_BUDGET = float(os.environ.get("MAGMA_TIME_BUDGET", "inf"))  # seconds; no new data set is started past it
-SETTINGS = {
-    "TT": dict(common_grid=True, common_hp=True),
-    "TF": dict(common_grid=True, common_hp=False),
-    "FT": dict(common_grid=False, common_hp=True),
-    "FF": dict(common_grid=False, common_hp=False),
-}'''),
-    ("md", """The paper's Table 1 (average over 100 data sets; values from the authors' result files). The
-single GP's forecast does not depend on the training individuals; the paper reports it once."""),
-    ("code", '''PAPER = {  # Leroy et al. (2022), Table 1: (MSE, CI95 in %)
-    ("TT", "MAGMA"): (18.7, 93.8),
-    ("TT", "single GP"): (87.5, 74.0),
-    ("TF", "MAGMA"): (19.9, 91.6),
-    ("FT", "MAGMA"): (19.2, 94.6),
-    ("FF", "MAGMA"): (14.5, 89.1),
-}'''),
-    ("code", METRICS_CELL),
-    ("md", """## Run
+SETTINGS = ["TT", "TF", "FT", "FF"]
+N_DATASETS = 1 if SMOKE else int(os.environ.get("MAGMA_N_DATASETS", "10"))  # per setting, of 100
+#: Rows of the full run over the 400 data sets: `python benchmarks/bench_paper.py --runs ...` (see its docstring).
+FULL_RUN = Path(mp.__file__).resolve().parents[1] / "benchmarks" / "results" / "paper_runs.csv"'''),
+    ("md", """## The paper's Table 1, from the authors' per-run files
 
-Data sets are run in rounds: round `d` draws and fits data set `d` of every setting, so that an
-interrupted or time-limited run still has the same number of data sets in each setting. Each data
-set has its own seed (`SEED`, setting index, `d`). A failed fit is recorded (not dropped
-silently) and reported below."""),
-    ("code", '''records = []
-start = time.perf_counter()
-n_done = 0
-for d in range(N_DATASETS):
-    if time.perf_counter() - start > TIME_BUDGET:
-        print(f"time budget of {TIME_BUDGET:.0f} s reached: stopping after {n_done} data sets per setting")
-        break
-    line = []
-    for k, (name, setting) in enumerate(SETTINGS.items()):
-        sim = mp.simulate(M, N_POINTS, seed=np.random.default_rng([SEED, k, d]), n_new=1, **setting)
-        observed, target = mp.split_observed(sim.new, N_OBSERVED)
-        x, y = target["Input"].to_numpy(), target["Output"].to_numpy()
-        base = dict(setting=name, dataset=d)
-        t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", mp.ConvergenceWarning)  # recorded in `converged` instead
-                model = mp.Magma(common_hp=setting["common_hp"], max_iter=MAX_ITER).fit(sim.data)
-            pred = model.predict(observed, x)
-            records.append(dict(base, method="MAGMA", MSE=mse(pred, y), CI95=ci95(pred, y), converged=model.converged_,
-                                seconds=time.perf_counter() - t0, error=None))
-        except Exception as err:  # noqa: BLE001 -- counted and shown below
-            records.append(dict(base, method="MAGMA", MSE=np.nan, CI95=np.nan, converged=False,
-                                seconds=time.perf_counter() - t0, error=repr(err)))
-        t0 = time.perf_counter()
-        try:
-            pred = SingleGP().fit(observed).predict(x)
-            records.append(dict(base, method="single GP", MSE=mse(pred, y), CI95=ci95(pred, y), converged=True,
-                                seconds=time.perf_counter() - t0, error=None))
-        except Exception as err:  # noqa: BLE001
-            records.append(dict(base, method="single GP", MSE=np.nan, CI95=np.nan, converged=False,
-                                seconds=time.perf_counter() - t0, error=repr(err)))
-        line.append(f"{name} {records[-2]['MSE']:.2f}/{records[-1]['MSE']:.2f}")
-    n_done = d + 1
-    print(f"data set {d:3d} ({time.perf_counter() - start:6.0f} s) MSE MAGMA/GP: " + ", ".join(line), flush=True)
-runs = pd.DataFrame(records)
-print(f"{n_done} data sets per setting in {time.perf_counter() - start:.0f} s")'''),
-    ("code", '''failures = runs[runs["error"].notna()]
-print(f"{len(failures)} failed fits; {int((~runs.loc[runs.method == 'MAGMA', 'converged']).sum())} MAGMA fits stopped at max_iter={MAX_ITER}")
-failures'''),
-    ("md", """## Results beside the paper
+Means over the 100 data sets of each setting (the published Table 1: MAGMA 18.7 / 19.9 / 19.2 /
+14.5), with the medians, which the few data sets where every method fails dominate less."""),
+    ("code", '''authors = pd.concat([mp.datasets.load_paper_results(s).assign(setting=s) for s in SETTINGS])
+authors = authors.loc[authors["N"] == 20]
+authors.groupby(["setting", "method"], sort=False).agg(
+    MSE=("MSE", "mean"), median_MSE=("MSE", "median"), CI95=("CI95", "mean")).unstack("method").round(1)'''),
+    ("md", """## Live run on the first data sets
 
-Mean and standard deviation over data sets of the forecast MSE and of the CI95 coverage (%);
-`n` is the number of data sets (failed fits excluded)."""),
-    ("code", '''summary = (
-    runs.groupby(["setting", "method"], sort=False)
-    .agg(n=("MSE", "count"), MSE=("MSE", "mean"), MSE_sd=("MSE", "std"), MSE_median=("MSE", "median"),
-         CI95=("CI95", "mean"), CI95_sd=("CI95", "std"), fit_seconds=("seconds", "mean"))
-)
-paper = pd.DataFrame.from_dict(PAPER, orient="index", columns=["paper_MSE", "paper_CI95"])
-paper.index = pd.MultiIndex.from_tuples(paper.index, names=["setting", "method"])
-table = summary.join(paper)
-table.round(2)'''),
-    ("code", '''ratio = (summary["MSE"].xs("single GP", level="method") / summary["MSE"].xs("MAGMA", level="method")).rename("GP MSE / MAGMA MSE")
-wins = (
-    runs.pivot_table(index=["setting", "dataset"], columns="method", values="MSE")
-    .assign(magma_better=lambda t: t["MAGMA"] < t["single GP"])
-    .groupby("setting", sort=False)["magma_better"].mean()
-    .mul(100)
-    .rename("% data sets where MAGMA beats GP")
-)
-pd.concat([ratio, wins], axis=1).round(1)'''),
-    ("md", """The absolute MSE depends on the scale of the simulated curves (the variances drawn for the
-mean and individual processes), so a handful of data sets with large variances dominates the
-mean; compare the ratio of the two methods, the medians and the coverages as well as the means.
-With fewer data sets than the paper's 100 the averages are noisy."""),
-    ("code", '''fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
-names = list(SETTINGS)
-for ax, metric in zip(axes, ["MSE", "CI95"]):
-    for j, method in enumerate(["MAGMA", "single GP"]):
-        values = [runs.loc[(runs["setting"] == s) & (runs["method"] == method), metric].dropna() for s in names]
-        positions = np.arange(len(names)) + (j - 0.5) * 0.35
-        parts = ax.boxplot(values, positions=positions, widths=0.3, patch_artist=True, manage_ticks=False)
-        for box in parts["boxes"]:
-            box.set(facecolor=f"C{j}", alpha=0.5)
-        ax.plot([], [], "s", color=f"C{j}", alpha=0.5, label=method)
-    ax.set_xticks(np.arange(len(names)), names)
-    ax.set(xlabel="setting (common grid, common HP)", ylabel=metric if metric == "MSE" else "CI95 coverage (%)")
-    ax.legend()
-axes[0].set_yscale("log")
-axes[0].set_title("Forecast MSE per data set")
-axes[1].set_title("Coverage of the 10 forecast points");'''),
+One fit per data set; the test individual is forecast from its first N points, N = 20 in every
+setting and N = 1, ..., 20 in TT (the paper's figure on N); the mean process's hyper-posterior is
+scored against the true mean process (ID 0) at the training inputs, as the authors'."""),
+    ("code", '''start = time.perf_counter()
+datasets = range(1, N_DATASETS + 1)
+runs = pd.concat([
+    run_paper_experiment(["TT"], datasets, n_observed=range(1, 21)),
+    run_paper_experiment(["TF", "FT", "FF"], datasets),
+], ignore_index=True)
+paired = paired_with_authors(runs)
+print(f"{N_DATASETS} data set(s) per setting in {time.perf_counter() - start:.0f} s; "
+      f"{int(runs['error'].notna().sum())} failed, {int((runs['converged'] == False).sum())} rows from fits stopped at max_iter")
+summary_table(paired).round(2)'''),
+    ("md", """Data set by data set (N = 20): magma_pymc's MSE and CI95 beside the authors' three methods."""),
+    ("code", '''columns = ["setting", "dataset", "MSE", "Algo MSE", "One GP MSE", "GPFDA MSE", "CI95", "Algo CI95"]
+paired.loc[(paired["target"] == "forecast") & (paired["N"] == 20), columns].round(2)'''),
+    ("md", """## The full run: all 400 data sets
+
+Rows written by `benchmarks/bench_paper.py` (fits with this version of `magma_pymc`); the live
+rows above must agree with them."""),
+    ("code", '''if FULL_RUN.is_file():
+    full = pd.read_csv(FULL_RUN)
+    key = ["setting", "dataset", "target", "N"]
+    check = runs.merge(full, on=key, suffixes=("", "_full"))
+    print(f"live rows matched in the full run: {len(check)} of {len(runs)}; "
+          f"largest relative MSE difference {np.max(np.abs(check['MSE'] / check['MSE_full'] - 1)):.1e}")
+    paired_full = paired_with_authors(full)
+else:  # an installed package without the repository's benchmarks/
+    print(f"{FULL_RUN} not found: the tables below use the live run only")
+    paired_full = paired
+summary_table(paired_full).round(2)'''),
+    ("code", '''fig, axes = plt.subplots(1, 4, figsize=(16, 4), layout="constrained")
+at20 = paired_full.loc[(paired_full["target"] == "forecast") & (paired_full["N"] == 20)]
+for ax, setting in zip(axes, SETTINGS):
+    rows = at20.loc[at20["setting"] == setting]
+    ax.scatter(rows["Algo MSE"], rows["MSE"], s=12, label="magma_pymc")
+    if rows["GPFDA MSE"].notna().any():
+        ax.scatter(rows["Algo MSE"], rows["GPFDA MSE"], s=8, marker="x", alpha=0.5, label="GPFDA (authors)")
+    lim = [0.05, 1000]
+    ax.plot(lim, lim, "k--", lw=1)
+    ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, title=setting, xlabel="authors' MAGMA: MSE")
+axes[0].set_ylabel("MSE on the same data set")
+axes[0].legend();'''),
+    ("md", """The data sets where magma_pymc's forecast loses most to the authors' (N = 20):"""),
+    ("code", '''worst_datasets(paired_full, 10).round(2)'''),
+    ("md", """## The mean process
+
+Error of the hyper-posterior mean of $\\mu_0$ against the true $\\mu_0$ at the training inputs,
+and the coverage of the truth by its 95 % credible interval, beside the authors' (`res_mu_*`)."""),
+    ("code", '''mu = summary_table(paired_full, target="mu0")
+mu[[c for c in mu.columns if not c.startswith("One GP")]].round(3)'''),
+    ("md", """## TT: forecast error against the number N of observed points"""),
+    ("code", '''tt = paired_full.loc[(paired_full["setting"] == "TT") & (paired_full["target"] == "forecast")]
+by_n = tt.groupby("N")[["MSE", "Algo MSE", "One GP MSE", "GPFDA MSE", "CI95", "Algo CI95"]].mean()
+fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+for column, label in [("MSE", "magma_pymc"), ("Algo MSE", "MAGMA (authors)"), ("One GP MSE", "One GP (authors)"),
+                      ("GPFDA MSE", "GPFDA (authors)")]:
+    ax.plot(by_n.index, by_n[column], "o-", label=label)
+ax.set(yscale="log", xlabel="N observed points of the test individual", ylabel="mean MSE (last 10 points)")
+ax.legend()
+by_n.round(2)'''),
 ]
 
 
@@ -569,7 +536,7 @@ from magma_pymc import plots
 
 M, N_POINTS, N_OBSERVED = (6, 10, 6) if SMOKE else (20, 30, 20)
 DRAWS, TUNE, CHAINS = (100, 100, 2) if SMOKE else (1000, 1000, 4)"""),
-    ("code", """sim = mp.simulate(M, N_POINTS, common_grid=False, common_hp=True, seed=5, n_new=3)
+    ("code", """sim = mp.simulate(M, N_POINTS, common_grid=False, common_hp=True, seed=5, n_new=3, scheme="smooth")
 observed, target = mp.split_observed(sim.new, N_OBSERVED)   # three new individuals: first points seen, rest forecast
 em = mp.Magma(common_hp=True).fit(sim.data)
 with warnings.catch_warnings():

@@ -80,7 +80,7 @@ def test_diagnostics_warn_on_divergences_rhat_and_ess():
 # ----------------------------------------------------------------------------------- sampling
 @pytest.fixture(scope="module")
 def simulation():
-    return mp.simulate(n_individuals=8, n_points=10, common_grid=True, seed=3, n_new=2)
+    return mp.simulate(n_individuals=8, n_points=10, common_grid=True, seed=3, n_new=2, scheme="smooth")
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +260,7 @@ def test_nuts_different_hp_reproducible(small_problem):
 def test_literal_model_gives_the_same_hp_posterior():
     """Marginalised target vs the literal model (mu0 and every f_i latent, non-centred): posterior
     means of every log HP agree within 4 combined Monte Carlo standard errors, sds within 30%."""
-    sim = mp.simulate(n_individuals=3, n_points=5, common_grid=False, seed=7)
+    sim = mp.simulate(n_individuals=3, n_points=5, common_grid=False, seed=7, scheme="smooth")
     summaries = []
     for marginalised in (True, False):
         with warnings.catch_warnings():
@@ -293,7 +293,7 @@ def test_simulation_based_calibration_light():
         sim = mp.simulate(8, 10, seed=rng, slope_range=(0.0, 0.0), intercept_range=(0.0, 0.0),
                           mean_variance_range=(log_mean_hp[0],) * 2, mean_lengthscale_range=(log_mean_hp[1],) * 2,
                           variance_range=(log_hp[0],) * 2, lengthscale_range=(log_hp[1],) * 2,
-                          noise_range=(log_hp[2],) * 2)
+                          noise_range=(log_hp[2],) * 2, scheme="smooth")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", mp.ConvergenceWarning)
             fit = mp.Magma(prior_mean=0.0).fit(sim.data, method="nuts", draws=200, tune=200, chains=2,

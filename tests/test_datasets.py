@@ -89,9 +89,9 @@ def test_common_hp_rows_identical_and_different_hp():
     assert (diff.nunique() == 8).all()
 
 
-def test_hyperparameters_in_default_ranges():
+def test_hyperparameters_in_smooth_scheme_ranges():
     for seed in range(20):
-        hp = simulate(5, 5, common_hp=False, seed=seed).hyperparameters
+        hp = simulate(5, 5, common_hp=False, seed=seed, scheme="smooth").hyperparameters
         for key in ("variance", "lengthscale"):
             assert np.exp(1) <= hp["mean_process"][key] <= np.exp(3)
             assert ((hp["individual"][key] >= np.exp(1)) & (hp["individual"][key] <= np.exp(3))).all()
@@ -101,10 +101,49 @@ def test_hyperparameters_in_default_ranges():
         assert 0 <= hp["prior_mean"]["intercept"] <= 10
 
 
+def test_paper_scheme_ranges_and_noise_standard_deviation():
+    for seed in range(20):
+        hp = simulate(5, 5, common_hp=False, seed=seed).hyperparameters
+        for who in (hp["mean_process"], hp["individual"]):
+            assert np.all((1 <= np.asarray(who["variance"])) & (np.asarray(who["variance"]) <= np.exp(5)))
+            assert np.all((1 <= np.asarray(who["lengthscale"])) & (np.asarray(who["lengthscale"]) <= np.e))
+        assert hp["individual"]["noise"].between(0, 4).all()
+    ind = simulate(2, 5, seed=1, noise_range=(0.5, 0.5), variance_range=(2, 2)).hyperparameters["individual"]
+    np.testing.assert_allclose(ind["noise"], 0.25)  # the paper's noise_range bounds the standard deviation
+    np.testing.assert_allclose(ind["variance"], np.exp(2))
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        simulate(2, 5, scheme="easy")
+
+
+def test_paper_scheme_matches_the_papers_data_sets():
+    """The default scheme draws what the authors' own data sets hold (two-sample KS tests): the
+    generating HP of individuals and of the mean process, and the spread of the outputs."""
+    from scipy.stats import ks_2samp
+
+    from magma_pymc.datasets import load_paper_simulations
+
+    theirs = load_paper_simulations("FF")
+    sims = [simulate(20, 30, common_hp=False, seed=seed, n_new=1) for seed in range(60)]
+    ours_ind = pd.concat([s.hyperparameters["individual"] for s in sims])
+    their_ind = theirs.loc[theirs["ID"] != "0"].drop_duplicates(["dataset", "ID"])
+    for key in ("variance", "lengthscale", "noise"):
+        assert ks_2samp(np.log(ours_ind[key] + 1e-12), np.log(their_ind[key] + 1e-12)).pvalue > 1e-3, key
+    their_mu = theirs.loc[theirs["ID"] == "0"].drop_duplicates("dataset")
+    for key in ("variance", "lengthscale"):
+        ours = [s.hyperparameters["mean_process"][key] for s in sims]
+        assert ks_2samp(ours, their_mu[key]).pvalue > 1e-3, key
+    ours_sd = [s.data.groupby("ID")["Output"].std().median() for s in sims]
+    their_sd = theirs.loc[~theirs["ID"].isin(["0", "1"])].groupby(["dataset", "ID"])["Output"].std().groupby("dataset").median()
+    assert ks_2samp(ours_sd, their_sd).pvalue > 1e-3
+    smooth_sd = [simulate(20, 30, common_hp=False, seed=seed, scheme="smooth").data.groupby("ID")["Output"].std().median()
+                 for seed in range(60)]
+    assert ks_2samp(smooth_sd, their_sd).pvalue < 1e-3  # the smooth scheme is not the paper's
+
+
 def test_prior_mean_is_linear_and_overridable_ranges():
     sim = simulate(
         2, 5, seed=11, slope_range=(1, 1), intercept_range=(3, 3),
-        mean_variance_range=(0, 0), lengthscale_range=(0.5, 0.5), noise_range=(-2, -2),
+        mean_variance_range=(0, 0), lengthscale_range=(0.5, 0.5), noise_range=(-2, -2), scheme="smooth",
     )
     np.testing.assert_allclose(sim.prior_mean, GRID + 3)
     assert sim.hyperparameters["mean_process"]["variance"] == pytest.approx(1.0)
@@ -142,7 +181,7 @@ def test_average_of_many_individuals_recovers_mean_process():
     """y_i(t) = mu0(t) + f_i(t) + eps_i: the average over M individuals at a common
     grid point has mean mu0(t) and standard error sqrt((v + sigma^2) / M)."""
     m = 2000
-    sim = simulate(m, 30, common_grid=True, common_hp=True, seed=2024, noise_range=(-6, -5))
+    sim = simulate(m, 30, common_grid=True, common_hp=True, seed=2024, noise_range=(-6, -5), scheme="smooth")
     hp = sim.hyperparameters["individual"].iloc[0]
     wide = sim.data.pivot(index="ID", columns="Input", values="Output")
     assert wide.shape == (m, 30)

@@ -20,7 +20,7 @@ SETTINGS = pytest.mark.parametrize(
 
 @SETTINGS
 def test_em_log_likelihood_never_decreases(common_grid, common_hp):
-    sim = mp.simulate(n_individuals=8, n_points=12, common_grid=common_grid, common_hp=common_hp, seed=11)
+    sim = mp.simulate(n_individuals=8, n_points=12, common_grid=common_grid, common_hp=common_hp, seed=11, scheme="smooth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mp.ConvergenceWarning)
         model = mp.Magma(common_hp=common_hp, max_iter=15, tol=1e-6).fit(sim.data)
@@ -37,7 +37,7 @@ def test_em_log_likelihood_never_decreases(common_grid, common_hp):
 
 
 def test_em_stops_on_tolerance_and_warns_when_not_converged():
-    sim = mp.simulate(n_individuals=5, n_points=10, seed=2)
+    sim = mp.simulate(n_individuals=5, n_points=10, seed=2, scheme="smooth")
     with pytest.warns(mp.ConvergenceWarning, match="did not converge in 1 iterations"):
         model = mp.Magma(max_iter=1).fit(sim.data)
     assert not model.converged_ and model.n_iter_ == 1
@@ -50,7 +50,7 @@ def test_em_stops_on_tolerance_and_warns_when_not_converged():
 
 
 def test_hyperparameters_layout():
-    sim = mp.simulate(n_individuals=5, n_points=10, seed=2, common_hp=False)
+    sim = mp.simulate(n_individuals=5, n_points=10, seed=2, common_hp=False, scheme="smooth")
     model = mp.Magma(common_hp=False, max_iter=2).fit(sim.data)
     hp = model.hyperparameters_
     assert list(hp.mean_process.index) == ["variance", "lengthscale"]
@@ -61,7 +61,7 @@ def test_hyperparameters_layout():
 
 
 def _protocol(seed, common_grid=False, common_hp=True):
-    sim = mp.simulate(n_individuals=20, n_points=30, common_grid=common_grid, common_hp=common_hp, seed=seed, n_new=1)
+    sim = mp.simulate(n_individuals=20, n_points=30, common_grid=common_grid, common_hp=common_hp, seed=seed, n_new=1, scheme="smooth")
     observed, target = mp.split_observed(sim.new, 20)
     return sim, observed, target
 
@@ -116,7 +116,7 @@ def test_interval_coverage_over_seeds(common_hp, n_seeds, lowest):
 def test_compile_modes_give_the_same_fit(common_hp):
     """The default NUMPY mode (NumPy implementations after the full graph rewrites, nothing compiled)
     fits the same EM path as the C backend and as PyTensor's FAST_COMPILE, and predicts the same."""
-    sim = mp.simulate(6, 12, common_grid=False, common_hp=common_hp, seed=5, n_new=1)
+    sim = mp.simulate(6, 12, common_grid=False, common_hp=common_hp, seed=5, n_new=1, scheme="smooth")
     observed, _ = mp.split_observed(sim.new, 8)
     grid = np.linspace(0.0, 10.0, 7)
     fits = {}

@@ -55,7 +55,7 @@ def test_projected_model_matches_dense_reference(small_problem, common_hp):
 def test_projected_em_is_monotone_and_close_to_exact():
     """EM on the projected model never decreases its likelihood; with 40 inducing points on a
     201-point union grid the predictions match the exact fit's to a fraction of the noise."""
-    sim = mp.simulate(n_individuals=12, n_points=20, common_grid=False, common_hp=True, seed=4)
+    sim = mp.simulate(n_individuals=12, n_points=20, common_grid=False, common_hp=True, seed=4, scheme="smooth")
     train = sim.data[sim.data["ID"] != sim.data["ID"].iloc[-1]]
     new = sim.data[sim.data["ID"] == sim.data["ID"].iloc[-1]]
     observed, target = new.iloc[:12], new.iloc[12:]

@@ -13,7 +13,7 @@ import magma_pymc as mp
 
 @pytest.fixture(scope="module")
 def fitted():
-    sim = mp.simulate(n_individuals=6, n_points=10, seed=5, n_new=1, common_hp=False)
+    sim = mp.simulate(n_individuals=6, n_points=10, seed=5, n_new=1, common_hp=False, scheme="smooth")
     observed, target = mp.split_observed(sim.new, 6)
     model = mp.Magma(common_hp=False, max_iter=4).fit(sim.data)
     return model, observed, target
@@ -54,7 +54,7 @@ def test_custom_kernel_must_be_passed_again(tmp_path):
         return variance * pm.gp.cov.Matern32(1, ls=lengthscale)
 
     kernel = mp.Kernel(matern_kernel)
-    sim = mp.simulate(n_individuals=4, n_points=8, seed=1)
+    sim = mp.simulate(n_individuals=4, n_points=8, seed=1, scheme="smooth")
     model = mp.Magma(kernel=kernel, max_iter=2).fit(sim.data)
     model.save(tmp_path / "m.nc")
     with pytest.raises(ValueError, match="custom kernel with parameters"):

@@ -15,7 +15,7 @@ from magma_pymc import plots
 
 @pytest.fixture(scope="module")
 def fitted():
-    sim = mp.simulate(n_individuals=6, n_points=10, seed=0, n_new=1)
+    sim = mp.simulate(n_individuals=6, n_points=10, seed=0, n_new=1, scheme="smooth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short EM: ConvergenceWarning expected
         model = mp.Magma(common_hp=True, max_iter=3).fit(sim.data)

@@ -44,7 +44,7 @@ def frame(**columns):
 @pytest.fixture(scope="module")
 def small():
     """A small simulated problem, a new individual split in observed/target, and a fitted common-HP model."""
-    sim = mp.simulate(n_individuals=5, n_points=8, seed=4, n_new=1)
+    sim = mp.simulate(n_individuals=5, n_points=8, seed=4, n_new=1, scheme="smooth")
     observed, target = mp.split_observed(sim.new, 5)
     return sim, observed, target, fit(sim.data)
 

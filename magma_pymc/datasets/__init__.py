@@ -9,15 +9,20 @@
   in ``data/README.md``).
 """
 
+from .paper import PaperDataSet, load_paper_results, load_paper_simulations, paper_data_set
 from .real import load_dodgerloop, load_ecg5000, load_swimmers, load_weight
 from .simulate import Simulation, se_kernel, simulate, split_observed
 
 __all__ = [
+    "PaperDataSet",
     "Simulation",
     "load_dodgerloop",
     "load_ecg5000",
+    "load_paper_results",
+    "load_paper_simulations",
     "load_swimmers",
     "load_weight",
+    "paper_data_set",
     "se_kernel",
     "simulate",
     "split_observed",

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["Simulation", "se_kernel", "simulate", "split_observed"]
+from .split import split_observed
+
+__all__ = ["SCHEMES", "Simulation", "se_kernel", "simulate", "split_observed"]
 
 #: Relative jitter added to the diagonal of a squared-exponential covariance matrix
 #: before factorising it: ``K + JITTER * variance * I``.
@@ -155,10 +157,33 @@ class Simulation:
         )
 
 
+#: Default hyper-parameter intervals of each scheme of :func:`simulate`: uniform intervals of
+#: the log variance and log lengthscale of the mean process and of the individuals, and of the
+#: noise draw (the noise standard deviation for ``"paper"``, the log noise variance for
+#: ``"smooth"``).
+SCHEMES: dict[str, dict[str, tuple[float, float]]] = {
+    "paper": {
+        "mean_variance_range": (0.0, 5.0),
+        "mean_lengthscale_range": (0.0, 1.0),
+        "variance_range": (0.0, 5.0),
+        "lengthscale_range": (0.0, 1.0),
+        "noise_range": (0.0, 2.0),
+    },
+    "smooth": {
+        "mean_variance_range": (1.0, 3.0),
+        "mean_lengthscale_range": (1.0, 3.0),
+        "variance_range": (1.0, 3.0),
+        "lengthscale_range": (1.0, 3.0),
+        "noise_range": (-3.0, -1.0),
+    },
+}
+
+
 def simulate(
     n_individuals: int = 20,
     n_points: int = 30,
     *,
+    scheme: str = "paper",
     common_grid: bool = False,
     common_hp: bool = True,
     seed: int | np.random.Generator | None = None,
@@ -167,14 +192,14 @@ def simulate(
     n_points_new: int | None = None,
     slope_range: tuple[float, float] = (-2.0, 2.0),
     intercept_range: tuple[float, float] = (0.0, 10.0),
-    mean_variance_range: tuple[float, float] = (1.0, 3.0),
-    mean_lengthscale_range: tuple[float, float] = (1.0, 3.0),
-    variance_range: tuple[float, float] = (1.0, 3.0),
-    lengthscale_range: tuple[float, float] = (1.0, 3.0),
-    noise_range: tuple[float, float] = (-3.0, -1.0),
+    mean_variance_range: tuple[float, float] | None = None,
+    mean_lengthscale_range: tuple[float, float] | None = None,
+    variance_range: tuple[float, float] | None = None,
+    lengthscale_range: tuple[float, float] | None = None,
+    noise_range: tuple[float, float] | None = None,
     jitter: float = JITTER,
 ) -> Simulation:
-    r"""Simulate data from the MAGMA generative model (paper's simulation scheme).
+    r"""Simulate data from the MAGMA generative model, by default with the paper's scheme.
 
     .. math::
 
@@ -184,25 +209,42 @@ def simulate(
         y_i(t) &= \mu_0(t) + f_i(t) + \varepsilon_i(t), \qquad
         \varepsilon_i(t) \sim \mathcal N(0, \sigma_i^2) \text{ i.i.d.},
 
-    with squared-exponential kernels :math:`k(x, x') = v \exp(-(x - x')^2 / (2\ell^2))`.
-    Default hyper-parameter distributions (all *log-scale* uniform intervals):
+    with squared-exponential kernels :math:`k(x, x') = v \exp(-(x - x')^2 / (2\ell^2))`, on the
+    grid 0, 0.05, ..., 10 (201 points) by default.
 
-    * mean process: :math:`\log v_0 \sim \mathcal U[1, 3]`,
-      :math:`\log \ell_0 \sim \mathcal U[1, 3]`;
-    * individuals: :math:`\log v_i \sim \mathcal U[1, 3]`,
-      :math:`\log \ell_i \sim \mathcal U[1, 3]`;
-    * noise variance: :math:`\log \sigma_i^2 \sim \mathcal U[-3, -1]`.
+    ``scheme="paper"`` (default): the scheme of the MAGMA paper's simulation study (Leroy et al.,
+    2022, section 5), as in the authors' code (``simu_scheme`` in ``simulation_study.R`` of
+    ArthurLeroy/MAGMA) and their data sets (:func:`~magma_pymc.datasets.load_paper_simulations`).
+    The authors write the kernel :math:`\exp(a - e^{-b} (x - x')^2 / 2)`, i.e. variance
+    :math:`v = e^a` and lengthscale :math:`\ell = e^{b/2}`, and draw
+
+    * mean process :math:`\theta_0` and individuals :math:`\theta_i` alike:
+      :math:`a \sim \mathcal U[0, 5]` (variance :math:`e^a \in [1, 148.4]`),
+      :math:`b \sim \mathcal U[0, 2]` (lengthscale :math:`e^{b/2} \in [1, 2.72]`);
+    * noise: standard deviation :math:`\sigma_i \sim \mathcal U[0, 2]`, noise *variance*
+      :math:`\sigma_i^2 \in [0, 4]` (the authors' ``kern_to_cov`` adds ``sigma^2`` to the
+      diagonal; their data sets hold ``sigma`` up to 2.00, and their likelihood under
+      :math:`\sigma_i^2` exceeds that under :math:`\sigma_i` by hundreds of log-units,
+      ``tests/test_paper_data.py``).
+
+    The authors round every draw to two decimals; this function does not.
+
+    ``scheme="smooth"``: an easier scheme with smoother, less noisy curves, all log-uniform:
+    :math:`\log v_0, \log \ell_0, \log v_i, \log \ell_i \sim \mathcal U[1, 3]` (variances and
+    lengthscales in :math:`[2.7, 20.1]`) and :math:`\log \sigma_i^2 \sim \mathcal U[-3, -1]`
+    (noise variance in :math:`[0.05, 0.37]`). Its forecasts are about twenty times easier (MSE)
+    than the paper's; it is not the paper's scheme.
 
     With ``common_hp=True`` a single draw :math:`(v, \ell, \sigma^2)` is shared by all
     individuals (training and new); otherwise each individual draws its own.
 
-    The processes are sampled on the whole ``grid`` (default 201 points on [0, 10]);
-    each individual then observes ``n_points`` grid points drawn uniformly without
-    replacement, independently per individual, or one random subset shared by all if
-    ``common_grid=True``. The squared-exponential covariance on a fine grid is
-    numerically singular, so ``jitter * v`` (default ``1e-8 * v``) is added to its
-    diagonal before a Cholesky factorisation (falling back to an eigen-decomposition
-    with clipped eigenvalues if Cholesky still fails).
+    The processes are sampled on the whole ``grid``; each individual then observes ``n_points``
+    grid points drawn uniformly without replacement, independently per individual, or one random
+    subset shared by all if ``common_grid=True`` (the paper's settings: first letter common grid,
+    second letter common HP, e.g. ``"FT"`` is ``common_grid=False, common_hp=True``). The
+    squared-exponential covariance on a fine grid is numerically singular, so ``jitter * v``
+    (default ``1e-8 * v``) is added to its diagonal before a Cholesky factorisation (falling back
+    to an eigen-decomposition with clipped eigenvalues if Cholesky still fails).
 
     Parameters
     ----------
@@ -210,6 +252,8 @@ def simulate(
         Number M of training individuals.
     n_points : int, default 30
         Number of observed grid points per individual.
+    scheme : {"paper", "smooth"}, default "paper"
+        Default hyper-parameter distributions (above; intervals in :data:`SCHEMES`).
     common_grid : bool, default False
         If True, all individuals (training and new) share the same input points.
     common_hp : bool, default True
@@ -226,13 +270,15 @@ def simulate(
         Points per new individual (default ``n_points``); ignored with
         ``common_grid=True``, where new individuals share the common inputs.
     slope_range, intercept_range : tuple of float
-        Uniform intervals for :math:`a` and :math:`b` (linear scale).
-    mean_variance_range, mean_lengthscale_range : tuple of float
-        Intervals of :math:`\log v_0` and :math:`\log \ell_0`.
-    variance_range, lengthscale_range : tuple of float
-        Intervals of :math:`\log v_i` and :math:`\log \ell_i`.
-    noise_range : tuple of float
-        Interval of :math:`\log \sigma_i^2`.
+        Uniform intervals for :math:`a` and :math:`b` of :math:`m_0` (linear scale).
+    mean_variance_range, mean_lengthscale_range : tuple of float, optional
+        Intervals of :math:`\log v_0` and :math:`\log \ell_0` (default: the scheme's).
+    variance_range, lengthscale_range : tuple of float, optional
+        Intervals of :math:`\log v_i` and :math:`\log \ell_i` (default: the scheme's).
+    noise_range : tuple of float, optional
+        Interval of the noise draw (default: the scheme's): of the noise standard deviation
+        :math:`\sigma_i` with ``scheme="paper"``, of :math:`\log \sigma_i^2` with
+        ``scheme="smooth"``.
     jitter : float, default 1e-8
         Relative diagonal jitter (multiplied by the kernel variance).
 
@@ -241,6 +287,16 @@ def simulate(
     Simulation
         Frames ``data`` and ``new`` plus the ground truth; see :class:`Simulation`.
     """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    given = {
+        "mean_variance_range": mean_variance_range,
+        "mean_lengthscale_range": mean_lengthscale_range,
+        "variance_range": variance_range,
+        "lengthscale_range": lengthscale_range,
+        "noise_range": noise_range,
+    }
+    ranges = {key: SCHEMES[scheme][key] if value is None else value for key, value in given.items()}
     grid = np.linspace(0.0, 10.0, 201) if grid is None else np.asarray(grid, dtype=float)
     if grid.ndim != 1 or grid.size < 1 or np.any(np.diff(grid) <= 0):
         raise ValueError("grid must be a non-empty, strictly increasing 1-D array")
@@ -260,19 +316,25 @@ def simulate(
     slope = float(rng.uniform(*slope_range))
     intercept = float(rng.uniform(*intercept_range))
     prior_mean = slope * grid + intercept
-    v0 = float(log_uniform(mean_variance_range))
-    l0 = float(log_uniform(mean_lengthscale_range))
+    v0 = float(log_uniform(ranges["mean_variance_range"]))
+    l0 = float(log_uniform(ranges["mean_lengthscale_range"]))
     mean_process = prior_mean + _gp_factor(grid, v0, l0, jitter) @ rng.standard_normal(n_grid)
 
     # Individual hyper-parameters.
     ids = _ids("i", n_individuals) + _ids("new", n_new)
     n_total = len(ids)
     size = 1 if common_hp else n_total
+    variance = log_uniform(ranges["variance_range"], size)
+    lengthscale = log_uniform(ranges["lengthscale_range"], size)
+    if scheme == "paper":  # uniform noise standard deviation
+        noise_variance = rng.uniform(*ranges["noise_range"], size) ** 2
+    else:
+        noise_variance = log_uniform(ranges["noise_range"], size)
     hp = pd.DataFrame(
         {
-            "variance": np.broadcast_to(log_uniform(variance_range, size), n_total),
-            "lengthscale": np.broadcast_to(log_uniform(lengthscale_range, size), n_total),
-            "noise": np.broadcast_to(log_uniform(noise_range, size), n_total),
+            "variance": np.broadcast_to(variance, n_total),
+            "lengthscale": np.broadcast_to(lengthscale, n_total),
+            "noise": np.broadcast_to(noise_variance, n_total),
         },
         index=pd.Index(ids, name="ID"),
     )
@@ -331,47 +393,3 @@ def simulate(
         },
         individual_processes={key: latent[i] for i, key in enumerate(ids)},
     )
-
-
-def split_observed(
-    df: pd.DataFrame,
-    n_observed: int,
-    *,
-    id_col: str = "ID",
-    input_col: str = "Input",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split each individual's points into the first ``n_observed`` and the rest.
-
-    Within each individual, rows are ordered by input; the ``n_observed`` smallest
-    inputs are *observed* and the remaining ones are the forecast *target* (the MAGMA
-    paper's protocol: 20 observed points, the last 10 to predict). Individuals with at
-    most ``n_observed`` points go entirely into the observed part.
-
-    Parameters
-    ----------
-    df : pd.DataFrame
-        Long frame; all columns are kept.
-    n_observed : int
-        Number of observed points per individual (>= 0).
-    id_col, input_col : str
-        Names of the ID and input columns.
-
-    Returns
-    -------
-    observed, target : tuple of pd.DataFrame
-        Both sorted by individual (in order of first appearance in ``df``) then input,
-        with a fresh ``RangeIndex``.
-    """
-    if n_observed < 0:
-        raise ValueError("n_observed must be >= 0")
-    order = pd.Series(pd.factorize(df[id_col])[0], index=df.index, name="__order")
-    ordered = (
-        df.assign(__order=order)
-        .sort_values(["__order", input_col], kind="stable")
-        .drop(columns="__order")
-    )
-    rank = ordered.groupby(id_col, sort=False).cumcount().to_numpy()
-    observed = ordered.loc[rank < n_observed].reset_index(drop=True)
-    target = ordered.loc[rank >= n_observed].reset_index(drop=True)
-    return observed, target
-
