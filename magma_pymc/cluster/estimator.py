@@ -26,6 +26,7 @@ from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inp
 from magma_pymc.em import JITTER_DEFAULT
 from magma_pymc.estimator import Magma
 from magma_pymc.kernels import Kernel
+from magma_pymc.params import HyperParameters
 from magma_pymc.results import input_coords
 
 __all__ = ["MagmaClust", "check_n_clusters"]
@@ -122,14 +123,17 @@ class MagmaClust:
 
     # ------------------------------------------------------------------------------------ fit
     @blas_limited
-    def fit(self, data: Any, *, responsibilities: Any = None, **data_options: Any) -> MagmaClust:
+    def fit(self, data: Any, *, responsibilities: Any = None, hyperparameters: Any = None,
+            **data_options: Any) -> MagmaClust:
         """Fit by variational EM from k-means initialisations (``n_init`` runs), or from given
-        initial ``responsibilities`` (an ``(M, K)`` array, rows summing to 1). ``data`` and
-        ``data_options`` as :meth:`magma_pymc.Magma.fit`."""
+        initial ``responsibilities`` (an ``(M, K)`` array, rows summing to 1). ``hyperparameters``
+        (as for :meth:`magma_pymc.Magma.fit`; the mean-process values start every cluster) replace the
+        data-driven initial values; with ``max_iter=0`` they are kept, with the given responsibilities.
+        ``data`` and ``data_options`` as :meth:`magma_pymc.Magma.fit`."""
         start = time.perf_counter()
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
         check_n_clusters(self.n_clusters, train.n_individuals)
-        problem, initial = self._setup(train)
+        problem, initial = self._setup(train, hyperparameters)
         rng = np.random.default_rng(self.random_state)
         starts = [self._check_responsibilities(responsibilities, train)] if responsibilities is not None else [
             np.ones((train.n_individuals, 1)) if self.n_clusters == 1
@@ -150,7 +154,7 @@ class MagmaClust:
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _setup(self, train: TrainingData) -> tuple[ClusterProblem, VEMState]:
+    def _setup(self, train: TrainingData, hyperparameters: Any = None) -> tuple[ClusterProblem, VEMState]:
         magma = self._magma
         magma._check_kernels(train)
         magma._prior_mean_value = self._prior_mean_value = magma._resolve_prior_mean(train)
@@ -162,7 +166,10 @@ class MagmaClust:
         )
         if problem.graphs.fast_path:  # MAGMA's fast path keeps (M, N) residuals: pad them as the general layout
             problem = _padded(problem, train)
-        hp = magma.initial_hyperparameters(train)
+        if hyperparameters is None:
+            hp = magma.initial_hyperparameters(train)
+        else:
+            hp = HyperParameters.coerce(hyperparameters, self.mean_kernel, self.kernel)
         mean_log, log_params = hp.to_log(self.mean_kernel, self.kernel, None if self.common_hp else train.ids)
         return problem, VEMState(mean_log, log_params, np.zeros(1), np.ones((train.n_individuals, 1)),
                                  self.jitter * base.output_scale)
