@@ -262,3 +262,24 @@ def test_adjusted_rand_index():
     assert adjusted_rand_index([0, 0, 1, 1], [1, 1, 0, 0]) == 1.0
     # Hubert & Arabie's example value, computed by hand from the contingency table [[2, 1], [0, 2]]
     assert adjusted_rand_index([0, 0, 0, 1, 1], [0, 0, 1, 1, 1]) == pytest.approx((2 - 4 * 4 / 10) / (4 - 4 * 4 / 10))
+
+
+def test_selection_table_and_plots(fixed_model):
+    from magma_pymc.cluster import plots, select_n_clusters
+
+    data = make_long(two_groups(seed=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.ConvergenceWarning)
+        selection = select_n_clusters(data, [1, 2, 3], random_state=0, max_iter=10)
+    table = selection.table
+    assert list(table.index) == [1, 2, 3] and selection.best == 2
+    log_n = np.log(8 * 6)
+    np.testing.assert_allclose(table["vbic"], table["elbo"] - 0.5 * table["n_params"] * log_n)
+    assert list(table["n_params"][: 2]) == [5, 8]  # (K - 1) + 2 K + 3, common individual HP
+    with pytest.raises(ValueError, match="n_clusters"):
+        select_n_clusters(data, [0, 2])
+    model, _ = fixed_model
+    assert plots.plot_clusters(model).get_title().startswith("2 clusters")
+    pred = model.predict((np.array([1.0, 4.0]), np.array([7.5, 7.0])), np.linspace(0, 10, 30))
+    assert len(plots.plot_cluster_prediction(pred, observed=(np.array([1.0, 4.0]), np.array([7.5, 7.0]))).lines) == 3
+    assert plots.plot_vbic(selection).get_xlabel() == "number of clusters K"

@@ -7,6 +7,10 @@
 """
 
 from magma_pymc.cluster.estimator import MagmaClust
+from magma_pymc.cluster.metrics import adjusted_rand_index
+from magma_pymc.cluster.selection import ClusterSelection, select_n_clusters
+from magma_pymc.cluster.simulate import ClusteredSimulation, simulate_clustered
 from magma_pymc.cluster.vem import ClusterWarning
 
-__all__ = ["MagmaClust", "ClusterWarning"]
+__all__ = ["MagmaClust", "ClusterWarning", "ClusterSelection", "select_n_clusters", "ClusteredSimulation",
+           "simulate_clustered", "adjusted_rand_index"]
