@@ -9,7 +9,9 @@ r"""Clustered data following the simulation scheme of the MagmaClust paper (Lero
 with squared-exponential kernels, every HP drawn log-uniformly as in
 :func:`magma_pymc.datasets.simulate` (the MAGMA paper's intervals), slopes :math:`a_k \sim \mathcal U[-2, 2]`
 and intercepts :math:`b_k` stratified over ``intercept_range`` (one draw in each of K equal sub-intervals,
-in random order), which controls how far apart the clusters are. Individuals observe ``n_points``
+in random order), which controls how far apart the clusters are; with ``min_separation`` the mean
+processes are redrawn until every pair is at least that far apart in root-mean-square distance on the
+grid (well-separated clusters, as a stated condition rather than a lucky draw). Individuals observe ``n_points``
 inputs of a 201-point grid on [0, 10], drawn independently (uncommon grid) or shared (common grid).
 """
 
@@ -70,6 +72,8 @@ def simulate_clustered(
     variance_range: tuple[float, float] = (1.0, 3.0),
     lengthscale_range: tuple[float, float] = (1.0, 3.0),
     noise_range: tuple[float, float] = (-3.0, -1.0),
+    min_separation: float | None = None,
+    max_redraws: int = 1000,
 ) -> ClusteredSimulation:
     """Draw a clustered data set (module docstring); log-scale ranges as :func:`magma_pymc.datasets.simulate`."""
     if n_clusters < 1 or n_individuals < n_clusters:
@@ -77,15 +81,21 @@ def simulate_clustered(
     rng = np.random.default_rng(seed)
     grid = np.linspace(0.0, 10.0, 201)
     weights = np.full(n_clusters, 1.0 / n_clusters) if weights is None else np.asarray(weights, dtype=float)
-    low, high = intercept_range
-    edges = np.linspace(low, high, n_clusters + 1)
-    intercepts = rng.permutation(rng.uniform(edges[:-1], edges[1:]))
-    slopes = rng.uniform(*slope_range, n_clusters)
-    mean_hp = np.exp(rng.uniform(*np.transpose([mean_variance_range, mean_lengthscale_range]), (n_clusters, 2)))
-    means = np.stack([
-        slopes[k] * grid + intercepts[k] + _factor(grid, *mean_hp[k]) @ rng.standard_normal(len(grid))
-        for k in range(n_clusters)
-    ])
+    edges = np.linspace(*intercept_range, n_clusters + 1)
+    for _ in range(max_redraws):
+        intercepts = rng.permutation(rng.uniform(edges[:-1], edges[1:]))
+        slopes = rng.uniform(*slope_range, n_clusters)
+        mean_hp = np.exp(rng.uniform(*np.transpose([mean_variance_range, mean_lengthscale_range]), (n_clusters, 2)))
+        means = np.stack([
+            slopes[k] * grid + intercepts[k] + _factor(grid, *mean_hp[k]) @ rng.standard_normal(len(grid))
+            for k in range(n_clusters)
+        ])
+        gaps = np.sqrt(((means[:, None] - means[None]) ** 2).mean(axis=2))[np.triu_indices(n_clusters, 1)]
+        if min_separation is None or n_clusters == 1 or gaps.min() >= min_separation:
+            break
+    else:
+        raise ValueError(f"no draw of mean processes {min_separation} apart in {max_redraws} tries: widen "
+                         "intercept_range or lower min_separation")
     n_total = n_individuals + n_new
     width = len(str(max(n_total - 1, 0)))
     ids = [f"i{i:0{width}d}" for i in range(n_individuals)] + [f"new{i:0{width}d}" for i in range(n_new)]
