@@ -183,10 +183,10 @@ def test_one_cluster_reproduces_magma(settings):
                                       dict(mean_step="expected")],
                          ids=["default", "differentHP", "sharedMeanHP", "expectedMeanStep"])
 def test_elbo_never_decreases(settings):
-    sim = simulate_clustered(3, 15, 8, seed=1)
+    sim = simulate_clustered(3, 12, 8, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mp.ConvergenceWarning)
-        model = MagmaClust(3, random_state=0, max_iter=8, **settings).fit(sim.data)
+        model = MagmaClust(3, random_state=0, max_iter=6, **settings).fit(sim.data)
     elbo = model.idata_["vem_trace"]["elbo"].values
     assert np.all(np.diff(elbo) >= -1e-6 * np.abs(elbo[:-1])), np.diff(elbo)
     assert np.all(np.isfinite(model.responsibilities_.values))
@@ -283,3 +283,49 @@ def test_selection_table_and_plots(fixed_model):
     pred = model.predict((np.array([1.0, 4.0]), np.array([7.5, 7.0])), np.linspace(0, 10, 30))
     assert len(plots.plot_cluster_prediction(pred, observed=(np.array([1.0, 4.0]), np.array([7.5, 7.0]))).lines) == 3
     assert plots.plot_vbic(selection).get_xlabel() == "number of clusters K"
+
+
+@pytest.mark.slow
+def test_well_separated_clusters_recovered_selected_and_forecast_better_than_one_mean():
+    """The benchmark's scheme (benchmarks/bench_cluster.py), its first seed: recovery, V-BIC choice, forecasts."""
+    sim = simulate_clustered(3, 60, 30, seed=0, n_new=10, intercept_range=(0, 45), min_separation=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.ConvergenceWarning)
+        selection = select_n_clusters_(sim.data)
+    assert selection.best == 3
+    model, single = selection.models[3], selection.models[1]   # K = 1 is MAGMA
+    truth = sim.labels.loc[model.labels_.index].to_numpy()
+    assert adjusted_rand_index(truth, model.labels_.values) >= 0.9
+    errors = {3: [], 1: []}
+    for _, frame in sim.new.groupby("ID"):
+        frame = frame.sort_values("Input")
+        seen, rest = frame.iloc[:20], frame.iloc[20:]
+        for k, fitted in ((3, model), (1, single)):
+            errors[k].append((fitted.predict(seen, rest["Input"])["mean"].values - rest["Output"].values) ** 2)
+    assert np.mean(errors[3]) < np.mean(errors[1])
+
+
+def select_n_clusters_(data):
+    from magma_pymc.cluster import select_n_clusters
+
+    return select_n_clusters(data, range(1, 6), random_state=0)
+
+
+def test_pymc_declaration_marginal_likelihood_matches_dense_mixture():
+    """The declared model's label-marginalised likelihood term equals sum_i log sum_k pi_k N(y_i; mu_k(t_i), Psi_i)."""
+    individuals = two_groups()
+    model = MagmaClust(2).build_model(make_long(individuals), jitter=1e-6)
+    point = model.initial_point()
+    rng = np.random.default_rng(0)
+    point["mu"] = rng.normal(0, 3, point["mu"].shape)
+    point["log_hp"] = np.log([1.0, 1.5, 0.2])
+    outputs = model.replace_rvs_by_values([model["y"], model["weights"]])
+    potential, pi = model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore", mode="FAST_COMPILE")(point)
+    grid = np.unique(np.concatenate([t for t, _ in individuals]))
+    total = 0.0
+    for t, y in individuals:
+        psi = se(t, t, 1.0, 1.5) + (0.2 + 1e-6) * np.eye(len(t))
+        pos = np.searchsorted(grid, t)
+        total += logsumexp([np.log(pi[k]) + stats.multivariate_normal(point["mu"][k][pos], psi).logpdf(y) for k in range(2)])
+    np.testing.assert_allclose(potential, total, rtol=1e-10)
+    assert set(model.named_vars) >= {"weights", "mu", "log_mu_hp", "log_hp", "y"}

@@ -288,6 +288,22 @@ class MagmaClust:
                         **{f"hp_{n}": float(v) for n, v in zip(names, np.exp(result.log_params), strict=True)})
         return ds
 
+    def build_model(self, data: Any | None = None, *, jitter: float = 1e-8):
+        """The model declared in PyMC (:func:`magma_pymc.cluster.model.build_cluster_model`) for ``data``
+        (default: the training data), priors centred on the data-driven initial HP."""
+        from magma_pymc.cluster.model import build_cluster_model
+
+        if data is None:
+            self._check_fitted()
+            train = self.data_
+        else:
+            train = as_training_data(data, input_dim=self.mean_kernel.input_dim)
+        magma = self._magma
+        mean_log, log_params = magma.initial_hyperparameters(train).to_log(self.mean_kernel, self.kernel, None)
+        return build_cluster_model(train, self.n_clusters, self.mean_kernel, self.kernel,
+                                   magma._resolve_prior_mean(train), centres=(mean_log, log_params),
+                                   common_hp=self.common_hp, jitter=jitter)
+
     # --------------------------------------------------------------------------- save/load
     def save(self, path) -> None:
         """Save to netCDF (:func:`magma_pymc.cluster.results.save_cluster_model`)."""

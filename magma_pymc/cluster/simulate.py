@@ -107,9 +107,12 @@ def simulate_clustered(
                                  (1 if common_hp else n_total, 3)))
     hp_rows = np.broadcast_to(hp_rows, (n_total, 3))
     shared = np.sort(rng.choice(len(grid), n_points, replace=False))
-    rows, latent = [], {}
+    rows, latent, factors = [], {}, {}
     for i, ident in enumerate(ids):
-        curve = means[labels[i]] + _factor(grid, hp_rows[i, 0], hp_rows[i, 1]) @ rng.standard_normal(len(grid))
+        key = (hp_rows[i, 0], hp_rows[i, 1])
+        if key not in factors:  # one factorisation per distinct HP (one in all with common HP)
+            factors[key] = _factor(grid, *key)
+        curve = means[labels[i]] + factors[key] @ rng.standard_normal(len(grid))
         latent[ident] = curve
         where = shared if common_grid else np.sort(rng.choice(len(grid), n_points, replace=False))
         noisy = curve[where] + np.sqrt(hp_rows[i, 2]) * rng.standard_normal(len(where))

@@ -126,9 +126,10 @@ def elbo(tau: np.ndarray, log_weights: np.ndarray, expected: np.ndarray, kl: np.
     return float(weighted.sum() - xlogy(tau, tau).sum() - kl.sum())
 
 
-def estep(state: VEMState, problem: ClusterProblem) -> tuple[VEMEStep, VEMState]:
+def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | None = None) -> tuple[VEMEStep, VEMState]:
     """:math:`q(\\mu_k)` at the state's HP and responsibilities, :math:`E_{ik}` and the bound.
 
+    ``terms``: the individuals' factorisations at the state's HP and jitter, when already computed.
     As MAGMA's E-step, the jitter grows tenfold while a factorisation fails, up to
     ``JITTER_MAX`` times the output variance, with a :class:`NumericalWarning`.
     """
@@ -136,7 +137,8 @@ def estep(state: VEMState, problem: ClusterProblem) -> tuple[VEMEStep, VEMState]
     n_grid = len(problem.grid)
     while True:
         try:
-            terms = individual_terms(problem.psi(state.log_params, jitter), problem.residuals, problem.mask)
+            if terms is None or jitter != state.jitter:
+                terms = individual_terms(problem.psi(state.log_params, jitter), problem.residuals, problem.mask)
             information = weighted_information(terms, state.tau, problem.index, n_grid)
             prior = problem.mean_covariance(state.mean_log_params, problem.grid, problem.grid) + jitter * np.eye(n_grid)
             posterior = cluster_posteriors(prior, information[0], information[1])
@@ -218,8 +220,9 @@ def _individual_step(state: VEMState, problem: ClusterProblem, current: VEMEStep
     return minimize_log_params(objective, state.log_params, problem.bounds).x
 
 
-def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep, log_params: np.ndarray):
-    """One ``(value, grad)`` function per cluster for the mean-process step (module docstring, step 3)."""
+def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep, terms: IndividualTerms | None):
+    """One ``(value, grad)`` function per cluster for the mean-process step (module docstring, step 3);
+    ``terms`` are the individuals' factorisations at the new individual HP (ECME)."""
     graphs, jitter = problem.graphs, state.jitter
     if problem.mean_step == "expected":
         post = current.posterior
@@ -227,7 +230,6 @@ def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep
             lambda lp, m=m, v=v: graphs.mean_process_step(lp, problem.grid, m, v, jitter)
             for m, v in zip(post.mean, post.cov_factor, strict=True)
         ]
-    terms = individual_terms(problem.psi(log_params, jitter), problem.residuals, problem.mask)
     summaries = zip(*weighted_information(terms, state.tau, problem.index, len(problem.grid)), strict=True)
     functions = []
     for summary in summaries:
@@ -241,13 +243,17 @@ def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep
     return functions
 
 
-def vem_step(state: VEMState, problem: ClusterProblem, current: VEMEStep) -> VEMState:
-    """Steps 1-3 of the module docstring; the caller runs the E-step (step 4)."""
+def vem_step(state: VEMState, problem: ClusterProblem, current: VEMEStep) -> tuple[VEMState, IndividualTerms | None]:
+    """Steps 1-3 of the module docstring; the caller runs the E-step (step 4) with the returned
+    individual factorisations at the new HP (``None`` when the mean step did not need them)."""
     state, keep = _drop_empty(state, current)
     log_params = _individual_step(state, problem, current, keep)
+    terms = None
     if problem.mean_step == "expected":
         current = current._replace(posterior=ClusterPosterior(*(np.asarray(a)[keep] for a in current.posterior)))
-    functions = _mean_objectives(state, problem, current, log_params)
+    else:
+        terms = individual_terms(problem.psi(log_params, state.jitter), problem.residuals, problem.mask)
+    functions = _mean_objectives(state, problem, current, terms)
     if problem.shared_mean_hp:
         def shared(lp):
             values = [f(lp) for f in functions]
@@ -260,7 +266,7 @@ def vem_step(state: VEMState, problem: ClusterProblem, current: VEMEStep) -> VEM
             minimize_log_params(f, row, problem.mean_bounds).x
             for f, row in zip(functions, state.mean_log_params, strict=True)
         ])
-    return state._replace(mean_log_params=mean_log_params, log_params=log_params)
+    return state._replace(mean_log_params=mean_log_params, log_params=log_params), terms
 
 
 class VEMTrace(NamedTuple):
@@ -279,8 +285,8 @@ def run_vem(state: VEMState, problem: ClusterProblem, *, max_iter: int = 25, tol
     elbos, sizes, individuals = [current.elbo], [state.tau.shape[1]], [state.log_params]
     converged = False
     for _ in range(max_iter):
-        state = vem_step(state, problem, current)
-        current, state = estep(state, problem)
+        state, terms = vem_step(state, problem, current)
+        current, state = estep(state, problem, terms)
         elbos.append(current.elbo)
         sizes.append(state.tau.shape[1])
         individuals.append(state.log_params)
