@@ -149,7 +149,7 @@ def test_mixture_quantiles_against_root_finding():
     means, variances = rng.normal(0, 3, (3, 7)), rng.uniform(0.1, 2, (3, 7))
     lower, upper = mixture_interval(weights, means, variances, 0.9)
     for j in range(7):
-        cdf = lambda x, j=j: weights @ stats.norm.cdf(x, means[:, j], np.sqrt(variances[:, j]))  # noqa: E731
+        cdf = lambda x, j=j: weights @ stats.norm.cdf(x, means[:, j], np.sqrt(variances[:, j]))
         assert cdf(lower[j]) == pytest.approx(0.05, abs=1e-12)
         assert cdf(upper[j]) == pytest.approx(0.95, abs=1e-12)
     mean, variance = mixture_moments(weights, means, variances)
@@ -157,7 +157,7 @@ def test_mixture_quantiles_against_root_finding():
 
 
 @pytest.mark.parametrize(
-    "settings", [dict(common_hp=True), dict(common_hp=False), dict(common_hp=True, common_grid=True)],
+    "settings", [{"common_hp": True}, {"common_hp": False}, {"common_hp": True, "common_grid": True}],
     ids=["commonHP", "differentHP", "commonHP-commonGrid"],
 )
 def test_one_cluster_reproduces_magma(settings):
@@ -179,8 +179,8 @@ def test_one_cluster_reproduces_magma(settings):
     assert got.attrs["hp_source"] == expected.attrs["hp_source"]
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(common_hp=False), dict(shared_mean_hp=True),
-                                      dict(mean_step="expected")],
+@pytest.mark.parametrize("settings", [{}, {"common_hp": False}, {"shared_mean_hp": True},
+                                      {"mean_step": "expected"}],
                          ids=["default", "differentHP", "sharedMeanHP", "expectedMeanStep"])
 def test_elbo_never_decreases(settings):
     sim = simulate_clustered(3, 12, 8, seed=1)

@@ -12,5 +12,12 @@ from magma_pymc.cluster.selection import ClusterSelection, select_n_clusters
 from magma_pymc.cluster.simulate import ClusteredSimulation, simulate_clustered
 from magma_pymc.cluster.vem import ClusterWarning
 
-__all__ = ["MagmaClust", "ClusterWarning", "ClusterSelection", "select_n_clusters", "ClusteredSimulation",
-           "simulate_clustered", "adjusted_rand_index"]
+__all__ = [
+    "ClusterSelection",
+    "ClusterWarning",
+    "ClusteredSimulation",
+    "MagmaClust",
+    "adjusted_rand_index",
+    "select_n_clusters",
+    "simulate_clustered",
+]

@@ -22,7 +22,13 @@ from magma_pymc.cluster.predict import cluster_means_at, predict_clusters
 from magma_pymc.cluster.results import cluster_datatree
 from magma_pymc.cluster.vem import ClusterProblem, VEMState, estep, run_vem
 from magma_pymc.compiled import DEFAULT_MODE, blas_limited
-from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inputs, as_training_data
+from magma_pymc.data import (
+    MagmaInputError,
+    TrainingData,
+    as_individual,
+    as_inputs,
+    as_training_data,
+)
 from magma_pymc.em import JITTER_DEFAULT
 from magma_pymc.estimator import Magma
 from magma_pymc.kernels import Kernel
@@ -34,10 +40,8 @@ __all__ = ["MagmaClust", "check_n_clusters"]
 
 def check_n_clusters(n_clusters: Any, n_individuals: int | None = None) -> int:
     """A positive integer, at most the number of individuals (when known); a clear error otherwise."""
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral):
-        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be at least 1, got {n_clusters}")
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
+        raise ValueError(f"n_clusters must be a positive integer (at least 1), got {n_clusters!r}")
     if n_individuals is not None and n_clusters > n_individuals:
         raise ValueError(f"n_clusters={n_clusters} exceeds the number of individuals ({n_individuals})")
     return int(n_clusters)

@@ -14,7 +14,7 @@ import numpy as np
 
 from magma_pymc.data import TrainingData
 
-__all__ = ["regularised_curves", "kmeans", "initial_responsibilities", "canonical_order"]
+__all__ = ["canonical_order", "initial_responsibilities", "kmeans", "regularised_curves"]
 
 #: Points of the common grid the curves are interpolated on (1-D inputs).
 N_REGULARISED = 50

@@ -28,8 +28,16 @@ from typing import NamedTuple
 import numpy as np
 from scipy.linalg import solve_triangular
 
-__all__ = ["IndividualTerms", "ClusterPosterior", "individual_terms", "weighted_information", "cluster_posteriors",
-           "expected_log_likelihoods", "mixture_scatter", "LOG_2PI"]
+__all__ = [
+    "LOG_2PI",
+    "ClusterPosterior",
+    "IndividualTerms",
+    "cluster_posteriors",
+    "expected_log_likelihoods",
+    "individual_terms",
+    "mixture_scatter",
+    "weighted_information",
+]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 

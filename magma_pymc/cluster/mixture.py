@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-__all__ = ["mixture_moments", "mixture_quantile", "mixture_interval"]
+__all__ = ["mixture_interval", "mixture_moments", "mixture_quantile"]
 
 #: Bisection halvings: the bracket's width shrinks by 2^-BISECTIONS (far below float64 resolution).
 BISECTIONS = 200

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from magma_pymc.cluster.estimator import MagmaClust
     from magma_pymc.cluster.selection import ClusterSelection
 
-__all__ = ["plot_clusters", "plot_cluster_prediction", "plot_vbic"]
+__all__ = ["plot_cluster_prediction", "plot_clusters", "plot_vbic"]
 
 
 def plot_clusters(model: MagmaClust, ax: Axes | None = None, *, inputs: Any = None, prob: float = 0.95,
@@ -37,7 +37,7 @@ def plot_clusters(model: MagmaClust, ax: Axes | None = None, *, inputs: Any = No
     tau = model.responsibilities_.to_numpy()
     for individual, row in zip(model.data_.individuals, tau, strict=True):
         k = int(np.argmax(row))
-        style = dict(color=f"C{k}", alpha=0.25 + 0.5 * float(row[k]))
+        style = {"color": f"C{k}", "alpha": 0.25 + 0.5 * float(row[k])}
         if lines:
             ax.plot(individual.inputs[:, 0], individual.outputs, lw=0.7, **style, zorder=1)
         ax.scatter(individual.inputs[:, 0], individual.outputs, s=6, linewidths=0, **style, zorder=1)

@@ -31,7 +31,7 @@ from magma_pymc.results import input_coords
 if TYPE_CHECKING:
     from magma_pymc.cluster.estimator import MagmaClust
 
-__all__ = ["cluster_datatree", "save_cluster_model", "load_cluster_model", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "cluster_datatree", "load_cluster_model", "save_cluster_model"]
 
 FORMAT_VERSION = "1.0"
 MEAN_PREFIX = "mu_"
@@ -80,7 +80,7 @@ def cluster_datatree(model: MagmaClust) -> xr.DataTree:
                            for c in long.columns})
     tree = xr.DataTree.from_dict({"posterior": posterior, "clusters": cluster_group, "vem_trace": vem_trace,
                                   "hyperposterior": hyperposterior, "observed_data": observed})
-    tree.attrs.update(method="vem", elbo=model.elbo_, vbic=model.vbic_, n_clusters=int(len(clusters)),
+    tree.attrs.update(method="vem", elbo=model.elbo_, vbic=model.vbic_, n_clusters=len(clusters),
                       n_params=int(model.n_params_), jitter=state.jitter, common_hp=int(model.common_hp),
                       shared_mean_hp=int(model.shared_mean_hp), n_individuals=data.n_individuals)
     return tree

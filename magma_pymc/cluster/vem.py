@@ -50,8 +50,17 @@ from magma_pymc.mstep import minimize_log_params
 from magma_pymc.warnings import ConvergenceWarning, MagmaWarning, NumericalWarning
 from magma_pymc.warnings import warn as _warn
 
-__all__ = ["ClusterWarning", "ClusterProblem", "VEMState", "VEMEStep", "VEMTrace", "estep", "vem_step", "run_vem",
-           "MIN_CLUSTER_SIZE"]
+__all__ = [
+    "MIN_CLUSTER_SIZE",
+    "ClusterProblem",
+    "ClusterWarning",
+    "VEMEStep",
+    "VEMState",
+    "VEMTrace",
+    "estep",
+    "run_vem",
+    "vem_step",
+]
 
 #: A cluster whose expected number of individuals falls below this is dropped during VEM.
 MIN_CLUSTER_SIZE = 0.5
