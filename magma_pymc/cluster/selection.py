@@ -7,7 +7,9 @@ r"""Choosing the number of clusters by the variational BIC (Leroy et al., JMLR 2
 
 with :math:`\mathcal L_K` the final evidence lower bound, :math:`K_\gamma` the number of mean-process HP
 sets (K, or 1 when shared), :math:`M_\theta` that of individual HP sets (1 common, M different).
-A fit whose clusters emptied counts the clusters it kept.
+A fit whose clusters emptied during VEM counts the clusters it kept, and does not compete for the
+choice: it is a fit with fewer clusters (often the same optimum as the smaller K, with the same
+V-BIC up to rounding), not evidence for K. Ties go to the smaller K.
 """
 
 from __future__ import annotations
@@ -60,5 +62,8 @@ def select_n_clusters(data: Any, k_range: Iterable[int] = range(1, 6), **options
         rows.append({"n_clusters": k, "n_clusters_kept": model.n_clusters_, "elbo": model.elbo_,
                      "n_params": model.n_params_, "vbic": model.vbic_, "seconds": time.perf_counter() - start})
     table = pd.DataFrame(rows).set_index("n_clusters")
-    return ClusterSelection(table, int(table["vbic"].idxmax()), models)
+    complete = table[table["n_clusters_kept"] == table.index]
+    candidates = complete if len(complete) else table
+    best = candidates.index[candidates["vbic"].to_numpy().argmax()]  # first maximum: the smaller K on ties
+    return ClusterSelection(table, int(best), models)
 
