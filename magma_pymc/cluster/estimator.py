@@ -16,7 +16,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from magma_pymc.cluster.init import canonical_order, initial_responsibilities
+from magma_pymc.cluster.init import (
+    canonical_order,
+    initial_log_params,
+    initial_responsibilities,
+)
 from magma_pymc.cluster.mixture import mixture_interval, mixture_moments
 from magma_pymc.cluster.predict import cluster_means_at, predict_clusters
 from magma_pymc.cluster.results import cluster_datatree
@@ -30,7 +34,7 @@ from magma_pymc.data import (
     as_training_data,
 )
 from magma_pymc.em import JITTER_DEFAULT
-from magma_pymc.estimator import Magma
+from magma_pymc.estimator import Magma, _scales
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import HyperParameters
 from magma_pymc.results import input_coords
@@ -138,6 +142,7 @@ class MagmaClust:
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
         check_n_clusters(self.n_clusters, train.n_individuals)
         problem, initial = self._setup(train, hyperparameters)
+        input_range = _scales(train)[0]
         rng = np.random.default_rng(self.random_state)
         starts = [self._check_responsibilities(responsibilities, train)] if responsibilities is not None else [
             np.ones((train.n_individuals, 1)) if self.n_clusters == 1
@@ -151,6 +156,12 @@ class MagmaClust:
                     mean_log_params=np.tile(initial.mean_log_params, (tau.shape[1], 1)),
                     log_weights=np.log(sizes / sizes.sum()), tau=tau,
                 )
+            if hyperparameters is None and tau.shape[1] > 1:  # K = 1: MAGMA's own starting values
+                mean_log, log_params = initial_log_params(
+                    self.mean_kernel, self.kernel, tau, problem.residuals, problem.mask, input_range,
+                    problem.output_scale, self.common_hp,
+                )
+                state = state._replace(mean_log_params=mean_log, log_params=log_params)
             trace = run_vem(state, problem, max_iter=self.max_iter, tol=self.tol)
             if best is None or trace.elbo[-1] > best.elbo[-1]:
                 best = trace

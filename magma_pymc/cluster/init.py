@@ -69,3 +69,30 @@ def canonical_order(grid_means: np.ndarray) -> np.ndarray:
     """Permutation sorting clusters by the average of their mean process on the grid (``(K, N)``), ties
     broken by the first grid value, so that labels do not depend on the initialisation."""
     return np.lexsort((grid_means[:, 0], grid_means.mean(axis=1)))
+
+
+def initial_log_params(mean_kernel, kernel, tau: np.ndarray, residuals: np.ndarray, mask: np.ndarray,
+                       input_range: float, output_variance: float, common_hp: bool):
+    r"""Data-driven starting HP given the initial responsibilities ``tau`` (M, K): ``(K, P0)`` and the
+    individual log HP (``(P + 1,)``, or ``(M, P + 1)`` with different HP).
+
+    MAGMA starts every variance at the variance of all outputs. With clusters that variance includes
+    the spread *between* clusters, which the individual processes would then claim (measured: a
+    cluster's mean-process variance collapsing to its lower bound, a flat mean process and the
+    individuals absorbing the cluster's shape). Here each cluster's mean-process variance starts at
+    the mean square of its members' residuals :math:`r = y - m` (its level included, as
+    :math:`\mu_k \sim GP(m, k_{\gamma_k})` must reach it), and the individual variance (and a tenth of it
+    for the noise) at the pooled variance around the cluster levels; lengthscales as in MAGMA.
+    """
+    weights = tau.T[:, :, None] * mask[None]                                          # (K, M, n)
+    sizes = np.maximum(weights.sum(axis=(1, 2)), np.finfo(float).tiny)
+    levels = (weights * residuals[None]).sum(axis=(1, 2)) / sizes
+    floor = 1e-6 * output_variance
+    cluster_variance = np.maximum((weights * residuals[None] ** 2).sum(axis=(1, 2)) / sizes, floor)
+    within = (weights * (residuals[None] - levels[:, None, None]) ** 2).sum() / mask.sum()
+    within = max(within, floor)
+    mean_log = np.stack([mean_kernel.initial_log_params(input_range, v) for v in cluster_variance])
+    log_params = np.append(kernel.initial_log_params(input_range, within), np.log(0.1 * within))
+    if not common_hp:
+        log_params = np.tile(log_params, (tau.shape[0], 1))
+    return mean_log, log_params
