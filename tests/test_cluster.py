@@ -192,6 +192,11 @@ def test_elbo_never_decreases(settings):
     assert np.all(np.isfinite(model.responsibilities_.values))
     np.testing.assert_allclose(model.responsibilities_.sum(axis=1), 1.0)
     assert model.idata_["clusters"]["responsibilities"].dims == ("individual", "cluster")
+    first = sim.data[sim.data["ID"] == sim.data["ID"].iloc[0]].iloc[:4]
+    pred = model.predict(first, T_PRED)
+    assert np.all(np.isfinite(pred["mean"].values)) and np.all(pred["lower"].values < pred["upper"].values)
+    np.testing.assert_allclose(pred["cluster_probability"].values.sum(), 1.0)
+    assert pred.attrs["hp_source"] == ("common" if model.common_hp else "map")
 
 
 def test_labels_are_canonical_and_groups_recovered():
