@@ -34,10 +34,12 @@ from magma_pymc.data import (
     as_training_data,
 )
 from magma_pymc.em import JITTER_DEFAULT
-from magma_pymc.estimator import Magma, _scales
+from magma_pymc.estimator import _AT_BOUND, Magma, _scales
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import HyperParameters
 from magma_pymc.results import input_coords
+from magma_pymc.warnings import ConvergenceWarning
+from magma_pymc.warnings import warn as _warn
 
 __all__ = ["MagmaClust", "check_n_clusters"]
 
@@ -206,6 +208,30 @@ class MagmaClust:
         current, state = estep(state, problem)
         self._finish_loaded(train, problem, state, current, trace)
         self.idata_ = cluster_datatree(self)
+        if self.max_iter > 0:
+            self._warn_hp_at_bounds(state, problem)
+
+    def _warn_hp_at_bounds(self, state: VEMState, problem: ClusterProblem) -> None:
+        """:class:`ConvergenceWarning` naming fitted HP on their box constraints (as MAGMA's fit)."""
+        hits = [
+            f"cluster {k} mu_{name} = {np.exp(value):.3g}"
+            for k, row in enumerate(state.mean_log_params)
+            for name, value, (low, high) in zip(self.mean_kernel.names, row, problem.mean_bounds, strict=True)
+            if min(value - low, high - value) < _AT_BOUND
+        ]
+        rows = np.reshape(state.log_params, (-1, self.kernel.n_params + 1))
+        bounds = np.reshape(problem.bounds, (len(rows), self.kernel.n_params + 1, 2))
+        hits += [
+            f"{'' if self.common_hp else f'individual {self.data_.ids[r]!r} '}{name} = {np.exp(value):.3g}"
+            for r, (row, row_bounds) in enumerate(zip(rows, bounds, strict=True))
+            for name, value, (low, high) in zip((*self.kernel.names, "noise"), row, row_bounds, strict=True)
+            if min(value - low, high - value) < _AT_BOUND
+        ]
+        if hits:
+            more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+            _warn(f"variational EM ended with hyper-parameter(s) on their bounds: {'; '.join(hits[:5])}{more}. The "
+                  "data may not identify them (e.g. a flat mean process), or VEM started far from an optimum: try "
+                  "n_init > 1 or other starting values", ConvergenceWarning)
 
     def _finish_loaded(self, train: TrainingData, problem: ClusterProblem, state: VEMState, current, trace) -> None:
         """Fitted attributes from a final state and its E-step (also used by :meth:`load`)."""
