@@ -33,13 +33,15 @@ from magma_pymc.data import (
     as_inputs,
     as_training_data,
 )
-from magma_pymc.em import JITTER_DEFAULT
-from magma_pymc.estimator import _AT_BOUND, Magma, _scales
+from magma_pymc.estimator import Magma
+from magma_pymc.exceptions import ConvergenceWarning, NotFittedError
+from magma_pymc.exceptions import warn as _warn
+from magma_pymc.jitter import JITTER_DEFAULT
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import HyperParameters
+from magma_pymc.problem import build_problem
 from magma_pymc.results import input_coords
-from magma_pymc.warnings import ConvergenceWarning
-from magma_pymc.warnings import warn as _warn
+from magma_pymc.settings import _AT_BOUND, check_kernels, resolve_prior_mean, scales
 
 __all__ = ["MagmaClust", "check_n_clusters"]
 
@@ -144,7 +146,7 @@ class MagmaClust:
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
         check_n_clusters(self.n_clusters, train.n_individuals)
         problem, initial = self._setup(train, hyperparameters)
-        input_range = _scales(train)[0]
+        input_range = scales(train)[0]
         rng = np.random.default_rng(self.random_state)
         starts = [self._check_responsibilities(responsibilities, train)] if responsibilities is not None else [
             np.ones((train.n_individuals, 1)) if self.n_clusters == 1
@@ -173,9 +175,10 @@ class MagmaClust:
 
     def _setup(self, train: TrainingData, hyperparameters: Any = None) -> tuple[ClusterProblem, VEMState]:
         magma = self._magma
-        magma._check_kernels(train)
-        magma._prior_mean_value = self._prior_mean_value = magma._resolve_prior_mean(train)
-        base = magma._problem(train)
+        check_kernels(self.mean_kernel, self.kernel, train)
+        self._prior_mean_value = resolve_prior_mean(self.prior_mean, train)
+        base = build_problem(train, self._prior_mean_value, self.mean_kernel, self.kernel, common_hp=self.common_hp,
+                             compile_mode=self.compile_mode, inducing=None, mean_step=self.mean_step)
         grid, inputs, residuals, mask, index = base.data_args
         problem = ClusterProblem(
             base.graphs, grid, inputs, residuals, mask, index, base.mean_bounds, base.bounds, base.output_scale,
@@ -256,7 +259,7 @@ class MagmaClust:
     # ----------------------------------------------------------------------- predictions
     def _check_fitted(self) -> None:
         if "_state" not in self.__dict__:
-            raise RuntimeError("this MagmaClust model is not fitted yet: call .fit(data) first")
+            raise NotFittedError("this MagmaClust model is not fitted yet: call .fit(data) first")
 
     @property
     def mean_process_grid(self) -> np.ndarray:
@@ -342,7 +345,7 @@ class MagmaClust:
         magma = self._magma
         mean_log, log_params = magma.initial_hyperparameters(train).to_log(self.mean_kernel, self.kernel, None)
         return build_cluster_model(train, self.n_clusters, self.mean_kernel, self.kernel,
-                                   magma._resolve_prior_mean(train), centres=(mean_log, log_params),
+                                   resolve_prior_mean(self.prior_mean, train), centres=(mean_log, log_params),
                                    common_hp=self.common_hp, jitter=jitter)
 
     # --------------------------------------------------------------------------- save/load

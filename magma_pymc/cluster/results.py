@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from magma_pymc.params import NOISE
-from magma_pymc.persistence import _kernel_from_record, _kernel_record
+from magma_pymc.persistence import kernel_from_record, kernel_record
 from magma_pymc.results import input_coords
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def save_cluster_model(model: MagmaClust, path: str | PathLike) -> None:
         "max_iter": model.max_iter, "tol": model.tol, "jitter": model.jitter, "mean_step": model.mean_step,
         "new_individual_hp": model.new_individual_hp, "n_init": model.n_init,
         "prior_mean": getattr(model._prior_mean_value, "value", None),
-        "mean_kernel": _kernel_record(model.mean_kernel), "kernel": _kernel_record(model.kernel),
+        "mean_kernel": kernel_record(model.mean_kernel), "kernel": kernel_record(model.kernel),
         "input_names": list(model.data_.input_names),
     }
     tree = model.idata_.copy()
@@ -130,8 +130,8 @@ def load_cluster_model(path: str | PathLike, *, mean_kernel=None, kernel=None, p
         raise ValueError("the saved model used a callable prior mean: pass it again, load(path, prior_mean=...)")
     model = MagmaClust(
         config["n_clusters"], common_hp=config["common_hp"], shared_mean_hp=config["shared_mean_hp"],
-        mean_kernel=_kernel_from_record(config["mean_kernel"], mean_kernel, "mean_kernel"),
-        kernel=_kernel_from_record(config["kernel"], kernel, "kernel"),
+        mean_kernel=kernel_from_record(config["mean_kernel"], mean_kernel, "mean_kernel"),
+        kernel=kernel_from_record(config["kernel"], kernel, "kernel"),
         prior_mean=config["prior_mean"] if prior_mean is None else prior_mean, max_iter=config["max_iter"],
         tol=config["tol"], jitter=config["jitter"], mean_step=config["mean_step"],
         new_individual_hp=config["new_individual_hp"], n_init=config["n_init"],

@@ -44,11 +44,11 @@ from magma_pymc.cluster.linalg import (
 )
 from magma_pymc.compiled import ModelGraphs
 from magma_pymc.em import JITTER_MAX
+from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning, NumericalWarning
+from magma_pymc.exceptions import warn as _warn
 from magma_pymc.hyperposterior import individual_covariances
 from magma_pymc.kernels import Kernel
 from magma_pymc.mstep import minimize_log_params
-from magma_pymc.warnings import ConvergenceWarning, MagmaWarning, NumericalWarning
-from magma_pymc.warnings import warn as _warn
 
 __all__ = [
     "MIN_CLUSTER_SIZE",
