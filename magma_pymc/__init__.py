@@ -6,6 +6,7 @@ processes with common mean", Machine Learning 111 (2022).
 
 from magma_pymc import datasets, kernels
 from magma_pymc.bayes import compare_fits
+from magma_pymc.cluster import MagmaClust
 from magma_pymc.data import MagmaInputError
 from magma_pymc.datasets import simulate, split_observed
 from magma_pymc.estimator import Magma
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Magma",
+    "MagmaClust",
     "HyperParameters",
     "Kernel",
     "SquaredExponential",

@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = ["quickstart", "four_settings", "simulation_study", "real_data", "em_vs_nuts"]
+NOTEBOOKS = ["quickstart", "four_settings", "simulation_study", "real_data", "em_vs_nuts", "clustering"]
 SMOKE_LINE = 'SMOKE = "CI" in os.environ or os.environ.get("MAGMA_SMOKE") == "1"'
 CELL_TIMEOUT = 600  # seconds per cell; the first fit in a kernel compiles the PyTensor graphs
 

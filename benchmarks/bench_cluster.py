@@ -1,0 +1,100 @@
+"""MagmaClust on simulated clustered data: recovery, V-BIC choice, forecasts against MAGMA, and speed.
+
+Scheme (:func:`magma_pymc.cluster.simulate_clustered`): K = 3 well-separated clusters (intercepts
+stratified over [0, 45], mean processes at least 10 apart in RMS distance on the grid), M = 60
+training individuals with 30 points each on an uncommon grid,
+common HP, plus 20 new individuals per seed whose first 20 inputs are observed and last 10 forecast.
+
+Per seed: adjusted Rand index of the K = 3 fit against the true labels; the V-BIC choice among
+K = 1..5; forecast MSE and 95 % interval coverage of MagmaClust (K = 3) and MAGMA (``mp.Magma``) on
+the new individuals; fit and selection times. The first fit of the process pays for compiling the
+graphs (``cold``); the others reuse them (``warm``).
+
+Times are wall-clock (``_s``) and CPU time of the process (``_cpu_s``, BLAS limited to one thread by
+the library): on a shared machine the CPU time is the more faithful measure of the work. Run:
+``python benchmarks/bench_cluster.py [n_seeds]`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+T0 = time.perf_counter()
+import magma_pymc as mp
+from magma_pymc.cluster import (
+    ClusterWarning,
+    MagmaClust,
+    adjusted_rand_index,
+    select_n_clusters,
+    simulate_clustered,
+)
+
+IMPORT_S = time.perf_counter() - T0
+N_OBSERVED = 20
+
+
+def forecast_scores(model, sim) -> tuple[float, float]:
+    """MSE and 95 % coverage over the new individuals' last points given their first N_OBSERVED."""
+    errors, covered = [], []
+    for ident, frame in sim.new.groupby("ID", sort=True):
+        frame = frame.sort_values("Input")
+        observed, target = frame.iloc[:N_OBSERVED], frame.iloc[N_OBSERVED:]
+        pred = model.predict((observed["Input"].to_numpy(), observed["Output"].to_numpy()), target["Input"].to_numpy())
+        y = target["Output"].to_numpy()
+        errors.append((pred["mean"].values - y) ** 2)
+        covered.append((pred["lower"].values <= y) & (y <= pred["upper"].values))
+    return float(np.mean(np.concatenate(errors))), float(100 * np.mean(np.concatenate(covered)))
+
+
+def run_seed(seed: int) -> dict:
+    sim = simulate_clustered(3, 60, 30, seed=seed, n_new=20, intercept_range=(0.0, 45.0), min_separation=10.0)
+    start, cpu = time.perf_counter(), time.process_time()
+    model = MagmaClust(3, random_state=seed).fit(sim.data)
+    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    truth = sim.labels.loc[[str(i) for i in model.labels_.index]].to_numpy()
+    start, cpu = time.perf_counter(), time.process_time()
+    selection = select_n_clusters(sim.data, range(1, 6), random_state=seed)
+    select_s, select_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), time.process_time()
+    magma = mp.Magma().fit(sim.data)
+    magma_s, magma_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    clust_mse, clust_cov = forecast_scores(model, sim)
+    magma_mse, magma_cov = forecast_scores(magma, sim)
+    return {"seed": seed, "ari": adjusted_rand_index(truth, model.labels_.values), "vbic_k": selection.best,
+            "mse_clust": clust_mse, "mse_magma": magma_mse, "cover95_clust": clust_cov, "cover95_magma": magma_cov,
+            "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "select_s": select_s, "select_cpu_s": select_cpu_s,
+            "magma_fit_s": magma_s, "magma_cpu_s": magma_cpu_s, "iterations": model.n_iter_}
+
+
+def main(n_seeds: int = 10) -> pd.DataFrame:
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.ConvergenceWarning)
+        warnings.simplefilter("ignore", ClusterWarning)  # K = 4, 5 on three clusters: emptied clusters are expected
+        for seed in range(n_seeds):
+            rows.append(run_seed(seed))
+            print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1), flush=True)
+    table = pd.DataFrame(rows).set_index("seed")
+    pd.set_option("display.width", 200)
+    print(f"\nimport_s = {IMPORT_S:.2f}; seed 0 includes compilation (cold): fit {table['fit_s'].iloc[0]:.2f} s")
+    print(table.round(3).to_string())
+    warm = table.iloc[1:] if len(table) > 1 else table
+    print(
+        f"\nARI >= 0.9: {(table['ari'] >= 0.9).sum()}/{len(table)}; V-BIC picks 3: {(table['vbic_k'] == 3).sum()}/{len(table)}; "
+        f"MSE clust < MAGMA: {(table['mse_clust'] < table['mse_magma']).sum()}/{len(table)}; "
+        f"mean MSE {table['mse_clust'].mean():.3f} vs {table['mse_magma'].mean():.3f}; "
+        f"mean coverage {table['cover95_clust'].mean():.1f} % vs {table['cover95_magma'].mean():.1f} %; "
+        f"warm fit median {warm['fit_s'].median():.2f} s wall / {warm['fit_cpu_s'].median():.2f} s CPU, warm selection "
+        f"(K = 1..5) median {warm['select_s'].median():.2f} s wall / {warm['select_cpu_s'].median():.2f} s CPU; "
+        f"MAGMA warm fit median {warm['magma_fit_s'].median():.2f} s wall / {warm['magma_cpu_s'].median():.2f} s CPU"
+    )
+    return table
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
