@@ -237,7 +237,7 @@ def build_estep_terms(individual_kernel, individual_log_params, data, loadings) 
 
 
 def finish_estep(chol_prior: TensorVariable, terms: EStepTerms) -> EStep:
-    """The E-step from its summed :class:`EStepTerms`: :math:`B = I + \sum_i W_i^\top W_i` (module docstring)."""
+    r"""The E-step from its summed :class:`EStepTerms`: :math:`B = I + \sum_i W_i^\top W_i` (module docstring)."""
     b_matrix = pt.eye(chol_prior.shape[0]) + terms.gram
     return _finish_estep(chol_prior, b_matrix, *terms[1:])
 
