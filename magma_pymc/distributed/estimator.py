@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +63,7 @@ class DistributedMagma(Magma):
         method: Literal["em", "fixed"] = "em",
         hyperparameters: HyperParameters | dict | None = None,
         n_partitions: int | None = None,
+        callback: Callable[[int, EMState, float], None] | None = None,
         **data_options: Any,
     ) -> DistributedMagma:
         """Fit on the cluster of ``client`` (a ``dask.distributed.Client``, local or remote).
@@ -69,7 +71,8 @@ class DistributedMagma(Magma):
         ``data``: a long ``dask.dataframe`` (used as partitioned) or a pandas DataFrame (split into
         ``n_partitions`` partitions of whole individuals, default two per worker thread).
         ``method``, ``hyperparameters`` and ``data_options`` as in :meth:`magma_pymc.Magma.fit`
-        (``method="nuts"`` and MAP priors are in-process only).
+        (``method="nuts"`` and MAP priors are in-process only). ``callback(iteration, state,
+        log_likelihood)`` is called after each EM iteration.
         """
         start = time.perf_counter()
         if method not in ("em", "fixed"):
@@ -113,7 +116,9 @@ class DistributedMagma(Magma):
             self.mean_kernel.log_bounds(span, variance), row_bounds, variance, len(ids), self.mean_step,
         )
         state = EMState(*self._start(hyperparameters, span, variance, ids), self.jitter * variance)
-        trace, last = run_distributed_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
+        trace, last = run_distributed_em(
+            state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol, callback=callback
+        )
         if method == "em":
             self._warn_hp_at_bounds(trace.state, problem, SimpleNamespace(ids=ids))
 

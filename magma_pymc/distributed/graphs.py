@@ -53,7 +53,8 @@ from magma_pymc.kernels import Kernel
 __all__ = ["Structure", "DistributedGraphs", "worker_graphs", "client_graphs", "structure_token", "WORKER_LOCK"]
 
 #: Held while a worker calls a compiled function: PyTensor functions keep their storage between
-#: calls, so two threads of one worker process must not run the same function at once.
+#: calls, so two threads of one process must not run the same function at once (workers running in
+#: the client's process share the core graphs with in-process fits: do not run both at once).
 WORKER_LOCK = threading.Lock()
 
 
@@ -86,21 +87,16 @@ _WORKER_CACHE: dict[str, tuple[ModelGraphs, DistributedGraphs]] = {}
 def worker_graphs(structure: Structure) -> tuple[ModelGraphs, DistributedGraphs]:
     """This process's compiled graphs of ``structure`` (compiled on first use, cached by token)."""
     if structure.token not in _WORKER_CACHE:
-        core = ModelGraphs(
-            structure.mean_kernel, structure.kernel, structure.common_hp, False, structure.mode, structure.projected
-        )
-        _WORKER_CACHE[structure.token] = (core, DistributedGraphs(structure))
+        # The process-wide core graphs: workers in the client's process share them with in-process fits.
+        _WORKER_CACHE[structure.token] = (structure.model_graphs(), DistributedGraphs(structure))
     return _WORKER_CACHE[structure.token]
 
 
-_CLIENT_CACHE: dict[str, DistributedGraphs] = {}
-
-
 def client_graphs(structure: Structure) -> DistributedGraphs:
-    """The client's own compiled graphs of ``structure`` (separate from the in-process workers' ones)."""
-    if structure.token not in _CLIENT_CACHE:
-        _CLIENT_CACHE[structure.token] = DistributedGraphs(structure)
-    return _CLIENT_CACHE[structure.token]
+    """The client's graphs of ``structure``: the same cache as the workers' (the client and the
+    workers call different functions of it: the E-step's finish and the projected loss here, the
+    partitions' tasks there; prediction holds :data:`WORKER_LOCK`)."""
+    return worker_graphs(structure)[1]
 
 
 def structure_token(mean_kernel: Kernel, kernel: Kernel, common_hp: bool, projected: bool, mode: str) -> str:

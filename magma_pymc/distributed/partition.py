@@ -54,14 +54,28 @@ class Partition:
 
 
 def on_worker(task: Callable) -> Callable:
-    """Run a task with one BLAS thread and the process's graph lock (see :data:`WORKER_LOCK`)."""
+    """Run a task with one BLAS thread and the process's graph lock (see :data:`WORKER_LOCK`), on
+    aligned arrays (Dask may deserialise arrays into unaligned buffers, which PyTensor refuses)."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
+        args = tuple(_aligned(arg) for arg in args)
         with WORKER_LOCK, threadpool_limits(limits=1, user_api="blas"):
             return task(*args, **kwargs)
 
     return wrapper
+
+
+def _aligned(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return np.require(value, requirements="A")  # a copy only when unaligned
+    if isinstance(value, Partition):
+        return Partition(value.ids, tuple(_aligned(a) for a in value.arrays))
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_aligned(v) for v in value)
+    if isinstance(value, tuple):  # NamedTuple
+        return type(value)(*(_aligned(v) for v in value))
+    return value
 
 
 def validate(frame: pd.DataFrame, input_dim: int, options: dict) -> TrainingData:

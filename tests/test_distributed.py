@@ -1,0 +1,145 @@
+"""Distributed EM on a real Dask LocalCluster: same fit and predictions as in process, faults, bad data."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import magma_pymc as mp
+
+distributed = pytest.importorskip("dask.distributed", reason="the optional extra magma-pymc[dask] is not installed")
+dd = pytest.importorskip("dask.dataframe")
+
+from magma_pymc.distributed import DistributedMagma, predict_partitions  # noqa: E402
+
+#: Agreement required with the in-process fit (sums over individuals taken in another order).
+RTOL = 1e-8
+PRED_INPUTS = np.linspace(-1.0, 11.0, 9)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two single-thread workers in this process (started here, closed after the module)."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def _data(common_hp: bool, seed: int = 3) -> pd.DataFrame:
+    return mp.simulate(n_individuals=12, n_points=8, seed=seed, common_hp=common_hp).data
+
+
+def _assert_same_fit(reference: mp.Magma, fitted: DistributedMagma) -> None:
+    np.testing.assert_allclose(
+        fitted.hyperparameters_.mean_process.to_numpy(), reference.hyperparameters_.mean_process.to_numpy(), rtol=RTOL
+    )
+    ref_ind, ind = reference.hyperparameters_.individual, fitted.hyperparameters_.individual
+    assert list(ind.index) == list(ref_ind.index)
+    np.testing.assert_allclose(ind.to_numpy(), ref_ind.to_numpy(), rtol=RTOL)
+    assert fitted.n_iter_ == reference.n_iter_
+    np.testing.assert_allclose(fitted.log_likelihood_, reference.log_likelihood_, rtol=RTOL)
+    np.testing.assert_allclose(
+        fitted.idata_["em_trace"]["log_likelihood"].values, reference.idata_["em_trace"]["log_likelihood"].values,
+        rtol=RTOL,
+    )
+    ref_mu0, mu0 = reference.hyperposterior(PRED_INPUTS), fitted.hyperposterior(PRED_INPUTS)
+    np.testing.assert_allclose(mu0["mean"], ref_mu0["mean"], rtol=RTOL)
+    np.testing.assert_allclose(mu0["cov"], ref_mu0["cov"], rtol=RTOL, atol=RTOL * float(ref_mu0["variance"].max()))
+
+
+def _assert_same_prediction(reference: mp.Magma, fitted: DistributedMagma, observed) -> None:
+    ref, pred = reference.predict(observed, PRED_INPUTS), fitted.predict(observed, PRED_INPUTS)
+    for name in ("mean", "variance", "latent_variance", "lower", "upper"):
+        np.testing.assert_allclose(pred[name], ref[name], rtol=RTOL, err_msg=name)
+    assert pred.attrs.keys() == ref.attrs.keys()
+    for key, value in ref.attrs.items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(pred.attrs[key], value, rtol=RTOL, err_msg=key)
+        else:
+            assert pred.attrs[key] == value, key
+
+
+@pytest.mark.parametrize("common_hp", [True, False], ids=["common-hp", "different-hp"])
+def test_exact_fit_and_prediction_match_in_process(client, common_hp):
+    data = _data(common_hp)
+    reference = mp.Magma(common_hp=common_hp).fit(data)
+    fitted = DistributedMagma(common_hp=common_hp).fit(data, client=client, n_partitions=3)
+    _assert_same_fit(reference, fitted)
+    new = _data(common_hp, seed=11)
+    _assert_same_prediction(reference, fitted, new[new.ID == new.ID.iloc[0]].iloc[:4])
+    assert fitted.communication_.round_trips[1] >= 3  # E-step, individual and mean-process M-steps
+
+
+def test_projected_fit_from_dask_frame_matches_in_process(client):
+    """Inducing points, common HP, data given as a dask DataFrame partitioned by individual."""
+    data = _data(True)
+    reference = mp.Magma(common_hp=True, inducing=6).fit(data)
+    frame = dd.from_pandas(data.set_index("ID"), npartitions=3, sort=True).reset_index()
+    fitted = DistributedMagma(common_hp=True, inducing=6).fit(frame, client=client)
+    _assert_same_fit(reference, fitted)
+    _assert_same_prediction(reference, fitted, data[data.ID == "i03"].iloc[::2])
+    # The partitions' E-step terms live on the G inducing points: G^2 + G + 3 numbers each.
+    n_partitions = frame.npartitions
+    per_partition = (6 * 6 + 6 + 3) * 8
+    assert fitted.communication_.received[0] == pytest.approx(n_partitions * per_partition, rel=0.05)
+
+
+def test_predict_partitions_equals_one_by_one(client):
+    data = _data(False)
+    fitted = DistributedMagma(common_hp=False).fit(data, client=client, n_partitions=2)
+    new = _data(False, seed=5).groupby("ID").head(3)
+    table = predict_partitions(fitted, new, PRED_INPUTS, client=client, n_partitions=3)
+    lazy = predict_partitions(fitted, dd.from_pandas(new.set_index("ID"), npartitions=2).reset_index(), PRED_INPUTS)
+    from_dask = lazy.compute()
+    assert list(pd.unique(table.ID)) == list(pd.unique(new.ID))
+    for ident, rows in table.groupby("ID", sort=False):
+        one = fitted.predict(new[new.ID == ident], PRED_INPUTS)
+        np.testing.assert_allclose(rows["Input"], PRED_INPUTS)
+        for name in ("mean", "variance", "latent_lower", "upper"):
+            np.testing.assert_allclose(rows[name], one[name], rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(from_dask[from_dask.ID == ident]["mean"], one["mean"], rtol=1e-12)
+
+
+def test_bad_partition_raises_the_in_process_error(client):
+    data = _data(True)
+    data.loc[data.index[data.ID == "i07"][2], "Output"] = np.nan
+    with pytest.raises(mp.MagmaInputError) as in_process:
+        mp.Magma().fit(data)
+    with pytest.raises(mp.MagmaInputError) as on_cluster:
+        DistributedMagma().fit(data, client=client, n_partitions=3)
+    assert str(on_cluster.value) == str(in_process.value)
+    assert "'i07'" in str(on_cluster.value)
+
+
+def test_individual_split_between_partitions_is_an_error(client):
+    data = _data(True)
+    frame = dd.from_pandas(data, npartitions=5, sort=False)  # row chunks: some individuals straddle two
+    with pytest.raises(mp.MagmaInputError, match="appear in several partitions"):
+        DistributedMagma().fit(frame, client=client)
+
+
+def test_fit_survives_a_killed_worker():
+    """A worker process killed (SIGKILL) after the first iteration: Dask recomputes its partitions
+    from their lineage on the other worker, and the fit ends as an undisturbed one."""
+    data = _data(True)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as c:
+        undisturbed = DistributedMagma().fit(data, client=c, n_partitions=4)
+        pids = c.run(os.getpid)
+        killed = []
+
+        def kill_one_worker(iteration, state, log_likelihood):
+            if iteration == 1:
+                address, pid = sorted(pids.items())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(address)
+
+        fitted = DistributedMagma().fit(data, client=c, n_partitions=4, callback=kill_one_worker)
+        assert killed
+    _assert_same_fit(undisturbed, fitted)
