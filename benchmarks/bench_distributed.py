@@ -117,10 +117,14 @@ def _child(mode: str, args, m: int) -> dict:
     command = [sys.executable, __file__, "--child", mode, "--m", str(m), "--workers", str(args.workers),
                "--max-iter", str(args.max_iter), "--inducing", str(args.inducing), "--points", str(args.points),
                "--seed", str(args.seed)]
-    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's magma_pymc
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=root, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{mode} M={m} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"# {mode} M={m}: {result['seconds']:.1f} s, {result['iterations']} iterations", flush=True)
+    return result
 
 
 def main() -> None:

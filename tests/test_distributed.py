@@ -19,6 +19,8 @@ from magma_pymc.distributed import DistributedMagma, predict_partitions  # noqa:
 #: Agreement required with the in-process fit (sums over individuals taken in another order).
 RTOL = 1e-8
 PRED_INPUTS = np.linspace(-1.0, 11.0, 9)
+#: EM iterations of the compared fits (equal fits whatever the number; few keep the tests fast).
+MAX_ITER = 3
 
 
 @pytest.fixture(scope="module")
@@ -64,35 +66,57 @@ def _assert_same_prediction(reference: mp.Magma, fitted: DistributedMagma, obser
             assert pred.attrs[key] == value, key
 
 
+@pytest.fixture(scope="module")
+def fits(client):
+    """In-process and distributed fits of one data set per setting, shared by the tests (computed once)."""
+    cache = {}
+
+    def get(common_hp: bool, inducing: int | None = None):
+        key = (common_hp, inducing)
+        if key not in cache:
+            data = _data(common_hp)
+            reference = mp.Magma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER).fit(data)
+            if inducing is None:
+                fitted = DistributedMagma(common_hp=common_hp, max_iter=MAX_ITER).fit(
+                    data, client=client, n_partitions=3
+                )
+            else:  # a dask DataFrame partitioned by individual
+                frame = dd.from_pandas(data.set_index("ID"), npartitions=3, sort=True).reset_index()
+                fitted = DistributedMagma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER).fit(
+                    frame, client=client
+                )
+            cache[key] = data, reference, fitted
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
 @pytest.mark.parametrize("common_hp", [True, False], ids=["common-hp", "different-hp"])
-def test_exact_fit_and_prediction_match_in_process(client, common_hp):
-    data = _data(common_hp)
-    reference = mp.Magma(common_hp=common_hp).fit(data)
-    fitted = DistributedMagma(common_hp=common_hp).fit(data, client=client, n_partitions=3)
+def test_exact_fit_and_prediction_match_in_process(fits, common_hp):
+    _, reference, fitted = fits(common_hp)
     _assert_same_fit(reference, fitted)
     new = _data(common_hp, seed=11)
     _assert_same_prediction(reference, fitted, new[new.ID == new.ID.iloc[0]].iloc[:4])
     assert fitted.communication_.round_trips[1] >= 3  # E-step, individual and mean-process M-steps
 
 
-def test_projected_fit_from_dask_frame_matches_in_process(client):
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+def test_projected_fit_from_dask_frame_matches_in_process(fits):
     """Inducing points, common HP, data given as a dask DataFrame partitioned by individual."""
-    data = _data(True)
-    reference = mp.Magma(common_hp=True, inducing=6).fit(data)
-    frame = dd.from_pandas(data.set_index("ID"), npartitions=3, sort=True).reset_index()
-    fitted = DistributedMagma(common_hp=True, inducing=6).fit(frame, client=client)
+    data, reference, fitted = fits(True, 6)
     _assert_same_fit(reference, fitted)
     _assert_same_prediction(reference, fitted, data[data.ID == "i03"].iloc[::2])
-    # The partitions' E-step terms live on the G inducing points: G^2 + G + 3 numbers each.
-    n_partitions = frame.npartitions
-    per_partition = (6 * 6 + 6 + 3) * 8
-    assert fitted.communication_.received[0] == pytest.approx(n_partitions * per_partition, rel=0.05)
+    # The partitions' E-step terms live on the G inducing points: G^2 + G + 3 numbers from each of
+    # the 3 partitions (and nothing of the size of the data).
+    assert fitted.communication_.received[0] == pytest.approx(3 * (6 * 6 + 6 + 3) * 8, rel=0.05)
 
 
-def test_predict_partitions_equals_one_by_one(client):
-    data = _data(False)
-    fitted = DistributedMagma(common_hp=False).fit(data, client=client, n_partitions=2)
-    new = _data(False, seed=5).groupby("ID").head(3)
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+def test_predict_partitions_equals_one_by_one(client, fits):
+    _, _, fitted = fits(True)
+    new = _data(True, seed=5).groupby("ID").head(3)
+    new = new[new.ID.isin(pd.unique(new.ID)[:4])]
     table = predict_partitions(fitted, new, PRED_INPUTS, client=client, n_partitions=3)
     lazy = predict_partitions(fitted, dd.from_pandas(new.set_index("ID"), npartitions=2).reset_index(), PRED_INPUTS)
     from_dask = lazy.compute()
@@ -123,14 +147,16 @@ def test_individual_split_between_partitions_is_an_error(client):
         DistributedMagma().fit(frame, client=client)
 
 
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
 def test_fit_survives_a_killed_worker():
     """A worker process killed (SIGKILL) after the first iteration: Dask recomputes its partitions
     from their lineage on the other worker, and the fit ends as an undisturbed one."""
     data = _data(True)
+    options = dict(max_iter=MAX_ITER)
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster, distributed.Client(cluster) as c:
-        undisturbed = DistributedMagma().fit(data, client=c, n_partitions=4)
+        undisturbed = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
         pids = c.run(os.getpid)
         killed = []
 
@@ -140,6 +166,6 @@ def test_fit_survives_a_killed_worker():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(address)
 
-        fitted = DistributedMagma().fit(data, client=c, n_partitions=4, callback=kill_one_worker)
+        fitted = DistributedMagma(**options).fit(data, client=c, n_partitions=4, callback=kill_one_worker)
         assert killed
     _assert_same_fit(undisturbed, fitted)

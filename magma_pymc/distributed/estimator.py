@@ -44,8 +44,10 @@ class DistributedMagma(Magma):
     keeps the hyper-parameters and the hyper-posterior of :math:`\\mu_0` on the grid, which is all
     that prediction needs.
 
-    Attributes (besides :class:`~magma_pymc.Magma`'s ``hyperparameters_``, ``idata_``,
-    ``log_likelihood_``, ``converged_``, ``n_iter_``, ``fit_seconds_``)
+    Besides :class:`~magma_pymc.Magma`'s ``hyperparameters_``, ``idata_`` (without the
+    ``observed_data`` group), ``log_likelihood_``, ``converged_``, ``n_iter_`` and ``fit_seconds_``:
+
+    Attributes
     ----------
     ids_ : np.ndarray
         Individual IDs, in the order of the partitions.
