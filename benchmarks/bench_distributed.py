@@ -79,7 +79,7 @@ def run_distributed(args) -> dict:
     from magma_pymc.distributed import DistributedMagma
 
     model = dict(common_hp=True, inducing=args.inducing, max_iter=args.max_iter)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit=None) as cluster, Client(cluster) as client:
         DistributedMagma(**model).fit(_data(200, args.points, seed=1), client=client)  # compile on the workers
         frame = _data(args.m, args.points, seed=args.seed)

@@ -27,7 +27,7 @@ MAX_ITER = 3
 def client():
     """Two single-thread workers in this process (started here, closed after the module)."""
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
     ) as cluster, distributed.Client(cluster) as c:
         yield c
 
@@ -155,6 +155,7 @@ def test_individual_split_between_partitions_is_an_error(client):
         DistributedMagma().fit(frame, client=client)
 
 
+@pytest.mark.slow  # two worker processes start, compile the graphs, and one restarts after the kill
 @pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
 def test_fit_survives_a_killed_worker():
     """A worker process killed (SIGKILL) after the first iteration: Dask recomputes its partitions
@@ -162,7 +163,7 @@ def test_fit_survives_a_killed_worker():
     data = _data(True)
     options = dict(max_iter=MAX_ITER)
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster, distributed.Client(cluster) as c:
         undisturbed = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
         pids = c.run(os.getpid)
