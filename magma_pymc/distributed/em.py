@@ -31,10 +31,11 @@ import numpy as np
 
 from magma_pymc.distributed import partition as tasks
 from magma_pymc.distributed.graphs import Structure, client_graphs
-from magma_pymc.em import JITTER_DEFAULT, JITTER_MAX, EMState, EMTrace, EStepResult
+from magma_pymc.em import EMState, EMTrace, EStepResult
+from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
+from magma_pymc.exceptions import warn as _warn
+from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
 from magma_pymc.mstep import minimize_log_params
-from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
-from magma_pymc.warnings import warn as _warn
 
 __all__ = ["PartitionedProblem", "DistributedEStep", "run_distributed_em", "Communication"]
 

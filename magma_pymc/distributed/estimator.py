@@ -18,16 +18,18 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from magma_pymc.data import MagmaInputError, as_inputs
+from magma_pymc.data import MagmaInputError
 from magma_pymc.distributed import partition as tasks
 from magma_pymc.distributed.em import PartitionedProblem, run_distributed_em
 from magma_pymc.distributed.frames import check_whole_individuals, validated_partitions
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, structure_token
 from magma_pymc.distributed.predictor import Predictor
+from magma_pymc.distributed.summary import PartitionedData, SummaryArrays
 from magma_pymc.em import EMState
-from magma_pymc.estimator import Magma, _Constant, _warn_far_inputs
-from magma_pymc.params import HyperParameters
-from magma_pymc.results import gaussian_dataset, hp_dataset, input_coords
+from magma_pymc.estimator import Magma
+from magma_pymc.params import NOISE, HyperParameters
+from magma_pymc.results import hp_dataset, input_coords
+from magma_pymc.settings import Constant, resolve_prior_mean, warn_far_inputs, warn_hp_at_bounds
 
 __all__ = ["DistributedMagma"]
 
@@ -104,9 +106,9 @@ class DistributedMagma(Magma):
             grid = np.linspace(low, high, self.inducing) if isinstance(self.inducing, int) else self.inducing
         else:
             grid = np.unique(np.concatenate([s.grid for s in summaries]), axis=0)  # sorted rows, as in process
-        prior_mean = _Constant(output_mean) if self.prior_mean is None else self._resolve_prior_mean(None)
+        prior_mean = Constant(output_mean) if self.prior_mean is None else resolve_prior_mean(self.prior_mean, None)
         prior_mean(grid)  # a callable prior mean is checked early
-        _warn_far_inputs(np.vstack([low, high]), span, names, "training data")
+        warn_far_inputs(np.vstack([low, high]), span, names, "training data")
 
         grid_future = client.submit(tasks.identity, grid)
         partitions = [client.submit(tasks.prepare, t, grid_future, prior_mean, projected) for t in trains]
@@ -122,24 +124,22 @@ class DistributedMagma(Magma):
             state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol, callback=callback
         )
         if method == "em":
-            self._warn_hp_at_bounds(trace.state, problem, SimpleNamespace(ids=ids))
+            warn_hp_at_bounds(trace.state, problem, self.mean_kernel.names, (*self.kernel.names, NOISE),
+                              None if self.common_hp else ids)
 
-        self._state = trace.state
-        self._predictor = Predictor(
-            structure, trace.state, grid, last.alpha, last.chol_b, prior_mean, tuple(row_bounds), names, span,
-            self.new_individual_hp,
-        )
         self.ids_ = ids
-        self.hyperparameters_ = HyperParameters.from_log(
-            self.mean_kernel, self.kernel, trace.state.mean_log_params, trace.state.log_params,
-            None if self.common_hp else ids,
-        )
-        self.log_likelihood_ = trace.estep.log_likelihood
-        self.converged_ = trace.converged
-        self.n_iter_ = len(trace.log_likelihood) - 1
         self.communication_ = problem.communication
         self.iteration_seconds_ = problem.seconds
-        self.idata_ = self._distributed_tree(trace, method, prior_mean(grid) + last.result.mean, last.result.cov, names)
+        self._predictor = Predictor(
+            structure, method, trace.state, SummaryArrays(grid, last.alpha, last.chol_b),
+            (problem.mean_bounds, row_bounds), PartitionedData(ids, names, span, variance), prior_mean,
+            self.new_individual_hp,
+        )
+        tree = self._distributed_tree(trace, method, prior_mean(grid) + last.result.mean, last.result.cov, names)
+        with WORKER_LOCK:  # builds the record with this process's graphs (shared with in-process workers)
+            result = self._predictor.result(tree)
+        self._set_result(result, converged=trace.converged, n_iter=len(trace.log_likelihood) - 1,
+                         log_likelihood=trace.estep.log_likelihood)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -179,26 +179,17 @@ class DistributedMagma(Magma):
 
     # ----------------------------------------------------------------------- predictions
     def hyperposterior(self, inputs: Any | None = None, *, prob: float = 0.95) -> xr.Dataset:
-        """As :meth:`magma_pymc.Magma.hyperposterior`, from the fitted hyper-posterior on the grid."""
-        self._check_fitted()
-        predictor = self._predictor
-        x = predictor.grid if inputs is None else as_inputs(inputs, input_dim=predictor.grid.shape[1])
+        """As :meth:`magma_pymc.Magma.hyperposterior` (same numbers), from the fitted hyper-posterior on the grid."""
         with WORKER_LOCK:
-            mean, cov = predictor.mean_process_at(x)
-        return gaussian_dataset(x, predictor.input_names, mean, cov, prob, full_cov=True)
+            return super().hyperposterior(inputs, prob=prob)
 
     def predict(self, new_data: Any, inputs: Any, *, prob: float = 0.95, full_cov: bool = False,
                 **data_options: Any) -> xr.Dataset:
         """As :meth:`magma_pymc.Magma.predict` (same arguments, same result); for many new
         individuals at once, on the cluster, see :func:`magma_pymc.distributed.predict_partitions`."""
-        self._check_fitted()
         with WORKER_LOCK:
-            return self._predictor.predict(new_data, inputs, prob=prob, full_cov=full_cov, **data_options)
-
-    @property
-    def mean_process_grid(self) -> np.ndarray:
-        self._check_fitted()
-        return self._predictor.grid
+            return self.predictor.predict(new_data, inputs, prob=prob, full_cov=full_cov, result=self.result_,
+                                          **data_options)
 
     @property
     def predictor(self) -> Predictor:

@@ -5,7 +5,8 @@ Prediction needs the HP and the hyper-posterior of :math:`\mu_0` on the grid onl
 *Prediction*), :math:`\mu_0` at new inputs follows from :math:`(\alpha, L_B)`
 (:func:`magma_pymc.hyperposterior.build_mean_process_at`), :math:`O(N^2)` numbers that every
 worker receives once. Each new individual then goes through the steps of
-:meth:`magma_pymc.Magma.predict` (:mod:`magma_pymc.predict`).
+:meth:`magma_pymc.Magma.predict` (:func:`magma_pymc.predictive.predict` on the fit's
+:class:`~magma_pymc.fit_result.FitResult`, :mod:`magma_pymc.distributed.summary`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from magma_pymc import predictive
 from magma_pymc.data import as_individual, as_inputs
 from magma_pymc.distributed.graphs import Structure, worker_graphs
 from magma_pymc.distributed.partition import identity, on_worker
+from magma_pymc.distributed.summary import PartitionedData, SummaryArrays, summary_result
 from magma_pymc.em import EMState
-from magma_pymc.estimator import _warn_far_inputs
-from magma_pymc.predict import fit_new_individual, predict_individual
-from magma_pymc.results import gaussian_dataset, latent_bounds
+from magma_pymc.fit_result import FitResult
+from magma_pymc.params import NOISE
+from magma_pymc.settings import warn_far_inputs
 
 __all__ = ["Predictor", "predict_frame", "predict_partitions"]
 
@@ -34,54 +37,39 @@ PREDICTION_COLUMNS = ("mean", "variance", "lower", "upper", "latent_variance", "
 
 @dataclass(frozen=True, eq=False)
 class Predictor:
-    """What prediction needs of a fit; compiled graphs are rebuilt in each process (:func:`worker_graphs`)."""
+    """What prediction needs of a distributed fit: small and picklable (no compiled graph, no data);
+    :meth:`result` rebuilds the fit's record in each process with that process's graphs."""
 
     structure: Structure
+    method: str
     state: EMState
-    grid: np.ndarray
-    alpha: np.ndarray
-    chol_b: np.ndarray
+    arrays: SummaryArrays
+    bounds: tuple
+    data: PartitionedData
     prior_mean: Callable[[np.ndarray], np.ndarray]
-    row_bounds: tuple
-    input_names: tuple[str, ...]
-    input_range: float
     new_individual_hp: str = "map"
 
-    def mean_process_at(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hyper-posterior mean (with :math:`m_0`) and covariance of :math:`\\mu_0` at ``inputs``."""
-        _, graphs = worker_graphs(self.structure)
-        centred, cov = graphs.mean_process_at(
-            self.state.mean_log_params, self.grid, self.alpha, self.chol_b, self.state.jitter, inputs
+    @property
+    def grid(self) -> np.ndarray:
+        return self.arrays.grid
+
+    def result(self, tree: xr.DataTree | None = None) -> FitResult:
+        """The :class:`~magma_pymc.fit_result.FitResult` (:func:`~magma_pymc.distributed.summary.summary_result`)."""
+        return summary_result(
+            self.method, self.state, worker_graphs(self.structure), self.arrays, self.bounds, self.data,
+            self.prior_mean, (*self.structure.kernel.names, NOISE), tree,
         )
-        return self.prior_mean(inputs) + np.asarray(centred), np.asarray(cov)
 
     def predict(self, new_data: Any, inputs: Any, *, prob: float = 0.95, full_cov: bool = False,
-                **data_options: Any) -> xr.Dataset:
-        """:meth:`magma_pymc.Magma.predict`'s steps, with :math:`\\mu_0` from :meth:`mean_process_at`."""
-        d = self.grid.shape[1]
+                result: FitResult | None = None, **data_options: Any) -> xr.Dataset:
+        """:meth:`magma_pymc.Magma.predict`: the same checks, then :func:`magma_pymc.predictive.predict`."""
+        d = self.data.input_dim
         individual = as_individual(new_data, input_dim=d, **data_options)
         pred_inputs = as_inputs(inputs, input_dim=d)
         joint_inputs = np.concatenate([individual.inputs, pred_inputs])
-        _warn_far_inputs(joint_inputs, self.input_range, self.input_names, "predict")
-        joint_mean, joint_cov = self.mean_process_at(joint_inputs)
-        n_obs = individual.n_points
-        core, _ = worker_graphs(self.structure)
-        jitter = self.state.jitter
-        hp = fit_new_individual(
-            core, individual, joint_mean[:n_obs], joint_cov[:n_obs, :n_obs], self.state.log_params,
-            list(self.row_bounds), jitter, empirical_prior=self.new_individual_hp == "map",
-        )
-        pred = predict_individual(core, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
-        ds = gaussian_dataset(pred_inputs, self.input_names, pred.mean, pred.predictive_cov, prob, full_cov)
-        ds = latent_bounds(ds, pred, prob)
-        names = (*self.structure.kernel.names, "noise")
-        ds.attrs.update(
-            individual=str(individual.id),
-            prediction_type="I" if n_obs else "II",
-            hp_source=hp.source,
-            **{f"hp_{name}": float(v) for name, v in zip(names, np.exp(hp.log_params), strict=True)},
-        )
-        return ds
+        warn_far_inputs(joint_inputs, self.data.input_range, self.data.input_names, "predict")
+        return predictive.predict(self.result() if result is None else result, individual, pred_inputs, prob=prob,
+                                  full_cov=full_cov, empirical_prior=self.new_individual_hp == "map")
 
 
 @on_worker
@@ -89,11 +77,11 @@ def predict_frame(frame: pd.DataFrame, predictor: Predictor, inputs: np.ndarray,
                   options: dict) -> pd.DataFrame:
     """Predict every individual of a long frame at ``inputs``: one row per individual and input."""
     id_col = options.get("id_col", "ID")
-    rows = []
+    rows, result = [], predictor.result()
     for ident, group in frame.groupby(id_col, sort=False):
-        ds = predictor.predict(group, inputs, prob=prob, **options)
+        ds = predictor.predict(group, inputs, prob=prob, result=result, **options)
         table = {id_col: np.repeat(np.asarray([ident], dtype=object), len(inputs))}
-        table.update({name: inputs[:, j] for j, name in enumerate(predictor.input_names)})
+        table.update({name: inputs[:, j] for j, name in enumerate(predictor.data.input_names)})
         table.update({column: ds[column].to_numpy() for column in PREDICTION_COLUMNS})
         rows.append(pd.DataFrame(table))
     return pd.concat(rows, ignore_index=True) if rows else _empty(predictor, id_col)
@@ -101,7 +89,8 @@ def predict_frame(frame: pd.DataFrame, predictor: Predictor, inputs: np.ndarray,
 
 def _empty(predictor: Predictor, id_col: str) -> pd.DataFrame:
     return pd.DataFrame(
-        {id_col: pd.Series(dtype=object), **{n: pd.Series(dtype=float) for n in (*predictor.input_names, *PREDICTION_COLUMNS)}}
+        {id_col: pd.Series(dtype=object),
+         **{n: pd.Series(dtype=float) for n in (*predictor.data.input_names, *PREDICTION_COLUMNS)}}
     )
 
 
