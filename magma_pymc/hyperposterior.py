@@ -46,6 +46,10 @@ __all__ = [
     "individual_covariances",
     "build_estep",
     "build_estep_projected",
+    "build_loadings",
+    "EStepTerms",
+    "build_estep_terms",
+    "finish_estep",
     "DataPrecision",
     "build_data_precision",
     "build_data_precision_common",
@@ -154,13 +158,7 @@ def build_estep(
     Cholesky factorisation per individual (batched) plus two of size :math:`N`. Padded slots are
     neutral: :math:`\Psi` is the identity there, residuals and the rows of :math:`P_i L_0` are zero.
     """
-    n_grid = data.grid.shape[0]
-    prior_cov = _with_jitter(mean_kernel.covariance(mean_log_params)(data.grid), data.jitter)
-    chol_prior = cholesky(prior_cov, lower=True)
-
-    # P_i L0 by gathering rows; the appended zero row serves the padded slots.
-    chol_prior_padded = pt.concatenate([chol_prior, pt.zeros((1, n_grid))], axis=0)
-    selected = chol_prior_padded[data.index]                                    # (M, N_max, N)
+    chol_prior, selected = build_loadings(mean_kernel, mean_log_params, data, projected=False)
     return _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, selected)
 
 
@@ -187,31 +185,67 @@ def build_estep_projected(
     :math:`O(G^3 + \sum_i N_i^3 + G^2 \sum_i N_i)`. The log-likelihood is that of the projected
     model (exact when :math:`g` contains every input); ``data.index`` is unused.
     """
-    n_grid = data.grid.shape[0]
-    n_individuals, n_max, dim = data.inputs.shape
-    prior = mean_kernel.covariance(mean_log_params)
-    chol_prior = cholesky(_with_jitter(prior(data.grid), data.jitter), lower=True)
-    cross = prior(data.grid, data.inputs.reshape((-1, dim)))                      # K0(g, t) (G, M N_max)
-    loadings = solve_triangular(chol_prior, cross, lower=True, b_ndim=2).T         # S (M N_max, G)
-    loadings = (loadings * data.mask.reshape((-1,))[:, None]).reshape((n_individuals, n_max, n_grid))
+    chol_prior, loadings = build_loadings(mean_kernel, mean_log_params, data, projected=True)
     return _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, loadings)
 
 
-def _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, loadings) -> EStep:
-    """Whitened E-step given the loadings :math:`S_i` (zero rows in padded slots)."""
-    n_grid = chol_prior.shape[0]
+def build_loadings(
+    mean_kernel: Kernel, mean_log_params: TensorVariable, data: TrainingTensors, *, projected: bool
+) -> tuple[TensorVariable, TensorVariable]:
+    r""":math:`L_0 = \mathrm{chol}(K_0(t, t) + jI)` on ``data.grid`` and the loadings ``(M, N_max, N)``:
+    :math:`P_i L_0` (exact model, :func:`build_estep`) or :math:`S_i` (projected model,
+    :func:`build_estep_projected`); zero rows in padded slots."""
+    n_grid = data.grid.shape[0]
+    prior = mean_kernel.covariance(mean_log_params)
+    chol_prior = cholesky(_with_jitter(prior(data.grid), data.jitter), lower=True)
+    if not projected:
+        # P_i L0 by gathering rows; the appended zero row serves the padded slots.
+        chol_prior_padded = pt.concatenate([chol_prior, pt.zeros((1, n_grid))], axis=0)
+        return chol_prior, chol_prior_padded[data.index]                          # (M, N_max, N)
+    n_individuals, n_max, dim = data.inputs.shape
+    cross = prior(data.grid, data.inputs.reshape((-1, dim)))                      # K0(g, t) (G, M N_max)
+    loadings = solve_triangular(chol_prior, cross, lower=True, b_ndim=2).T         # S (M N_max, G)
+    loadings = (loadings * data.mask.reshape((-1,))[:, None]).reshape((n_individuals, n_max, n_grid))
+    return chol_prior, loadings
+
+
+class EStepTerms(NamedTuple):
+    r"""The E-step's sums over individuals: ``gram`` :math:`\sum_i W_i^\top W_i`, ``shift``
+    :math:`c = \sum_i W_i^\top L_{\Psi_i}^{-1} r_i`, ``quad_residuals`` :math:`\sum_i \|L_{\Psi_i}^{-1} r_i\|^2`,
+    ``half_logdet_psi`` :math:`\tfrac12 \sum_i \log|\Psi_i|` and ``n_obs`` :math:`\sum_i N_i`. Each is a sum
+    over individuals, so the terms of disjoint sets of individuals add up."""
+
+    gram: TensorVariable
+    shift: TensorVariable
+    quad_residuals: TensorVariable
+    half_logdet_psi: TensorVariable
+    n_obs: TensorVariable
+
+
+def build_estep_terms(individual_kernel, individual_log_params, data, loadings) -> EStepTerms:
+    """:class:`EStepTerms` of the individuals in ``data`` given their loadings (:func:`build_loadings`)."""
+    n_grid = loadings.shape[-1]
     psi = individual_covariances(individual_kernel, individual_log_params, data.inputs, data.mask, data.jitter)
     chol_psi = cholesky(psi, lower=True)
     whitened = solve_triangular(chol_psi, loadings, lower=True, b_ndim=2)      # W_i
     whitened_res = solve_triangular(chol_psi, data.residuals, lower=True, b_ndim=1)
-
     flat = whitened.reshape((-1, n_grid))
-    b_matrix = pt.eye(n_grid) + flat.T @ flat                                   # B = I + sum_i W_i' W_i
-    c = flat.T @ whitened_res.reshape((-1,))                                    # c = sum_i W_i' L_i^{-1} r_i
-    estep = _finish_estep(
-        chol_prior, b_matrix, c, (whitened_res**2).sum(), log_diagonal_sum(chol_psi), data.mask.sum()
+    return EStepTerms(
+        flat.T @ flat, flat.T @ whitened_res.reshape((-1,)), (whitened_res**2).sum(), log_diagonal_sum(chol_psi),
+        data.mask.sum(),
     )
-    return estep._replace(loadings=loadings)
+
+
+def finish_estep(chol_prior: TensorVariable, terms: EStepTerms) -> EStep:
+    r"""The E-step from its summed :class:`EStepTerms`: :math:`B = I + \sum_i W_i^\top W_i` (module docstring)."""
+    b_matrix = pt.eye(chol_prior.shape[0]) + terms.gram
+    return _finish_estep(chol_prior, b_matrix, *terms[1:])
+
+
+def _estep_from_loadings(individual_kernel, individual_log_params, data, chol_prior, loadings) -> EStep:
+    """Whitened E-step given the loadings :math:`S_i` (zero rows in padded slots)."""
+    terms = build_estep_terms(individual_kernel, individual_log_params, data, loadings)
+    return finish_estep(chol_prior, terms)._replace(loadings=loadings)
 
 
 class DataPrecision(NamedTuple):

@@ -1,0 +1,233 @@
+r"""Compiled functions of the partitioned EM, on top of :class:`magma_pymc.compiled.ModelGraphs`.
+
+The E-step's sums over individuals (:class:`magma_pymc.hyperposterior.EStepTerms`) split over
+partitions of the individuals: partition :math:`p` returns
+
+.. math::
+
+    \Big(\sum_{i \in p} W_i^\top W_i,\ \sum_{i \in p} W_i^\top L_{\Psi_i}^{-1} r_i,\
+    \sum_{i \in p} \|L_{\Psi_i}^{-1} r_i\|^2,\ \tfrac12 \sum_{i \in p} \log|\Psi_i|,\ \sum_{i\in p} N_i\Big),
+
+an :math:`N \times N` matrix on the union grid, or :math:`G \times G` on the inducing points; the
+client adds them and finishes the E-step (:func:`magma_pymc.hyperposterior.finish_estep`).
+
+In the projected model the loadings :math:`S_i = K_0(t_i, g) L_g^{-\top}` depend on the
+mean-process HP :math:`\theta_0`, so the ECME mean-process step cannot run on a fixed summary.
+With :math:`F(\Sigma, c) = -\log p(y)` as a function of the summed terms
+:math:`\Sigma = \sum_i W_i^\top W_i` and :math:`c` (:meth:`DistributedGraphs.projected_loss`,
+on the client), the chain rule splits its gradient over partitions:
+
+.. math::
+
+    \frac{\partial F}{\partial\theta_0} = \sum_p \frac{\partial}{\partial\theta_0}
+    \Big[\langle \bar\Sigma, \Sigma_p(\theta_0)\rangle + \langle \bar c, c_p(\theta_0)\rangle\Big],
+    \qquad \bar\Sigma = \frac{\partial F}{\partial\Sigma},\ \bar c = \frac{\partial F}{\partial c},
+
+a vector-Jacobian product each partition computes (:meth:`DistributedGraphs.projected_vjp`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile import Function
+
+from magma_pymc.compiled import DEFAULT_MODE, ModelGraphs, _compile, graphs_for
+from magma_pymc.hyperposterior import (
+    EStep,
+    EStepTerms,
+    TrainingTensors,
+    build_loadings,
+    build_estep_terms,
+    build_mean_process_at,
+    finish_estep,
+)
+from magma_pymc.kernels import Kernel
+
+__all__ = ["Structure", "DistributedGraphs", "worker_graphs", "client_graphs", "structure_token", "WORKER_LOCK"]
+
+#: Held while a worker calls a compiled function: PyTensor functions keep their storage between
+#: calls, so two threads of one process must not run the same function at once (workers running in
+#: the client's process share the core graphs with in-process fits: do not run both at once).
+WORKER_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What fixes the compiled graphs of a partitioned fit; sent with every task.
+
+    ``token`` names the structure in each worker process's cache: kernels are compared by their
+    factory functions, which a worker receives as new objects with every task.
+    """
+
+    mean_kernel: Kernel
+    kernel: Kernel
+    common_hp: bool
+    projected: bool
+    mode: str = DEFAULT_MODE
+    token: str = field(default="", compare=False)
+
+    def model_graphs(self) -> ModelGraphs:
+        """The core graphs, general path (the common-grid fast path gathers no partition sums)."""
+        return graphs_for(
+            self.mean_kernel, self.kernel, common_hp=self.common_hp, common_grid=False, mode=self.mode,
+            projected=self.projected,
+        )
+
+
+_WORKER_CACHE: dict[str, tuple[ModelGraphs, DistributedGraphs]] = {}
+
+
+def worker_graphs(structure: Structure) -> tuple[ModelGraphs, DistributedGraphs]:
+    """This process's compiled graphs of ``structure`` (compiled on first use, cached by token)."""
+    if structure.token not in _WORKER_CACHE:
+        # The process-wide core graphs: workers in the client's process share them with in-process fits.
+        _WORKER_CACHE[structure.token] = (structure.model_graphs(), DistributedGraphs(structure))
+    return _WORKER_CACHE[structure.token]
+
+
+def client_graphs(structure: Structure) -> DistributedGraphs:
+    """The client's graphs of ``structure``: the same cache as the workers' (the client and the
+    workers call different functions of it: the E-step's finish and the projected loss here, the
+    partitions' tasks there; prediction holds :data:`WORKER_LOCK`)."""
+    return worker_graphs(structure)[1]
+
+
+def structure_token(mean_kernel: Kernel, kernel: Kernel, common_hp: bool, projected: bool, mode: str) -> str:
+    """A name for a structure, equal for equal kernels (their pickled factories), so that fits of one
+    structure share each worker's compiled graphs."""
+    import cloudpickle
+
+    parts = [(k.factory, k.names, k.input_dim) for k in (mean_kernel, kernel)]
+    try:
+        payload = cloudpickle.dumps((parts, common_hp, projected, mode))
+    except Exception:  # noqa: BLE001 -- an unpicklable factory cannot reach the workers anyway
+        return uuid.uuid4().hex
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _hp(common_hp: bool):
+    mean_hp = pt.vector("mean_log_params", dtype="float64")
+    ind_hp = pt.vector("log_params", dtype="float64") if common_hp else pt.matrix("log_params", dtype="float64")
+    return mean_hp, ind_hp
+
+
+@dataclass(frozen=True, eq=False)
+class DistributedGraphs:
+    """Lazily compiled functions of the partitioned EM (module docstring)."""
+
+    structure: Structure
+
+    def _terms(self, mean_hp, ind_hp, data: TrainingTensors):
+        s = self.structure
+        chol_prior, loadings = build_loadings(s.mean_kernel, mean_hp, data, projected=s.projected)
+        return chol_prior, loadings, build_estep_terms(s.kernel, ind_hp, data, loadings)
+
+    @cached_property
+    def estep_terms(self) -> Function:
+        """``(mean_hp, hp, grid, inputs, residuals, mask, index, jitter) -> EStepTerms`` of one partition."""
+        mean_hp, ind_hp = _hp(self.structure.common_hp)
+        data = TrainingTensors.symbolic()
+        _, _, terms = self._terms(mean_hp, ind_hp, data)
+        return _compile([mean_hp, ind_hp, *data], list(terms), self.structure.mode)
+
+    @cached_property
+    def finish(self) -> Function:
+        """``(mean_hp, grid, gram, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (mean, cov,
+        cov_factor, log_likelihood, alpha, chol_b)`` from the summed terms (client side)."""
+        mean_hp = pt.vector("mean_log_params", dtype="float64")
+        grid = pt.matrix("grid", dtype="float64")
+        jitter = pt.scalar("jitter", dtype="float64")
+        terms = _symbolic_terms()
+        chol_prior = _chol_prior(self.structure.mean_kernel, mean_hp, grid, jitter)
+        estep = finish_estep(chol_prior, terms)
+        outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, estep.alpha, estep.chol_b]
+        return _compile([mean_hp, grid, *terms, jitter], outputs, self.structure.mode)
+
+    @cached_property
+    def estep_blocks(self) -> Function:
+        """``(mean_hp, grid, inputs, residuals, mask, index, jitter, mean, cov, alpha, chol_b) ->
+        (deviations, cov_blocks)``: what the individual M-step needs of one partition, as the core
+        E-step computes them (:attr:`magma_pymc.compiled.ModelGraphs.estep`)."""
+        mean_hp, _ = _hp(True)
+        data = TrainingTensors.symbolic()
+        mean = pt.vector("mean", dtype="float64")
+        cov = pt.matrix("cov", dtype="float64")
+        alpha = pt.vector("alpha", dtype="float64")
+        chol_b = pt.matrix("chol_b", dtype="float64")
+        if self.structure.projected:
+            _, loadings = build_loadings(self.structure.mean_kernel, mean_hp, data, projected=True)
+            deviations = (data.residuals - loadings @ alpha) * data.mask
+            flat = loadings.reshape((-1, alpha.shape[0]))
+            reduced = pt.linalg.solve_triangular(chol_b, flat.T, lower=True, b_ndim=2).T.reshape(loadings.shape)
+            blocks = reduced @ reduced.mT
+        else:
+            n_grid = data.grid.shape[0]
+            mean_padded = pt.concatenate([mean, pt.zeros((1,))])
+            cov_padded = pt.zeros((n_grid + 1, n_grid + 1))[:n_grid, :n_grid].set(cov)
+            deviations = (data.residuals - mean_padded[data.index]) * data.mask
+            blocks = cov_padded[data.index[:, :, None], data.index[:, None, :]]
+        inputs = [mean_hp, *data, mean, cov, alpha, chol_b]
+        return _compile(inputs, [deviations, blocks], self.structure.mode)
+
+    @cached_property
+    def projected_loss(self) -> Function:
+        """``(gram, shift, quad_residuals, half_logdet_psi, n_obs) -> (-log p(y), d/d gram, d/d shift)``
+        (client side; module docstring)."""
+        terms = _symbolic_terms()
+        n_grid = terms.gram.shape[0]
+        # The E-step's log-likelihood without L0: it depends on the loadings through the terms only.
+        estep = finish_estep(pt.eye(n_grid), terms)
+        value = -estep.log_likelihood
+        grads = pytensor.grad(value, [terms.gram, terms.shift])
+        return _compile(list(terms), [value, *grads], self.structure.mode)
+
+    @cached_property
+    def projected_vjp(self) -> Function:
+        """``(mean_hp, hp, grid, inputs, residuals, mask, index, jitter, gram_bar, shift_bar) -> grad``
+        of one partition (module docstring)."""
+        mean_hp, ind_hp = _hp(self.structure.common_hp)
+        data = TrainingTensors.symbolic()
+        gram_bar = pt.matrix("gram_bar", dtype="float64")
+        shift_bar = pt.vector("shift_bar", dtype="float64")
+        _, _, terms = self._terms(mean_hp, ind_hp, data)
+        pairing = (gram_bar * terms.gram).sum() + (shift_bar * terms.shift).sum()
+        return _compile(
+            [mean_hp, ind_hp, *data, gram_bar, shift_bar], [pytensor.grad(pairing, mean_hp)], self.structure.mode
+        )
+
+    @cached_property
+    def mean_process_at(self) -> Function:
+        """``(mean_hp, grid, alpha, chol_b, jitter, new_inputs) -> (centred mean, cov)`` of :math:`\\mu_0`
+        at new inputs from the fitted hyper-posterior alone
+        (:func:`magma_pymc.hyperposterior.build_mean_process_at`; no training data needed)."""
+        mean_hp = pt.vector("mean_log_params", dtype="float64")
+        grid = pt.matrix("grid", dtype="float64")
+        alpha = pt.vector("alpha", dtype="float64")
+        chol_b = pt.matrix("chol_b", dtype="float64")
+        jitter = pt.scalar("jitter", dtype="float64")
+        new_inputs = pt.matrix("new_inputs", dtype="float64")
+        chol_prior = _chol_prior(self.structure.mean_kernel, mean_hp, grid, jitter)
+        # build_mean_process_at reads these three fields of the E-step only.
+        fitted = EStep(None, None, None, alpha=alpha, chol_prior=chol_prior, chol_b=chol_b, log_likelihood=None)
+        mean, cov = build_mean_process_at(self.structure.mean_kernel, mean_hp, grid, fitted, new_inputs, jitter)
+        return _compile([mean_hp, grid, alpha, chol_b, jitter, new_inputs], [mean, cov], self.structure.mode)
+
+
+def _symbolic_terms() -> EStepTerms:
+    return EStepTerms(
+        pt.matrix("gram", dtype="float64"), pt.vector("shift", dtype="float64"),
+        pt.scalar("quad_residuals", dtype="float64"), pt.scalar("half_logdet_psi", dtype="float64"),
+        pt.scalar("n_obs", dtype="float64"),
+    )
+
+
+def _chol_prior(mean_kernel: Kernel, mean_hp, grid, jitter):
+    cov = mean_kernel.covariance(mean_hp)(grid) + jitter * pt.eye(grid.shape[0])
+    return pt.linalg.cholesky(cov, lower=True)

@@ -1,0 +1,180 @@
+"""Distributed EM on a real Dask LocalCluster: same fit and predictions as in process, faults, bad data."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import magma_pymc as mp
+
+distributed = pytest.importorskip("dask.distributed", reason="the optional extra magma-pymc[dask] is not installed")
+dd = pytest.importorskip("dask.dataframe")
+
+from magma_pymc.distributed import DistributedMagma, predict_partitions  # noqa: E402
+
+#: Agreement required with the in-process fit (sums over individuals taken in another order).
+RTOL = 1e-8
+PRED_INPUTS = np.linspace(-1.0, 11.0, 9)
+#: EM iterations of the compared fits (equal fits whatever the number; few keep the tests fast).
+MAX_ITER = 3
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two single-thread workers in this process (started here, closed after the module)."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def _data(common_hp: bool, seed: int = 3) -> pd.DataFrame:
+    return mp.simulate(n_individuals=12, n_points=8, seed=seed, common_hp=common_hp).data
+
+
+def _assert_same_fit(reference: mp.Magma, fitted: DistributedMagma) -> None:
+    np.testing.assert_allclose(
+        fitted.hyperparameters_.mean_process.to_numpy(), reference.hyperparameters_.mean_process.to_numpy(), rtol=RTOL
+    )
+    ref_ind, ind = reference.hyperparameters_.individual, fitted.hyperparameters_.individual
+    assert list(ind.index) == list(ref_ind.index)
+    np.testing.assert_allclose(ind.to_numpy(), ref_ind.to_numpy(), rtol=RTOL)
+    assert fitted.n_iter_ == reference.n_iter_
+    np.testing.assert_allclose(fitted.log_likelihood_, reference.log_likelihood_, rtol=RTOL)
+    np.testing.assert_allclose(
+        fitted.idata_["em_trace"]["log_likelihood"].values, reference.idata_["em_trace"]["log_likelihood"].values,
+        rtol=RTOL,
+    )
+    ref_mu0, mu0 = reference.hyperposterior(PRED_INPUTS), fitted.hyperposterior(PRED_INPUTS)
+    np.testing.assert_allclose(mu0["mean"], ref_mu0["mean"], rtol=RTOL)
+    np.testing.assert_allclose(mu0["cov"], ref_mu0["cov"], rtol=RTOL, atol=RTOL * float(ref_mu0["variance"].max()))
+
+
+def _assert_same_prediction(reference: mp.Magma, fitted: DistributedMagma, observed, rtol: float = RTOL) -> None:
+    ref, pred = reference.predict(observed, PRED_INPUTS), fitted.predict(observed, PRED_INPUTS)
+    for name in ("mean", "variance", "latent_variance", "lower", "upper"):
+        np.testing.assert_allclose(pred[name], ref[name], rtol=rtol, err_msg=name)
+    assert pred.attrs.keys() == ref.attrs.keys()
+    for key, value in ref.attrs.items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(pred.attrs[key], value, rtol=rtol, err_msg=key)
+        else:
+            assert pred.attrs[key] == value, key
+
+
+@pytest.fixture(scope="module")
+def fits(client):
+    """In-process and distributed fits of one data set per setting, shared by the tests (computed once)."""
+    cache = {}
+
+    def get(common_hp: bool, inducing: int | None = None):
+        key = (common_hp, inducing)
+        if key not in cache:
+            data = _data(common_hp)
+            reference = mp.Magma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER).fit(data)
+            if inducing is None:
+                fitted = DistributedMagma(common_hp=common_hp, max_iter=MAX_ITER).fit(
+                    data, client=client, n_partitions=3
+                )
+            else:  # a dask DataFrame partitioned by individual
+                frame = dd.from_pandas(data.set_index("ID"), npartitions=3, sort=True).reset_index()
+                fitted = DistributedMagma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER).fit(
+                    frame, client=client
+                )
+            cache[key] = data, reference, fitted
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+@pytest.mark.parametrize("common_hp", [True, False], ids=["common-hp", "different-hp"])
+def test_exact_fit_and_prediction_match_in_process(fits, common_hp):
+    _, reference, fitted = fits(common_hp)
+    _assert_same_fit(reference, fitted)
+    new = _data(common_hp, seed=11)
+    observed = new[new.ID == new.ID.iloc[0]].iloc[:4]
+    if common_hp:
+        _assert_same_prediction(reference, fitted, observed)
+    else:
+        # Type II: the new individual takes the training individuals' median HP.
+        _assert_same_prediction(reference, fitted, None)
+        # Type I fits the new individual's HP (L-BFGS-B, ftol 1e-8): inputs equal to 1e-9 give
+        # optima equal to that optimiser's precision only.
+        _assert_same_prediction(reference, fitted, observed, rtol=1e-5)
+    assert fitted.communication_.round_trips[1] >= 3  # E-step, individual and mean-process M-steps
+
+
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+def test_projected_fit_from_dask_frame_matches_in_process(fits):
+    """Inducing points, common HP, data given as a dask DataFrame partitioned by individual."""
+    data, reference, fitted = fits(True, 6)
+    _assert_same_fit(reference, fitted)
+    _assert_same_prediction(reference, fitted, data[data.ID == "i03"].iloc[::2])
+    # The partitions' E-step terms live on the G inducing points: G^2 + G + 3 numbers from each of
+    # the 3 partitions (and nothing of the size of the data).
+    assert fitted.communication_.received[0] == pytest.approx(3 * (6 * 6 + 6 + 3) * 8, rel=0.05)
+
+
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+def test_predict_partitions_equals_one_by_one(client, fits):
+    _, _, fitted = fits(True)
+    new = _data(True, seed=5).groupby("ID").head(3)
+    new = new[new.ID.isin(pd.unique(new.ID)[:4])]
+    table = predict_partitions(fitted, new, PRED_INPUTS, client=client, n_partitions=3)
+    lazy = predict_partitions(fitted, dd.from_pandas(new.set_index("ID"), npartitions=2).reset_index(), PRED_INPUTS)
+    from_dask = lazy.compute()
+    assert list(pd.unique(table.ID)) == list(pd.unique(new.ID))
+    for ident, rows in table.groupby("ID", sort=False):
+        one = fitted.predict(new[new.ID == ident], PRED_INPUTS)
+        np.testing.assert_allclose(rows["Input"], PRED_INPUTS)
+        for name in ("mean", "variance", "latent_lower", "upper"):
+            np.testing.assert_allclose(rows[name], one[name], rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(from_dask[from_dask.ID == ident]["mean"], one["mean"], rtol=1e-12)
+
+
+def test_bad_partition_raises_the_in_process_error(client):
+    data = _data(True)
+    data.loc[data.index[data.ID == "i07"][2], "Output"] = np.nan
+    with pytest.raises(mp.MagmaInputError) as in_process:
+        mp.Magma().fit(data)
+    with pytest.raises(mp.MagmaInputError) as on_cluster:
+        DistributedMagma().fit(data, client=client, n_partitions=3)
+    assert str(on_cluster.value) == str(in_process.value)
+    assert "'i07'" in str(on_cluster.value)
+
+
+def test_individual_split_between_partitions_is_an_error(client):
+    data = _data(True)
+    frame = dd.from_pandas(data, npartitions=5, sort=False)  # row chunks: some individuals straddle two
+    with pytest.raises(mp.MagmaInputError, match="appear in several partitions"):
+        DistributedMagma().fit(frame, client=client)
+
+
+@pytest.mark.slow  # two worker processes start, compile the graphs, and one restarts after the kill
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+def test_fit_survives_a_killed_worker():
+    """A worker process killed (SIGKILL) after the first iteration: Dask recomputes its partitions
+    from their lineage on the other worker, and the fit ends as an undisturbed one."""
+    data = _data(True)
+    options = dict(max_iter=MAX_ITER)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as c:
+        undisturbed = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
+        pids = c.run(os.getpid)
+        killed = []
+
+        def kill_one_worker(iteration, state, log_likelihood):
+            if iteration == 1:
+                address, pid = sorted(pids.items())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(address)
+
+        fitted = DistributedMagma(**options).fit(data, client=c, n_partitions=4, callback=kill_one_worker)
+        assert killed
+    _assert_same_fit(undisturbed, fitted)
