@@ -162,7 +162,7 @@ def test_mixture_quantiles_against_root_finding():
 )
 def test_one_cluster_reproduces_magma(settings):
     common_grid = settings.pop("common_grid", False)
-    sim = mp.simulate(n_individuals=8, n_points=10, seed=4, common_grid=common_grid, common_hp=True)
+    sim = mp.simulate(n_individuals=8, n_points=10, seed=4, common_grid=common_grid, common_hp=True, scheme="smooth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         magma = mp.Magma(**settings).fit(sim.data)

@@ -33,7 +33,7 @@ def client():
 
 
 def _data(common_hp: bool, seed: int = 3) -> pd.DataFrame:
-    return mp.simulate(n_individuals=12, n_points=8, seed=seed, common_hp=common_hp).data
+    return mp.simulate(n_individuals=12, n_points=8, seed=seed, common_hp=common_hp, scheme="smooth").data
 
 
 def _assert_same_fit(reference: mp.Magma, fitted: DistributedMagma) -> None:

@@ -12,7 +12,7 @@ from magma_pymc.data import as_individual
 
 @pytest.fixture(scope="module")
 def fitted():
-    sim = mp.simulate(n_individuals=5, n_points=8, seed=2, n_new=1)
+    sim = mp.simulate(n_individuals=5, n_points=8, seed=2, n_new=1, scheme="smooth")
     model = mp.Magma(max_iter=3).fit(sim.data)
     observed, _ = mp.split_observed(sim.new, 5)
     return sim, model, observed
