@@ -290,7 +290,7 @@ def test_simulation_based_calibration_light():
         rng = np.random.default_rng([2026, seed])
         log_mean_hp, log_hp = rng.normal(mean_centre, sd), rng.normal(centre, sd)
         # Degenerate log-uniform ranges fix the HP at the draw; m0 = 0 as in the fitted model.
-        sim = mp.simulate(8, 10, seed=rng, scheme="smooth", slope_range=(0.0, 0.0), intercept_range=(0.0, 0.0),
+        sim = mp.simulate(8, 10, seed=rng, slope_range=(0.0, 0.0), intercept_range=(0.0, 0.0),
                           mean_variance_range=(log_mean_hp[0],) * 2, mean_lengthscale_range=(log_mean_hp[1],) * 2,
                           variance_range=(log_hp[0],) * 2, lengthscale_range=(log_hp[1],) * 2,
                           noise_range=(log_hp[2],) * 2, scheme="smooth")
