@@ -101,8 +101,11 @@ def fit_new_individual(
         objective = likelihood
 
     # Every start scored in one batched evaluation (same values as `objective`, up to rounding).
-    scores = -log_likelihoods(graphs.individual_kernel, trained_log_params, individual.inputs, individual.outputs,
-                              obs_mean, obs_cov, jitter, graphs.mode)
+    if hasattr(graphs, "individual_kernel"):
+        scores = -log_likelihoods(graphs.individual_kernel, trained_log_params, individual.inputs, individual.outputs,
+                                  obs_mean, obs_cov, jitter, graphs.mode)
+    else:  # another likelihood (e.g. MagmaClust's mixture over clusters): score each start with it
+        scores = np.array([float(likelihood(start)[0]) for start in trained_log_params])
     if prior is not None:
         scores = scores - prior.log_density(trained_log_params)
     ranked = trained_log_params[np.argsort(np.where(np.isfinite(scores), scores, np.inf))]

@@ -165,7 +165,8 @@ def test_one_cluster_reproduces_magma(settings):
     sim = mp.simulate(n_individuals=8, n_points=10, seed=4, common_grid=common_grid, common_hp=True, scheme="smooth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        magma = mp.Magma(**settings).fit(sim.data)
+        # MagmaClust fits the mean-process HP by maximum likelihood and the new individual's HP by MAP
+        magma = mp.Magma(**settings, mean_process_prior=None, new_individual_hp="map").fit(sim.data)
         clust = MagmaClust(1, **settings).fit(sim.data)
     np.testing.assert_allclose(np.exp(clust._state.mean_log_params[0]), magma.hyperparameters_.mean_process, rtol=1e-8)
     np.testing.assert_allclose(np.exp(clust._state.log_params), magma.hyperparameters_.individual.values.squeeze(),

@@ -59,6 +59,14 @@ class DistributedMagma(Magma):
         Wall time of each EM iteration.
     """
 
+    def __init__(self, *args: Any, mean_process_prior: None = None, **kwargs: Any) -> None:
+        # The distributed EM maximises the likelihood: the in-process default weak prior on the
+        # mean-process HP (magma_pymc.priors) is not summed over partitions, so it is off here.
+        if mean_process_prior is not None:
+            raise ValueError("DistributedMagma fits by maximum likelihood: mean_process_prior must be None, got "
+                             f"{mean_process_prior!r}")
+        super().__init__(*args, mean_process_prior=None, **kwargs)
+
     def fit(  # type: ignore[override]
         self,
         data: Any,

@@ -69,7 +69,7 @@ class Predictor:
         joint_inputs = np.concatenate([individual.inputs, pred_inputs])
         warn_far_inputs(joint_inputs, self.data.input_range, self.data.input_names, "predict")
         return predictive.predict(self.result() if result is None else result, individual, pred_inputs, prob=prob,
-                                  full_cov=full_cov, empirical_prior=self.new_individual_hp == "map")
+                                  full_cov=full_cov, new_individual_hp=self.new_individual_hp)
 
 
 @on_worker
