@@ -161,17 +161,18 @@ def test_plot_em_trace_common(fitted, tmp_path):
     axes = plots.plot_em_trace(model, truth=sim.hyperparameters)
     _save(axes[0], tmp_path, "em_trace")
     trace = model.idata_["em_trace"]
-    assert len(axes) == len(trace.data_vars) == 6
+    # 5 HP, the log-likelihood, and the log posterior under the default weak mean-process prior
+    assert len(axes) == len(trace.data_vars) == 7
     assert [ax.get_title() for ax in axes][:3] == ["log-likelihood", "mu0_variance", "mu0_lengthscale"]
     np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), trace["log_likelihood"].values)
-    truth = {ax.get_title(): ax.get_lines()[1].get_ydata()[0] for ax in axes[1:]}
+    truth = {ax.get_title(): ax.get_lines()[1].get_ydata()[0] for ax in axes[1:] if len(ax.get_lines()) > 1}
     assert truth["mu0_variance"] == pytest.approx(sim.hyperparameters["mean_process"]["variance"])
     assert truth["noise"] == pytest.approx(sim.hyperparameters["individual"]["noise"].iloc[0])
     assert len(axes[0].get_lines()) == 1  # no truth for the log-likelihood
     # also from the DataTree, on given axes
     fig, grid = plt.subplots(2, 4)
     out = plots.plot_em_trace(model.idata_, grid)
-    assert len(out) == 6 and all(len(ax.get_lines()) == 1 for ax in out)
+    assert len(out) == 7 and all(len(ax.get_lines()) == 1 for ax in out)
 
 
 def test_plot_em_trace_different_hp(fitted):

@@ -89,7 +89,7 @@ BAD_TRAINING = [
     ("inputs whose range overflows", {"a": ([-1.7e308, 0.0], [1.0, 2.0]), "b": ([0.0, 1.7e308], [1.0, 2.0])}, {},
      MagmaInputError, r"individual '[ab]': inputs \('Input',\) as large as 1\.7e\+308.*overflow"),
     ("misspelt data option", TWO, {"input_col": "Input"},
-     TypeError, r"unexpected keyword argument 'input_col'"),
+     TypeError, r"unexpected keyword argument\(s\) 'input_col'"),
 ]
 
 
