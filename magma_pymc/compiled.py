@@ -37,7 +37,6 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import Function
 from pytensor.tensor.linalg import solve_triangular
-from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
     DataPrecision,
@@ -62,6 +61,7 @@ from magma_pymc.mstep import (
     mean_process_objective,
 )
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
+from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction, limited_blas
 
 __all__ = ["BLAS_THREADS", "DEFAULT_MODE", "PYTHON_MODES", "ModelGraphs", "blas_limited", "graphs_for", "sampling_mode"]
 
@@ -84,9 +84,7 @@ def blas_limited(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        if BLAS_THREADS is None:
-            return method(*args, **kwargs)
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with limited_blas(BLAS_THREADS):  # counted: threads in parallel fits do not undo each other's limit
             return method(*args, **kwargs)
 
     return wrapper
@@ -107,7 +105,9 @@ def _compile(inputs, outputs, mode: str) -> Function:
         # In NUMBA mode the batched block loss (magma_pymc.ops) runs its NumPy `perform` in object
         # mode, which is its intended path (one call into NumPy's batched LAPACK per evaluation).
         warnings.filterwarnings("ignore", message="Numba will use object mode to run GaussianBlockLoss")
-        return pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
+        with COMPILE_LOCK:
+            # One copy per calling thread: a compiled function's storage is not safe to share (magma_pymc.threads).
+            return PerThreadFunction(pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore"))
 
 
 @dataclass(frozen=True)
@@ -386,6 +386,7 @@ def graphs_for(
 ) -> ModelGraphs:
     """The (process-wide, shared) compiled functions of a model structure."""
     key = (mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
-    if key not in _GRAPHS:
-        _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
-    return _GRAPHS[key]
+    with COMPILE_LOCK:
+        if key not in _GRAPHS:
+            _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
+        return _GRAPHS[key]
