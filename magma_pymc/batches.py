@@ -25,10 +25,10 @@ import numpy as np
 
 from magma_pymc.data import TrainingData
 
-__all__ = ["PaddedBatch", "size_buckets", "padded_batches", "WASTE", "SLACK"]
+__all__ = ["PaddedBatch", "size_buckets", "padded_batches", "padded_cost", "WASTE", "SLACK"]
 
 #: Padded work allowed per bucket, relative to the work of its real points (sum N_i^3).
-WASTE = 2.0
+WASTE = 1.25
 #: Work (in N^3 units) a separate graph call is worth: buckets smaller than this merge.
 SLACK = 64.0**3 * 8
 
