@@ -125,9 +125,18 @@ class GaussianBlockLoss(Op):
         L_op = pullback
 
 
+#: Blocks at least this large are inverted one by one with LAPACK's ``potrf``/``potri`` (about
+#: :math:`N^3` flops) instead of NumPy's batched inverse of the factor and its product (about
+#: :math:`4N^3`): a long individual's block dominates its bucket's work (measured at N = 2000, one
+#: BLAS thread on a loaded 2-core machine: 4.1 s instead of 5.4 s per evaluation with its gradient).
+LARGE_BLOCK = 128
+
+
 def _block_loss(psi: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Values and derivatives of the module docstring for a batch of blocks (raises ``LinAlgError``
     if any block is not positive definite)."""
+    if psi.shape[-1] >= LARGE_BLOCK:
+        return _large_block_loss(psi, scatter)
     chol = np.linalg.cholesky(psi)
     # L_i^{-1}: NumPy's batched solve against the identity (a C loop over the blocks, no Python
     # loop over individuals); its accuracy is governed by cond(L_i) = cond(Psi_i)^{1/2}.
@@ -136,6 +145,22 @@ def _block_loss(psi: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.nd
     half_logdet = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
     loss = 0.5 * (precision * scatter).sum(axis=(1, 2)) + half_logdet
     return loss, 0.5 * (precision - precision @ scatter @ precision)
+
+
+def _large_block_loss(psi: np.ndarray, scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r""":func:`_block_loss` block by block: :math:`\Psi^{-1}` from the Cholesky factor (``potri``)."""
+    loss, dloss = np.empty(psi.shape[0]), np.empty(psi.shape)
+    for i, (block, block_scatter) in enumerate(zip(psi, scatter, strict=True)):
+        chol, info = lapack.dpotrf(block, lower=1, clean=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("block not positive definite")
+        precision, info = lapack.dpotri(chol, lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("block not positive definite")
+        precision += np.tril(precision, -1).T  # potri fills the lower triangle (the upper one is zero: clean=1)
+        loss[i] = 0.5 * (precision * block_scatter).sum() + np.log(np.diag(chol)).sum()
+        dloss[i] = 0.5 * (precision - precision @ block_scatter @ precision)
+    return loss, dloss
 
 
 _loss = GaussianBlockLoss()
