@@ -35,7 +35,7 @@ from magma_pymc.kernels import Kernel
 
 __all__ = [
     "build_estep_from_precision", "sum_summaries", "bucket_blocks", "estep_from_precision_function", "residual_batches",
-    "bucketed_estep", "common_individual_objective", "separable_individual_objectives", "bucketed_precision",
+    "bucketed_estep", "bucketed_factors", "common_individual_objective", "separable_individual_objectives", "bucketed_precision",
 ]
 
 
@@ -54,7 +54,7 @@ def build_estep_from_precision(
 @functools.cache
 def estep_from_precision_function(mean_kernel: Kernel, mode: str):
     """Compiled ``(mean_hp, grid, precision, shift, quad_residuals, half_logdet_psi, n_obs, jitter) ->
-    (mean, cov, cov_factor, log_likelihood)`` of :func:`build_estep_from_precision` (one per kernel and mode)."""
+    (mean, cov, cov_factor, log_likelihood, chol_prior, chol_b, alpha)`` of :func:`build_estep_from_precision` (one per kernel and mode)."""
     from magma_pymc.compiled import _compile
 
     mean_hp = pt.vector("mean_log_params", dtype="float64")
@@ -66,7 +66,7 @@ def estep_from_precision_function(mean_kernel: Kernel, mode: str):
     )
     jitter = pt.scalar("jitter", dtype="float64")
     estep = build_estep_from_precision(mean_kernel, mean_hp, grid, summary, jitter)
-    outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood]
+    outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, estep.chol_prior, estep.chol_b, estep.alpha]
     return _compile([mean_hp, grid, *summary, jitter], outputs, mode)
 
 
@@ -99,16 +99,22 @@ def bucketed_estep(graphs, mean_log_params: np.ndarray, log_params: np.ndarray, 
     ``(deviations, cov_blocks)`` per bucket (:func:`bucket_blocks`). ``log_params`` is ``(P + 1,)``
     or ``(M, P + 1)`` (rows taken per bucket).
     """
-    common = np.ndim(log_params) == 1
-    summaries = [
-        graphs.data_precision(log_params if common else log_params[b.rows], grid, b.inputs, b.outputs, b.mask,
-                              b.index, jitter)
-        for b in batches
-    ]
-    finish = estep_from_precision_function(graphs.mean_kernel, graphs.mode)
-    mean, cov, factor, log_likelihood = (np.asarray(v) for v in finish(mean_log_params, grid, *sum_summaries(summaries), jitter))
+    outputs = _finish(graphs, mean_log_params, log_params, grid, batches, jitter)
+    mean, cov, factor, log_likelihood = outputs[:4]
     blocks = [bucket_blocks(mean, cov, b.outputs, b.mask, b.index) for b in batches]
     return mean, cov, factor, float(log_likelihood), blocks
+
+
+def _finish(graphs, mean_log_params, log_params, grid, batches, jitter) -> list:
+    finish = estep_from_precision_function(graphs.mean_kernel, graphs.mode)
+    summary = bucketed_precision(graphs, log_params, grid, batches, jitter)
+    return [np.asarray(v) for v in finish(mean_log_params, grid, *summary, jitter)]
+
+
+def bucketed_factors(graphs, mean_log_params: np.ndarray, log_params: np.ndarray, grid: np.ndarray, batches: tuple,
+                     jitter: float) -> tuple:
+    """``(chol_prior, chol_b, alpha)`` of the E-step on buckets (:class:`magma_pymc.predict_diag.EStepFactors`)."""
+    return tuple(_finish(graphs, mean_log_params, log_params, grid, batches, jitter)[4:])
 
 
 def common_individual_objective(graphs, batches: tuple, blocks: list, jitter: float):

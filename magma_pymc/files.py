@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelFileError", "atomic_write", "read_datatree", "encode_ids", "decode_ids", "config_value",
+__all__ = ["ModelFileError", "atomic_write", "read_datatree", "encode_ids", "decode_ids", "config_value", "kernel_values",
+           "check_kernel_values",
            "checked_array", "parse_json"]
 
 
@@ -167,3 +169,47 @@ def checked_array(values: Any, path: Any, field: str, *, shape: tuple | None = N
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ------------------------------------------------------------------------------------- kernels
+#: Relative difference between a saved kernel's values and the given kernel's above which they differ.
+KERNEL_RTOL = 1e-8
+
+
+def kernel_values(kernel: Any, log_params: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``k(points, points)`` at the log HP ``log_params``: a fingerprint of the kernel saved with a fit,
+    so that a different kernel passed at load (same parameter names, other function) is detected."""
+    return np.asarray(_kernel_function(kernel)(np.asarray(log_params, dtype=float), np.asarray(points, dtype=float)))
+
+
+@functools.cache
+def _kernel_function(kernel: Any):
+    import pytensor.tensor as pt
+
+    from magma_pymc.compiled import _compile
+    from magma_pymc.modes import NUMPY_MODE_NAME
+
+    log_params, points = pt.vector("log_params", dtype="float64"), pt.matrix("points", dtype="float64")
+    return _compile([log_params, points], kernel.covariance(log_params)(points), NUMPY_MODE_NAME)
+
+
+def check_kernel_values(kernel: Any, record: Any, path: Any, role: str) -> None:
+    """Compare ``kernel`` with the values saved by :func:`kernel_values` (``record``: dict with
+    ``log_params``, ``points``, ``values``); a mismatch is a ``ValueError`` naming the role."""
+    if record is None:
+        return  # files written before fingerprints were recorded
+    try:
+        log_params = checked_array(record["log_params"], path, f"config.{role}_values.log_params", shape=(kernel.n_params,),
+                                   low=-700.0, high=700.0)
+        points = checked_array(record["points"], path, f"config.{role}_values.points", shape=(None, kernel.input_dim))
+        saved = checked_array(record["values"], path, f"config.{role}_values.values", shape=(len(points), len(points)))
+    except (KeyError, TypeError):
+        raise ModelFileError(path, f"config.{role}_values", "expected log_params, points and values") from None
+    given = kernel_values(kernel, log_params, points)
+    scale = max(float(np.max(np.abs(saved))), np.finfo(float).tiny)
+    if given.shape != saved.shape or not np.all(np.abs(given - saved) <= KERNEL_RTOL * scale):
+        raise ValueError(
+            f"{path}: the {role} given to load computes other covariances than the saved model's (same parameter "
+            f"names, different function: e.g. a Matern52 for a squared exponential); pass the kernel the model "
+            f"was fitted with"
+        )

@@ -35,7 +35,7 @@ from pytensor.tensor.linalg import cholesky, solve_triangular
 
 from magma_pymc.kernels import Kernel
 
-__all__ = ["CHUNK", "EStepFactors", "MeanProcessParts", "mean_process_parts", "predictive_diagonal",
+__all__ = ["CHUNK", "EStepFactors", "MeanProcessParts", "DiagonalMixture", "mean_process_parts", "predictive_diagonal",
            "estep_factors_function"]
 
 #: Prediction inputs per chunk (memory of the diagonal path: a few N x CHUNK matrices).
@@ -138,3 +138,27 @@ def predictive_diagonal(kernel: Kernel, mode: str, log_params: np.ndarray, obs_i
         for s in range(0, max(len(pred_inputs), 1), chunk)
     ]
     return tuple(np.concatenate([p[k] for p in pieces]) for k in range(3))
+
+
+class DiagonalMixture:
+    r"""Mixture of Gaussians known by their means and variances only (law of total variance):
+    :math:`\bar m = \sum_j w_j m_j`, :math:`\bar v = \sum_j w_j (v_j + (m_j - \bar m)^2)`."""
+
+    def __init__(self) -> None:
+        self.means: list[np.ndarray] = []
+        self.variances: list[np.ndarray] = []
+        self.weights: list[float] = []
+
+    def add(self, mean: np.ndarray, variance: np.ndarray, weight: float = 1.0) -> None:
+        self.means.append(np.asarray(mean))
+        self.variances.append(np.asarray(variance))
+        self.weights.append(float(weight))
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        w = np.array(self.weights) / np.sum(self.weights)
+        means, variances = np.array(self.means), np.array(self.variances)
+        mean = w @ means
+        return mean, w @ (variances + (means - mean) ** 2)
+
+    def weights_normalised(self) -> np.ndarray:
+        return np.array(self.weights) / np.sum(self.weights)
