@@ -9,9 +9,9 @@ from magma_pymc.bayes import compare_fits
 from magma_pymc.data import MagmaInputError
 from magma_pymc.datasets import simulate, split_observed
 from magma_pymc.estimator import Magma
+from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning, NumericalWarning
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 from magma_pymc.params import HyperParameters
-from magma_pymc.warnings import ConvergenceWarning, MagmaWarning, NumericalWarning
 
 __version__ = "0.1.0"
 

@@ -15,10 +15,11 @@ import xarray as xr
 
 from magma_pymc.compiled import DEFAULT_MODE, graphs_for
 from magma_pymc.data import as_individual, as_inputs
-from magma_pymc.estimator import gaussian_dataset, latent_bounds
+from magma_pymc.jitter import JITTER_DEFAULT
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.mstep import minimize_log_params
 from magma_pymc.predict import NewIndividualFit, Prediction
+from magma_pymc.results import gaussian_dataset, latent_bounds
 
 __all__ = ["SingleGP"]
 
@@ -37,7 +38,7 @@ class SingleGP:
     """
 
     def __init__(self, *, kernel: Kernel | None = None, prior_mean: float | None = None, n_restarts: int = 3,
-                 compile_mode: str = DEFAULT_MODE, jitter: float = 1e-10) -> None:
+                 compile_mode: str = DEFAULT_MODE, jitter: float = JITTER_DEFAULT) -> None:
         self.kernel = kernel if kernel is not None else SquaredExponential()
         self.prior_mean = prior_mean
         self.n_restarts = n_restarts

@@ -63,7 +63,8 @@ from magma_pymc.mstep import (
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
 from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction, limited_blas
 
-__all__ = ["BLAS_THREADS", "DEFAULT_MODE", "PYTHON_MODES", "ModelGraphs", "blas_limited", "graphs_for", "sampling_mode"]
+__all__ = ["BLAS_THREADS", "DEFAULT_MODE", "PYTHON_MODES", "ModelGraphs", "blas_limited", "build_estep_for", "graphs_for",
+           "sampling_mode"]
 
 #: PyTensor compile mode used unless the user chooses another (``Magma(compile_mode=...)``, or the
 #: environment variable ``MAGMA_PYMC_COMPILE_MODE`` for the process-wide default).
@@ -144,15 +145,7 @@ class ModelGraphs:
 
     def _estep_graph(self, mean_hp, ind_hp) -> tuple[list, EStep, TrainingTensors]:
         data = TrainingTensors.symbolic()
-        if self.fast_path:
-            # Common grid: `residuals` is (M, N) on the grid itself; inputs/mask/index unused.
-            estep = build_estep_common(
-                self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data.grid, data.residuals, data.jitter
-            )
-        elif self.projected:
-            estep = build_estep_projected(self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data)
-        else:
-            estep = build_estep(self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data)
+        estep = build_estep_for(self, self.mean_kernel, self.individual_kernel, mean_hp, ind_hp, data)
         return [mean_hp, ind_hp, *data], estep, data
 
     # ---- E-step ----------------------------------------------------------------------------
@@ -349,6 +342,18 @@ class ModelGraphs:
         return _compile(
             [log_params, obs_inputs, obs_outputs, pred_inputs, joint_mean, joint_cov, jitter], list(outputs), self.mode
         )
+
+
+def build_estep_for(structure: ModelGraphs, mean_kernel: Kernel, kernel: Kernel, mean_hp, ind_hp,
+                    data: TrainingTensors) -> EStep:
+    """The E-step graph (and marginal likelihood) of ``structure``'s model: the one dispatch shared
+    by EM's compiled functions and the model NUTS samples (:func:`magma_pymc.sampling.build_marginal_model`)."""
+    if structure.fast_path:
+        # Common grid: `residuals` is (M, N) on the grid itself; inputs/mask/index unused.
+        return build_estep_common(mean_kernel, kernel, mean_hp, ind_hp, data.grid, data.residuals, data.jitter)
+    if structure.projected:  # mu0 on inducing points (`grid`)
+        return build_estep_projected(mean_kernel, kernel, mean_hp, ind_hp, data)
+    return build_estep(mean_kernel, kernel, mean_hp, ind_hp, data)
 
 
 def _padded_individual_inputs():

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from magma_pymc.exceptions import warn as _warn
 from magma_pymc.validation import check_column_roles, check_container, check_id_kinds
-from magma_pymc.warnings import warn as _warn
 
 __all__ = ["MagmaInputError", "Individual", "TrainingData", "as_training_data", "as_individual", "as_inputs"]
 

@@ -16,16 +16,13 @@ import numpy as np
 
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.compiled import ModelGraphs
+from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
+from magma_pymc.exceptions import warn as _warn
+from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
 from magma_pymc.mstep import minimize_log_params
-from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
-from magma_pymc.warnings import warn as _warn
 
-__all__ = ["EMState", "EStepResult", "Problem", "estep", "em_step", "run_em", "EMTrace"]
+__all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "EMTrace"]
 
-#: Jitter, relative to the output variance, tried first on every factorised covariance.
-JITTER_DEFAULT = 1e-10
-#: Largest relative jitter tried before giving up; jitter grows tenfold per failure.
-JITTER_MAX = 1e-3
 
 
 class EMState(NamedTuple):
@@ -47,18 +44,28 @@ class EStepResult(NamedTuple):
     cov_blocks: np.ndarray      # Khat_i (padded)
 
 
+class TrainingArrays(NamedTuple):
+    """The numeric training data in the order the compiled graphs take them."""
+
+    grid: np.ndarray       # (N, d) union grid, or the inducing points of a projected fit
+    inputs: np.ndarray     # (M, n_max, d) padded inputs
+    residuals: np.ndarray  # (M, n_max) y - m0, padded; (M, N) on the grid on the fast path
+    mask: np.ndarray       # (M, n_max) 1 where observed
+    index: np.ndarray      # (M, n_max) position of each input in the union grid (N for padding)
+
+
 @dataclass(frozen=True)
 class Problem:
     """Everything EM needs besides the state: compiled graphs, numeric data and optimiser bounds."""
 
     graphs: ModelGraphs
-    data_args: tuple            # (grid, inputs, residuals, mask, index) as fed to the graphs
+    data_args: TrainingArrays   # as fed to the graphs, in this order
     mean_bounds: list
     bounds: list                # per individual parameter (flattened per individual when different HP)
     output_scale: float         # output variance, the unit of the jitter
     mean_step: str = "marginal"  # "marginal" (ECME) or "expected" (the textbook M-step of theta0)
     #: MAP mode: ``(mean_fn, individual_fn)``, log prior density and gradient of each HP block
-    #: (:func:`magma_pymc.bayes.compile_log_priors`); ``None``: maximum likelihood.
+    #: (:func:`magma_pymc.map_priors.compile_log_priors`); ``None``: maximum likelihood.
     log_priors: tuple | None = None
 
     def log_prior(self, state: EMState) -> float:
@@ -70,7 +77,7 @@ class Problem:
 
     @property
     def n_individuals(self) -> int:
-        return self.data_args[2].shape[0]
+        return self.data_args.residuals.shape[0]
 
 
 def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
@@ -112,8 +119,7 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
     as both steps from one E-step, it could (the two gains are not additive).
     """
     graphs = problem.graphs
-    grid = problem.data_args[0]
-    _, inputs, _, mask, _ = problem.data_args
+    grid, inputs, _, mask, _ = problem.data_args
     individual_inputs = grid if graphs.fast_path else inputs
 
     def individual_objective(log_params):

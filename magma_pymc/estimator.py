@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -18,19 +17,35 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from magma_pymc.compiled import DEFAULT_MODE, blas_limited, graphs_for
-from magma_pymc.data import MagmaInputError, TrainingData, as_individual, as_inputs, as_training_data
-from magma_pymc.em import JITTER_DEFAULT, EMState, Problem, run_em
+from magma_pymc import predictive
+from magma_pymc.compiled import DEFAULT_MODE, blas_limited
+from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
+from magma_pymc.em import EMState, Problem, run_em
+from magma_pymc.exceptions import NotFittedError
+from magma_pymc.fit_result import FitResult
+from magma_pymc.jitter import JITTER_DEFAULT, MODEL_JITTER
 from magma_pymc.kernels import Kernel, SquaredExponential
-from magma_pymc.params import HyperParameters
-from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
-from magma_pymc.results import gaussian_dataset, hp_dataset, latent_bounds, training_datatree
-from magma_pymc.warnings import ConvergenceWarning, NumericalWarning
-from magma_pymc.warnings import warn as _warn
+from magma_pymc.model import ModelSpec
+from magma_pymc.params import NOISE, HyperParameters
+from magma_pymc.problem import build_problem
+from magma_pymc.results import em_datatree
+from magma_pymc.settings import (
+    check_inducing,
+    check_kernels,
+    check_settings,
+    initial_log_params,
+    resolve_prior_mean,
+    scales,
+    warn_far_inputs,
+    warn_hp_at_bounds,
+)
 
 __all__ = ["Magma"]
 
 PriorMean = float | Callable[[np.ndarray], np.ndarray] | None
+#: The configuration of ``Magma.__init__`` (what :meth:`Magma.get_params` returns and a saved file records).
+_PARAMS = ("common_hp", "mean_kernel", "kernel", "prior_mean", "max_iter", "tol", "compile_mode", "jitter",
+           "mean_step", "inducing", "new_individual_hp")
 
 
 class Magma:
@@ -86,6 +101,9 @@ class Magma:
 
     Attributes
     ----------
+    result_ : FitResult
+        The fit, whatever the method (:mod:`magma_pymc.fit_result`): HP draws, cluster weights,
+        fitted state and results tree; the other attributes are views of it.
     hyperparameters_ : HyperParameters
         Fitted HP on the natural scale (layout in :mod:`magma_pymc.params`).
     idata_ : xarray.DataTree
@@ -117,19 +135,10 @@ class Magma:
         self.tol = tol
         self.compile_mode = compile_mode
         self.jitter = jitter
-        if mean_step not in ("marginal", "expected"):
-            raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
         self.mean_step = mean_step
-        _check_settings(common_hp, max_iter, tol, jitter)
-        self.inducing = _check_inducing(inducing, self.mean_kernel.input_dim)
-        if new_individual_hp not in ("map", "ml"):
-            raise ValueError(f"new_individual_hp must be 'map' or 'ml', got {new_individual_hp!r}")
         self.new_individual_hp = new_individual_hp
-        if self.inducing is not None and mean_step != "marginal":
-            raise ValueError(
-                "inducing points need mean_step='marginal': in the projected model the data depend on the "
-                "mean-process HP through the projection, which the textbook ('expected') M-step ignores"
-            )
+        check_settings(common_hp, max_iter, tol, jitter, mean_step, new_individual_hp, inducing)
+        self.inducing = check_inducing(inducing, self.mean_kernel.input_dim)
 
     # ------------------------------------------------------------------------------------ fit
     @blas_limited
@@ -151,7 +160,7 @@ class Magma:
         method
             ``"em"`` (default) or ``"fixed"``: keep ``hyperparameters`` as given and only compute
             the hyper-posterior (how to reproduce results at known HP), or ``"nuts"``: sample the HP
-            posterior (:mod:`magma_pymc.bayes`; ``hyperparameters`` then start the chains).
+            posterior (:mod:`magma_pymc.sampling`; ``hyperparameters`` then start the chains).
         hyperparameters
             Initial values for EM, or the fixed values. A :class:`HyperParameters` or a dict
             ``{"mean_process": {"variance": ..., "lengthscale": ...}, "individual": {"variance": ...,
@@ -160,62 +169,59 @@ class Magma:
         **data_options
             Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
             ``output_col``, ``duplicates``). With ``method="nuts"`` also the sampler options of
-            :data:`magma_pymc.bayes.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
+            :data:`magma_pymc.sampling.NUTS_DEFAULTS` (``draws``, ``tune``, ``chains``, ``random_seed``,
             ``nuts_sampler``, ``target_accept``, ``priors``, ``thin``, ``progressbar``). With
             ``method="em"``, ``priors`` (a mapping as for NUTS; ``{}`` for the default priors) makes
             EM find the MAP under those priors, the mode of the posterior NUTS samples; ``em_trace``
             then also holds ``log_posterior`` (``log_likelihood`` plus the log prior).
         """
-        # --- NUTS (magma_pymc.bayes): sampler options travel in **data_options ---
-        from magma_pymc.bayes import NUTS_DEFAULTS
+        from magma_pymc.sampling import (
+            NUTS_DEFAULTS,  # sampler options travel in **data_options
+        )
 
         nuts_options = {k: data_options.pop(k) for k in NUTS_DEFAULTS if k in data_options}
         map_priors = nuts_options.pop("priors", None) if method == "em" else None
         if nuts_options and method != "nuts":
             raise ValueError(f"sampler options {sorted(nuts_options)} need method='nuts'")
-        # --- end NUTS ---
         start = time.perf_counter()
         if method not in ("em", "fixed", "nuts"):
             raise ValueError(f"method must be 'em', 'fixed' or 'nuts', got {method!r}")
         if method == "fixed" and hyperparameters is None:
             raise ValueError("method='fixed' needs hyperparameters=")
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
-        self._check_kernels(train)
-        self.data_ = train
-        self._prior_mean_value = self._resolve_prior_mean(train)
-        self._prior_mean_value(train.grid)  # checks a callable prior mean early, on the distinct inputs
-        _warn_far_inputs(train.grid, _scales(train)[0], train.input_names, "training data")
-        problem = self._problem(train)
+        check_kernels(self.mean_kernel, self.kernel, train)
+        prior_mean = resolve_prior_mean(self.prior_mean, train)
+        prior_mean(train.grid)  # checks a callable prior mean early, on the distinct inputs
+        warn_far_inputs(train.grid, scales(train)[0], train.input_names, "training data")
+        problem = self._problem(train, prior_mean)
         if hyperparameters is None:
             hp = self.initial_hyperparameters(train)
         else:
             hp = HyperParameters.coerce(hyperparameters, self.mean_kernel, self.kernel)
         mean_log, log_params = hp.to_log(self.mean_kernel, self.kernel, None if self.common_hp else train.ids)
         state = EMState(mean_log, log_params, self.jitter * problem.output_scale)
-        # --- NUTS (magma_pymc.bayes) ---
         if method == "nuts":
-            from magma_pymc.bayes import fit_nuts
+            from magma_pymc.sampling import fit_nuts
 
-            fit_nuts(self, problem, state, initial=hyperparameters is not None, **nuts_options)
+            result = fit_nuts(self._spec(train), problem, state, train, prior_mean,
+                              initial=hyperparameters is not None, model_compile_mode=self.compile_mode,
+                              **nuts_options)
+            self._set_result(result, converged=result.tree.attrs["diagnostics"] == "ok", n_iter=0)
             self.fit_seconds_ = time.perf_counter() - start
             return self
-        # --- end NUTS ---
         if map_priors is not None:  # EM-MAP under the priors NUTS would use
-            from magma_pymc.bayes import compile_log_priors
+            from magma_pymc.map_priors import compile_log_priors
 
-            problem = dataclasses.replace(problem, log_priors=compile_log_priors(self, map_priors))
+            problem = dataclasses.replace(problem, log_priors=compile_log_priors(self._spec(train), map_priors))
         trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
         if method == "em":
-            self._warn_hp_at_bounds(trace.state, problem, train)
-        self._state, self._problem_ = trace.state, problem
-        ids = None if self.common_hp else train.ids
-        self.hyperparameters_ = HyperParameters.from_log(
-            self.mean_kernel, self.kernel, trace.state.mean_log_params, trace.state.log_params, ids
-        )
-        self.log_likelihood_ = trace.estep.log_likelihood
-        self.converged_ = trace.converged
-        self.n_iter_ = len(trace.log_likelihood) - 1
-        self.idata_ = self._datatree(trace, method)
+            warn_hp_at_bounds(trace.state, problem, self.mean_kernel.names, (*self.kernel.names, NOISE),
+                              None if self.common_hp else train.ids)
+        tree = em_datatree(trace, problem, train, prior_mean, (self.mean_kernel.names, self.kernel.names),
+                           method=method, tol=self.tol)
+        result = FitResult.from_point(method, trace.state, problem=problem, data=train, prior_mean=prior_mean,
+                                      hp_names=(*self.kernel.names, NOISE), tree=tree)
+        self._set_result(result, converged=trace.converged, n_iter=len(trace.log_likelihood) - 1)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -227,11 +233,7 @@ class Magma:
         parameters at 1; values given in a kernel's ``initial`` take precedence.
         """
         train = data if isinstance(data, TrainingData) else as_training_data(data)
-        input_range, output_var = _scales(train)
-        mean_log = self.mean_kernel.initial_log_params(input_range, output_var)
-        log_params = np.append(self.kernel.initial_log_params(input_range, output_var), np.log(0.1 * output_var))
-        if not self.common_hp:
-            log_params = np.tile(log_params, (train.n_individuals, 1))
+        mean_log, log_params = initial_log_params(self.mean_kernel, self.kernel, train, self.common_hp)
         return HyperParameters.from_log(
             self.mean_kernel, self.kernel, mean_log, log_params, None if self.common_hp else train.ids
         )
@@ -245,14 +247,8 @@ class Magma:
         ``upper`` (central ``prob`` credible interval) and the full covariance ``cov``
         (dims ``input``, ``input_bis``).
         """
-        self._check_fitted()
-        from magma_pymc.bayes import hyperposterior_nuts, is_nuts  # --- NUTS: mixture over draws ---
-
-        if is_nuts(self):
-            return hyperposterior_nuts(self, inputs, prob=prob)
         x = self.mean_process_grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
-        mean, cov = self._mean_process_at(x)
-        return gaussian_dataset(x, self.data_.input_names, mean, cov, prob, full_cov=True)
+        return predictive.hyperposterior(self.result_, x, prob=prob)
 
     @blas_limited
     def predict(
@@ -289,62 +285,50 @@ class Magma:
             (``new_individual_hp="ml"``) or, for Type II with different HP, ``"median"`` of the
             training individuals' HP).
         """
-        self._check_fitted()
-        from magma_pymc.bayes import is_nuts, predict_nuts  # --- NUTS: mixture over draws ---
-
-        if is_nuts(self):
-            return predict_nuts(self, new_data, inputs, prob=prob, full_cov=full_cov, **data_options)
-        d = self.data_.input_dim
+        d = self.result_.data.input_dim
         individual = as_individual(new_data, input_dim=d, **data_options)
         pred_inputs = as_inputs(inputs, input_dim=d)
         joint_inputs = np.concatenate([individual.inputs, pred_inputs])
-        _warn_far_inputs(joint_inputs, _scales(self.data_)[0], self.data_.input_names, "predict")
-        joint_mean, joint_cov = self._mean_process_at(joint_inputs)
-        n_obs = individual.n_points
-        graphs, problem = self._problem_.graphs, self._problem_
-        jitter = self._state.jitter
-        hp = fit_new_individual(
-            graphs,
-            individual,
-            joint_mean[:n_obs],
-            joint_cov[:n_obs, :n_obs],
-            self._state.log_params,
-            problem.bounds[: len(self.kernel.names) + 1],
-            jitter,
-            empirical_prior=self.new_individual_hp == "map",
-        )
-        pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, jitter)
-        ds = gaussian_dataset(pred_inputs, self.data_.input_names, pred.mean, pred.predictive_cov, prob, full_cov)
-        ds = latent_bounds(ds, pred, prob)
-        ds.attrs.update(
-            individual=str(individual.id),
-            prediction_type="I" if n_obs else "II",
-            hp_source=hp.source,
-            **{f"hp_{name}": float(v) for name, v in zip((*self.kernel.names, "noise"), np.exp(hp.log_params), strict=True)},
-        )
-        return ds
+        warn_far_inputs(joint_inputs, scales(self.data_)[0], self.data_.input_names, "predict")
+        return predictive.predict(self.result_, individual, pred_inputs, prob=prob, full_cov=full_cov,
+                                  empirical_prior=self.new_individual_hp == "map")
 
     @property
     def mean_process_grid(self) -> np.ndarray:
         r"""``(N, d)`` inputs on which the fit represents :math:`\mu_0`: the union grid of the
         training inputs, or the inducing points when ``inducing`` is set."""
-        self._check_fitted()
-        return self._problem_.data_args[0]
+        return self.result_.problem.data_args.grid
 
     # --------------------------------------------------------------------------- save/load
-    def save(self, path) -> None:
-        """Save the fitted model to netCDF (see :mod:`magma_pymc.persistence`)."""
-        from magma_pymc.persistence import save_model
+    def get_params(self) -> dict[str, Any]:
+        """The configuration given to ``__init__`` (scikit-learn style)."""
+        return {name: getattr(self, name) for name in _PARAMS}
 
-        save_model(self, path)
+    def save(self, path) -> None:
+        """Save the fit (:attr:`result_`) and this configuration to netCDF (see :mod:`magma_pymc.persistence`)."""
+        from magma_pymc.persistence import save_result, settings_record
+
+        result = self.result_
+        save_result(result, path, settings_record(self.get_params(), result.prior_mean, result.data.input_names))
 
     @classmethod
-    def load(cls, path, **kwargs: Any) -> Magma:
-        """Load a model saved with :meth:`save`; custom kernels or a callable prior mean must be
-        passed again as keyword arguments (``mean_kernel=``, ``kernel=``, ``prior_mean=``)."""
-        from magma_pymc.persistence import load_model
+    def load(cls, path, *, mean_kernel: Kernel | None = None, kernel: Kernel | None = None,
+             prior_mean: Any = None) -> Magma:
+        """Load a model saved with :meth:`save`; it predicts exactly as the saved one. Custom kernels or a
+        callable prior mean must be passed again as keyword arguments (``mean_kernel=``, ``kernel=``,
+        ``prior_mean=``); a file of an incompatible layout raises ``ValueError`` naming the versions."""
+        from magma_pymc.persistence import read_result, settings_from_record
 
-        return load_model(path, **kwargs)
+        saved = read_result(path)
+        model = cls(**settings_from_record(saved.config, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean))
+        m0 = resolve_prior_mean(model.prior_mean, saved.data)
+        result = FitResult(
+            saved.method, saved.mean_log_draws, saved.log_param_draws, saved.cluster_weights, saved.point,
+            model._problem(saved.data, m0), saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
+        )
+        model._set_result(result, converged=saved.converged, n_iter=saved.n_iter,
+                          log_likelihood=float(saved.tree.attrs.get("log_likelihood", np.nan)))
+        return model
 
     # ------------------------------------------------------------------------- PyMC model
     def build_model(
@@ -352,7 +336,7 @@ class Magma:
         data: Any | None = None,
         *,
         priors: Mapping[str, Any] | None = None,
-        jitter: float = 1e-8,
+        jitter: float = MODEL_JITTER,
         noncentred: bool = False,
     ) -> pm.Model:
         r"""The MAGMA model declared in PyMC (see :func:`magma_pymc.model.build_model`), for ``data``
@@ -363,254 +347,49 @@ class Magma:
         from magma_pymc.model import build_model
 
         if data is None:
-            self._check_fitted()
             train = self.data_
         else:
             train = as_training_data(data, input_dim=self.mean_kernel.input_dim)
-        initial = self.initial_hyperparameters(train)
-        centres = (
-            np.log(initial.mean_process.to_numpy()),
-            np.log(initial.individual.to_numpy()[0]),
-        )
+        spec = self._spec(train)
         return build_model(
-            train, self.mean_kernel, self.kernel, self._resolve_prior_mean(train), common_hp=self.common_hp,
-            centres=centres, priors=priors, jitter=jitter, noncentred=noncentred,
+            train, self.mean_kernel, self.kernel, resolve_prior_mean(self.prior_mean, train), common_hp=self.common_hp,
+            centres=spec.centres, priors=priors, jitter=jitter, noncentred=noncentred,
         )
 
-    # -------------------------------------------------------------------------- internals
+    # ------------------------------------------------------------------- fitted attributes
+    @property
+    def result_(self) -> FitResult:
+        """The fit (:class:`~magma_pymc.fit_result.FitResult`); raises before :meth:`fit`."""
+        self._check_fitted()
+        return self._result
+
+    data_ = property(lambda self: self.result_.data, doc="The validated training data.")
+    idata_ = property(lambda self: self.result_.tree, doc="Results tree (layout in :mod:`magma_pymc.results`).")
+    # Read-only views of the fit, for code written before FitResult: point estimate, problem, m0.
+    _state = property(lambda self: self.result_.point)
+    _problem_ = property(lambda self: self.result_.problem)
+    _prior_mean_value = property(lambda self: self.result_.prior_mean)
+
+    def _set_result(self, result: FitResult, *, converged: bool, n_iter: int, log_likelihood: float | None = None) -> None:
+        """Adopt ``result`` and the attributes derived from it (the one place fitted state is written)."""
+        self._result = result
+        ids = None if self.common_hp else result.data.ids
+        self.hyperparameters_ = HyperParameters.from_log(
+            self.mean_kernel, self.kernel, result.point.mean_log_params, result.point.log_params, ids
+        )
+        self.log_likelihood_ = float(result.tree.attrs["log_likelihood"]) if log_likelihood is None else log_likelihood
+        self.converged_, self.n_iter_ = converged, n_iter
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "hyperparameters_"):
-            raise RuntimeError("this Magma model is not fitted yet: call .fit(data) first")
+        if not hasattr(self, "_result"):
+            raise NotFittedError("this Magma model is not fitted yet: call .fit(data) first")
 
-    def _check_kernels(self, train: TrainingData) -> None:
-        for role, kern in (("mean_kernel", self.mean_kernel), ("kernel", self.kernel)):
-            if kern.input_dim != train.input_dim:
-                raise ValueError(
-                    f"{role} acts on {kern.input_dim}-dimensional inputs but the data have {train.input_dim} "
-                    f"input column(s) {train.input_names}"
-                )
+    def _spec(self, train: TrainingData) -> ModelSpec:
+        """Kernels, HP sharing, IDs and the default prior centres (the data-driven initial HP)."""
+        initial = self.initial_hyperparameters(train)
+        centres = (np.log(initial.mean_process.to_numpy()), np.log(initial.individual.to_numpy()[0]))
+        return ModelSpec(self.mean_kernel, self.kernel, self.common_hp, tuple(train.ids), centres)
 
-    def _warn_hp_at_bounds(self, state: EMState, problem: Problem, train: TrainingData) -> None:
-        """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint (a
-        start far from any optimum, or HP the data do not identify)."""
-        names = (*self.kernel.names, "noise")
-        blocks = [("", [f"mu0_{n}" for n in self.mean_kernel.names], state.mean_log_params, problem.mean_bounds)]
-        rows = np.reshape(state.log_params, (-1, len(names)))
-        bounds = np.reshape(problem.bounds, (len(rows), len(names), 2))
-        for r, (row, row_bounds) in enumerate(zip(rows, bounds, strict=True)):
-            blocks.append(("" if self.common_hp else f"individual {train.ids[r]!r} ", names, row, row_bounds))
-        hits = [
-            f"{who}{name} = {np.exp(value):.3g} ({'lower' if value - low < high - value else 'upper'})"
-            for who, block_names, values, block_bounds in blocks
-            for name, value, (low, high) in zip(block_names, values, block_bounds, strict=True)
-            if min(value - low, high - value) < _AT_BOUND
-        ]
-        if hits:
-            more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
-            _warn(
-                f"EM ended with hyper-parameter(s) on their bounds: {'; '.join(hits[:5])}{more}. The data may not "
-                "identify them, or EM started far from an optimum: try other starting values "
-                "(fit(..., hyperparameters=...)) or check the data's scale (bounds: Kernel.log_bounds)",
-                ConvergenceWarning,
-            )
-
-    def _resolve_prior_mean(self, train: TrainingData) -> Callable[[np.ndarray], np.ndarray]:
-        m0 = self.prior_mean
-        if m0 is None:
-            value = float(np.concatenate([ind.outputs for ind in train.individuals]).mean())
-            return _Constant(value)
-        if callable(m0):
-            return _CheckedPriorMean(m0)
-        try:
-            value = float(m0)
-        except (TypeError, ValueError):
-            raise MagmaInputError(f"prior_mean must be a number, a callable or None, got {m0!r}") from None
-        if not np.isfinite(value):
-            raise MagmaInputError(f"prior_mean must be finite, got {value!r}")
-        return _Constant(value)
-
-    def _problem(self, train: TrainingData) -> Problem:
-        projected = self.inducing is not None
-        graphs = graphs_for(
-            self.mean_kernel,
-            self.kernel,
-            common_hp=self.common_hp,
-            common_grid=train.common_grid,
-            mode=self.compile_mode,
-            projected=projected,
-        )
-        m0 = self._prior_mean_value
-        if graphs.fast_path:
-            residuals = np.stack([ind.outputs for ind in train.individuals]) - m0(train.grid)[None, :]
-        else:
-            flat_inputs = train.inputs.reshape(-1, train.input_dim)
-            residuals = (train.outputs - m0(flat_inputs).reshape(train.mask.shape)) * train.mask
-        input_range, output_var = _scales(train)
-        ind_bounds = [*self.kernel.log_bounds(input_range, output_var), (np.log(1e-8 * output_var), np.log(1e4 * output_var))]
-        return Problem(
-            graphs=graphs,
-            data_args=(self._inducing_points(train) if projected else train.grid, train.inputs, residuals, train.mask, train.index),
-            mean_bounds=self.mean_kernel.log_bounds(input_range, output_var),
-            bounds=ind_bounds * (1 if self.common_hp else train.n_individuals),
-            output_scale=output_var,
-            mean_step=self.mean_step,
-        )
-
-    def _inducing_points(self, train: TrainingData) -> np.ndarray:
-        if isinstance(self.inducing, int):
-            low, high = train.grid.min(axis=0), train.grid.max(axis=0)
-            return np.linspace(low, high, self.inducing)
-        return self.inducing
-
-    def _mean_process_at(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hp_args = (self._state.mean_log_params, self._state.log_params)
-        return mean_process_at(
-            self._problem_.graphs, hp_args, self._problem_.data_args, self._state.jitter, inputs, self._prior_mean_value(inputs)
-        )
-
-    def _datatree(self, trace, method: str) -> xr.DataTree:
-        # IDs as strings here: hp_dataset's np.asarray(ids, dtype=str) fails on tuple IDs
-        ids = None if self.common_hp else np.array([str(i) for i in self.data_.ids])
-        names = (self.mean_kernel.names, self.kernel.names)
-        posterior = hp_dataset(
-            *names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"), ids
-        )
-        em_trace = hp_dataset(*names, trace.mean_log_params, trace.log_params, ("em_iteration",), ids)
-        em_trace["log_likelihood"] = ("em_iteration", trace.log_likelihood)
-        if self._problem_.log_priors is not None:  # MAP mode
-            em_trace["log_posterior"] = ("em_iteration", trace.log_posterior)
-        em_trace = em_trace.assign_coords(em_iteration=np.arange(len(trace.log_likelihood)))
-        em_trace.attrs.update(converged=int(trace.converged), interrupted=int(trace.interrupted), tol=self.tol)
-        estep_result = trace.estep
-        grid = self._problem_.data_args[0]
-        grid_m0 = self._prior_mean_value(grid)
-        attrs = {
-            "method": method,
-            "common_hp": int(self.common_hp),
-            "jitter": trace.state.jitter,
-            "log_likelihood": estep_result.log_likelihood,
-            "n_individuals": self.data_.n_individuals,
-            "inducing_points": 0 if self.inducing is None else len(grid),
-        }
-        return training_datatree(
-            self.data_, posterior, grid_m0 + estep_result.mean, estep_result.cov, attrs, {"em_trace": em_trace}, grid
-        )
-
-
-class _Constant:
-    """A constant prior mean, kept as a value so that it can be saved."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        return np.full(np.shape(inputs)[0], self.value)
-
-    def __repr__(self) -> str:
-        return f"{self.value!r}"
-
-
-class _CheckedPriorMean:
-    """A callable prior mean whose values are checked: shape ``(n,)`` (a scalar is broadcast), finite."""
-
-    def __init__(self, function: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.function = function
-
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        n = np.shape(inputs)[0]
-        values = np.asarray(self.function(inputs), dtype=float)
-        if values.ndim == 0:
-            values = np.full(n, float(values))
-        if values.shape != (n,):
-            raise MagmaInputError(
-                f"prior_mean returned shape {values.shape} for {n} input(s) of shape {np.shape(inputs)}; "
-                f"it must return one value per input row, shape ({n},)"
-            )
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise MagmaInputError(
-                f"prior_mean returned {int(bad.sum())} NaN/inf value(s), e.g. at input(s) "
-                f"{np.asarray(inputs)[bad][:3].tolist()}"
-            )
-        return values
-
-    def __repr__(self) -> str:
-        return repr(self.function)
-
-
-def _check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any) -> None:
-    """Early, explicit errors for the estimator's settings (a zero or NaN jitter could loop forever)."""
-    if common_hp not in (True, False):
-        raise ValueError(f"common_hp must be True or False, got {common_hp!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    for name, value in (("tol", tol), ("jitter", jitter)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _check_inducing(inducing: Any, input_dim: int) -> int | np.ndarray | None:
-    """``None``, an int >= 2 (1-D inputs only) or a finite ``(G, d)`` array of distinct points."""
-    if inducing is None:
-        return None
-    if isinstance(inducing, numbers.Integral) and not isinstance(inducing, bool):
-        if inducing < 2:
-            raise ValueError(f"inducing must be at least 2 points, got {inducing}")
-        if input_dim != 1:
-            raise ValueError(
-                f"inducing={inducing}: evenly spaced points are chosen for 1-D inputs only; with {input_dim}-d "
-                "inputs pass a (G, d) array of inducing points"
-            )
-        return int(inducing)
-    points = np.asarray(inducing, dtype=float)
-    if points.ndim == 1 and input_dim == 1:
-        points = points[:, None]
-    if points.ndim != 2 or points.shape[1] != input_dim or points.shape[0] < 2:
-        raise ValueError(f"inducing points must be a (G, {input_dim}) array with G >= 2, got shape {points.shape}")
-    if not np.all(np.isfinite(points)):
-        raise ValueError("inducing points contain NaN or inf")
-    if len(np.unique(points, axis=0)) != len(points):
-        raise ValueError("inducing points contain duplicates (their prior covariance would be singular)")
-    return points
-
-
-#: Distance (log scale) from a box constraint under which a fitted HP counts as on the bound.
-_AT_BOUND = 1e-4
-
-#: Inputs farther from 0 than this many input ranges make kernel distances lose precision.
-FAR_INPUTS = 1e4
-
-
-def _warn_far_inputs(inputs: np.ndarray, span: float, names: tuple[str, ...], where: str) -> None:
-    """Warn when inputs are far from 0 relative to the training input range (``span``).
-
-    ``pm.gp.cov`` kernels compute squared distances as ``|x|^2 + |y|^2 - 2 x.y``, which cancels
-    catastrophically then (measured: inputs ``t + 1e6`` with ``t`` in [0, 10] change the
-    log-likelihood by 0.27 and predictions by 1e-2; ``t + 1e8`` makes the E-step fail).
-    """
-    size = np.max(np.abs(inputs), axis=0) if inputs.size else np.zeros(len(names))
-    far = size > FAR_INPUTS * span
-    if far.any():
-        _warn(
-            f"{where}: input(s) {[n for n, f in zip(names, far, strict=True) if f]} reach {float(np.max(size[far])):.3g}, more "
-            f"than {FAR_INPUTS:g} times the training input range {span:.3g}: kernel distances lose precision "
-            "(|x|^2 + |y|^2 - 2xy); shift the inputs towards 0 (e.g. subtract the first training input)",
-            NumericalWarning,
-        )
-
-
-def _scales(train: TrainingData) -> tuple[float, float]:
-    """Input range (largest over dimensions) and output variance: the units of HP defaults and bounds."""
-    outputs = np.concatenate([ind.outputs for ind in train.individuals])
-    with np.errstate(over="ignore", invalid="ignore"):  # finite data whose spread overflows float64
-        span = float(np.max(np.ptp(train.grid, axis=0))) if train.n_inputs > 1 else 1.0
-        variance = float(np.var(outputs)) if outputs.size > 1 else 1.0
-    for field, value, names in (("inputs", span, train.input_names), ("outputs", variance, ("Output",))):
-        if not np.isfinite(value):
-            size = {ind.id: float(np.max(np.abs(getattr(ind, field)))) for ind in train.individuals}
-            worst = max(size, key=size.get)
-            raise MagmaInputError(
-                f"individual {worst!r}: {field} {names} as large as {size[worst]:.3g} make the "
-                f"{'range' if field == 'inputs' else 'variance'} of the {field} overflow float64; rescale them"
-            )
-    return (span if span > 0 else 1.0), (variance if variance > 0 else 1.0)
+    def _problem(self, train: TrainingData, m0: Callable[[np.ndarray], np.ndarray]) -> Problem:
+        return build_problem(train, m0, self.mean_kernel, self.kernel, common_hp=self.common_hp,
+                             compile_mode=self.compile_mode, inducing=self.inducing, mean_step=self.mean_step)

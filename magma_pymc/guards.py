@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from magma_pymc.warnings import MagmaWarning, PerformanceWarning
-from magma_pymc.warnings import warn as _warn
+from magma_pymc.exceptions import MagmaWarning, PerformanceWarning
+from magma_pymc.exceptions import warn as _warn
 
 __all__ = ["PerformanceWarning", "iteration_cost", "warn_if_costly", "check_inducing_points",
            "SECONDS_PER_CUBE", "BYTES_PER_SQUARE", "WARN_SECONDS", "WARN_BYTES"]

@@ -25,7 +25,7 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import vectorize_graph
 from pytensor.tensor.variable import TensorVariable
 
-__all__ = ["Kernel", "SquaredExponential", "Matern52", "noise_kind"]
+__all__ = ["Kernel", "squared_exponential_kernel", "matern52_kernel", "SquaredExponential", "Matern52", "noise_kind"]
 
 ParameterKind = Literal["variance", "lengthscale", "other"]
 
@@ -205,8 +205,8 @@ def _with_input_dim(factory: Callable, input_dim: int) -> Callable:
 _FACTORY_CACHE: dict[tuple, Callable] = {}
 
 
-def SquaredExponential(input_dim: int = 1, **initial: float) -> Kernel:
-    r"""Squared-exponential kernel :math:`k(x,x') = v \exp(-\|x-x'\|^2 / (2\ell^2))`.
+def squared_exponential_kernel(input_dim: int = 1, **initial: float) -> Kernel:
+    r"""A :class:`Kernel`, also named ``SquaredExponential`` (as ``mp.SquaredExponential()``): the squared exponential :math:`k(x,x') = v \exp(-\|x-x'\|^2 / (2\ell^2))`.
 
     Hyper-parameters ``variance`` (:math:`v`) and ``lengthscale`` (:math:`\ell`), evaluated by
     ``pm.gp.cov.ExpQuad``. Keyword arguments set initial values.
@@ -214,6 +214,12 @@ def SquaredExponential(input_dim: int = 1, **initial: float) -> Kernel:
     return Kernel(_with_input_dim(_squared_exponential, input_dim), input_dim=input_dim, initial=initial)
 
 
-def Matern52(input_dim: int = 1, **initial: float) -> Kernel:
-    r"""Matern 5/2 kernel ``variance * pm.gp.cov.Matern52(input_dim, ls=lengthscale)``."""
+def matern52_kernel(input_dim: int = 1, **initial: float) -> Kernel:
+    r"""A :class:`Kernel`, also named ``Matern52`` (as ``mp.Matern52()``): Matern 5/2, ``variance * pm.gp.cov.Matern52(input_dim, ls=lengthscale)``."""
     return Kernel(_with_input_dim(_matern52, input_dim), input_dim=input_dim, initial=initial)
+
+
+#: ``SquaredExponential()`` and ``Matern52()``: the factories above under the names of the PyMC
+#: covariances they wrap (``pm.gp.cov.ExpQuad``/``Matern52``), the names users write.
+SquaredExponential = squared_exponential_kernel
+Matern52 = matern52_kernel

@@ -17,6 +17,7 @@ independent standard normals that no observation touches.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 import pymc as pm
@@ -24,10 +25,11 @@ import pytensor.tensor as pt
 from pytensor.tensor.linalg import cholesky
 
 from magma_pymc.data import TrainingData
+from magma_pymc.jitter import MODEL_JITTER
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import NOISE
 
-__all__ = ["build_model", "MEAN_LOG_HP", "LOG_HP"]
+__all__ = ["build_model", "ModelSpec", "hp_coords", "log_hp_variables", "MEAN_LOG_HP", "LOG_HP", "PRIOR_SD"]
 
 #: Names of the log hyper-parameter variables in the model.
 MEAN_LOG_HP = "log_mu0_hp"
@@ -36,6 +38,43 @@ LOG_HP = "log_hp"
 PRIOR_SD = 2.0
 
 LogPriorFactory = Callable[[str, tuple[str, ...]], pm.Distribution]
+
+
+class ModelSpec(NamedTuple):
+    """What declares the HP of a MAGMA model: kernels, HP sharing, individual IDs and prior centres."""
+
+    mean_kernel: Kernel
+    kernel: Kernel
+    common_hp: bool
+    ids: tuple
+    centres: tuple[np.ndarray, np.ndarray]  # (mean_centre (P0,), centre (P + 1,)): default prior centres
+
+
+def hp_coords(spec: ModelSpec) -> dict:
+    """Coordinates ``mean_hp``, ``hp`` and ``individual`` of the HP variables."""
+    return {"mean_hp": list(spec.mean_kernel.names), "hp": [*spec.kernel.names, NOISE],
+            "individual": [str(i) for i in spec.ids]}
+
+
+def log_hp_variables(spec: ModelSpec, priors: Mapping[str, LogPriorFactory] | None = None, *,
+                     deterministics: bool = True):
+    r"""Declare (inside a ``pm.Model`` with :func:`hp_coords`) the log-HP variables ``log_mu0_hp``
+    and ``log_hp`` with ``priors``' factories or the default :math:`\mathcal N(c, 2^2)` around
+    ``spec.centres``, and (``deterministics``) the natural-scale HP ``mu0_<name>``, ``<name>``.
+    Shared by the declared model, the marginal model NUTS samples, and EM's MAP priors."""
+    priors = dict(priors or {})
+    mean_centre, centre = spec.centres
+    default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
+    default = lambda name, dims: pm.Normal(name, mu=centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
+    hp_dims = ("hp",) if spec.common_hp else ("individual", "hp")
+    mean_log = priors.get("mean_hp", default_mean)(MEAN_LOG_HP, ("mean_hp",))
+    log_hp = priors.get("hp", default)(LOG_HP, hp_dims)
+    if deterministics:
+        for k, name in enumerate(spec.mean_kernel.names):
+            pm.Deterministic(f"mu0_{name}", pt.exp(mean_log[k]))
+        for k, name in enumerate([*spec.kernel.names, NOISE]):
+            pm.Deterministic(name, pt.exp(log_hp[..., k]), dims=None if spec.common_hp else "individual")
+    return mean_log, log_hp
 
 
 def build_model(
@@ -47,7 +86,7 @@ def build_model(
     common_hp: bool = True,
     centres: tuple[np.ndarray, np.ndarray],
     priors: Mapping[str, LogPriorFactory] | None = None,
-    jitter: float = 1e-8,
+    jitter: float = MODEL_JITTER,
     noncentred: bool = False,
 ) -> pm.Model:
     r"""Declare the MAGMA model for ``data``.
@@ -71,31 +110,20 @@ def build_model(
         distribution; the geometry NUTS samples well when the data say little about the latent
         values). ``mu0`` and ``f`` are then Deterministics.
     """
-    priors = dict(priors or {})
     grid = data.grid
     input_coord = grid[:, 0] if data.input_dim == 1 else np.arange(data.n_inputs)
+    spec = ModelSpec(mean_kernel, kernel, common_hp, tuple(data.ids), centres)
     coords = {
-        "individual": [str(i) for i in data.ids],
+        **hp_coords(spec),
         "input": input_coord,
         "slot": np.arange(data.n_max),
         "obs": np.arange(int(data.mask.sum())),
-        "mean_hp": list(mean_kernel.names),
-        "hp": [*kernel.names, NOISE],
     }
-    hp_dims = ("hp",) if common_hp else ("individual", "hp")
     observed_rows, observed_slots = np.nonzero(data.mask)
     with pm.Model(coords=coords) as model:
         grid_data = pm.Data("grid", grid)
         inputs = pm.Data("inputs", data.inputs)
-        mean_centre, centre = centres
-        default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
-        default = lambda name, dims: pm.Normal(name, mu=centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731
-        mean_log = priors.get("mean_hp", default_mean)(MEAN_LOG_HP, ("mean_hp",))
-        log_hp = priors.get("hp", default)(LOG_HP, hp_dims)
-        for k, name in enumerate(mean_kernel.names):
-            pm.Deterministic(f"mu0_{name}", pt.exp(mean_log[k]))
-        for k, name in enumerate([*kernel.names, NOISE]):
-            pm.Deterministic(name, pt.exp(log_hp[..., k]), dims=None if common_hp else "individual")
+        mean_log, log_hp = log_hp_variables(spec, priors)
 
         prior_cov = mean_kernel.covariance(mean_log)(grid_data) + jitter * pt.eye(data.n_inputs)
         if noncentred:

@@ -23,7 +23,8 @@ from scipy import stats
 from magma_pymc.data import TrainingData
 from magma_pymc.params import NOISE
 
-__all__ = ["hp_dataset", "training_datatree", "input_coords", "gaussian_dataset", "latent_bounds"]
+__all__ = ["MEAN_PREFIX", "hp_dataset", "hyperposterior_dataset", "observed_dataset", "training_datatree",
+           "input_coords", "gaussian_dataset", "latent_bounds", "em_datatree"]
 
 MEAN_PREFIX = "mu0_"
 
@@ -61,6 +62,21 @@ def hp_dataset(
     return xr.Dataset(variables, coords=coords)
 
 
+def hyperposterior_dataset(grid: np.ndarray, names: tuple[str, ...], mean: np.ndarray, cov: np.ndarray) -> xr.Dataset:
+    """The ``hyperposterior`` group: ``mu0_mean`` and ``mu0_cov`` on ``grid`` (dims ``input``, ``input_bis``)."""
+    coords = input_coords(grid, names)
+    return xr.Dataset(
+        {"mu0_mean": ("input", mean), "mu0_cov": (("input", "input_bis"), cov)},
+        coords={**coords, "input_bis": coords["input"]},
+    )
+
+
+def observed_dataset(data: TrainingData) -> xr.Dataset:
+    """The ``observed_data`` group: the training data in long format (dim ``obs``, IDs as strings)."""
+    long = data.to_long()
+    return xr.Dataset({c: ("obs", long[c].astype(str).to_numpy() if c == "ID" else long[c].to_numpy()) for c in long})
+
+
 def training_datatree(
     data: TrainingData,
     posterior: xr.Dataset,
@@ -72,19 +88,9 @@ def training_datatree(
 ) -> xr.DataTree:
     """Assemble the groups listed in the module docstring; ``mean``/``cov`` are on ``grid``
     (default: the training grid; the inducing points of a projected fit)."""
-    coords = input_coords(data.grid if grid is None else grid, data.input_names)
-    hyperposterior = xr.Dataset(
-        {
-            "mu0_mean": ("input", mean),
-            "mu0_cov": (("input", "input_bis"), cov),
-        },
-        coords={**coords, "input_bis": coords["input"]},
-    )
-    long = data.to_long()
-    observed = xr.Dataset(
-        {column: ("obs", long[column].to_numpy() if column != "ID" else long[column].astype(str).to_numpy()) for column in long.columns}
-    )
-    groups = {"posterior": posterior, "hyperposterior": hyperposterior, "observed_data": observed, **(extra or {})}
+    hyperposterior = hyperposterior_dataset(data.grid if grid is None else grid, data.input_names, mean, cov)
+    groups = {"posterior": posterior, "hyperposterior": hyperposterior, "observed_data": observed_dataset(data),
+              **(extra or {})}
     tree = xr.DataTree.from_dict({name: ds for name, ds in groups.items()})
     tree.attrs.update(attrs)
     return tree
@@ -119,3 +125,30 @@ def latent_bounds(ds: xr.Dataset, prediction, prob: float) -> xr.Dataset:
         latent_lower=("input", prediction.mean - half),
         latent_upper=("input", prediction.mean + half),
     )
+
+
+def em_datatree(trace, problem, data: TrainingData, prior_mean, names: tuple[tuple[str, ...], tuple[str, ...]], *,
+                method: str, tol: float) -> xr.DataTree:
+    """The tree of a point fit (EM, fixed HP, MAP) from its :class:`~magma_pymc.em.EMTrace`: ``posterior`` as one
+    chain of one draw, ``em_trace`` per iteration, the final E-step as ``hyperposterior``, ``observed_data``."""
+    # IDs as strings here: hp_dataset's np.asarray(ids, dtype=str) fails on tuple IDs
+    ids = None if problem.graphs.common_hp else np.array([str(i) for i in data.ids])
+    state = trace.state
+    posterior = hp_dataset(*names, state.mean_log_params[None, None], state.log_params[None, None], ("chain", "draw"), ids)
+    em_trace = hp_dataset(*names, trace.mean_log_params, trace.log_params, ("em_iteration",), ids)
+    em_trace["log_likelihood"] = ("em_iteration", trace.log_likelihood)
+    if problem.log_priors is not None:  # MAP mode
+        em_trace["log_posterior"] = ("em_iteration", trace.log_posterior)
+    em_trace = em_trace.assign_coords(em_iteration=np.arange(len(trace.log_likelihood)))
+    em_trace.attrs.update(converged=int(trace.converged), interrupted=int(trace.interrupted), tol=tol)
+    grid = problem.data_args.grid
+    attrs = {
+        "method": method,
+        "common_hp": int(problem.graphs.common_hp),
+        "jitter": state.jitter,
+        "log_likelihood": trace.estep.log_likelihood,
+        "n_individuals": data.n_individuals,
+        "inducing_points": len(grid) if problem.graphs.projected else 0,
+    }
+    return training_datatree(data, posterior, prior_mean(grid) + trace.estep.mean, trace.estep.cov, attrs,
+                             {"em_trace": em_trace}, grid)

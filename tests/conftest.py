@@ -8,6 +8,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import matplotlib  # noqa: E402
+from reference import JointGP  # noqa: E402
+
+import magma_pymc as mp  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -22,6 +25,39 @@ def make_long(individuals, ids=None) -> pd.DataFrame:
             "Output": np.concatenate([y for _, y in individuals]),
         }
     )
+
+
+# Fixed HP shared by the E-step, projected-model and M-step tests.
+HP0 = (3.0, 2.0)
+COMMON = (1.0, 0.8, 0.25)
+DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
+
+
+def hp_dict(individual, ids):
+    """The ``hyperparameters=`` mapping of the mean-process HP :data:`HP0` and ``individual`` HP."""
+    if isinstance(individual, tuple):
+        return {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]),
+                "individual": dict(variance=individual[0], lengthscale=individual[1], noise=individual[2])}
+    table = pd.DataFrame(individual, index=ids, columns=["variance", "lengthscale", "noise"])
+    return {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": table}
+
+
+def fixed_model(individuals, common_hp, m0=0.7):
+    """A ``method="fixed"`` fit at :data:`HP0` and :data:`COMMON` / :data:`DIFFERENT`, and its dense reference."""
+    ids = [f"i{k}" for k in range(len(individuals))]
+    hps = COMMON if common_hp else DIFFERENT[: len(individuals)]
+    model = mp.Magma(common_hp=common_hp, prior_mean=m0).fit(
+        make_long(individuals, ids), method="fixed", hyperparameters=hp_dict(hps, ids)
+    )
+    reference = JointGP(individuals, HP0, [COMMON] * len(individuals) if common_hp else hps, m0=m0)
+    return model, reference
+
+
+def common_grid_problem(n_individuals=4, seed=3):
+    """Individuals sharing 9 inputs on [0, 10], seeded."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 10, 9)
+    return [(t, np.cos(t) + rng.normal(0, 0.4, t.size)) for _ in range(n_individuals)]
 
 
 @pytest.fixture

@@ -13,14 +13,11 @@ from reference import JointGP
 from scipy import optimize, stats
 
 import magma_pymc as mp
-from magma_pymc.bayes import (
-    SAMPLING_JITTER,
-    _check_diagnostics,
-    build_marginal_model,
-    compare_fits,
-    mixture_quantiles,
-)
+from magma_pymc.compare import compare_fits
+from magma_pymc.diagnostics import MAX_RHAT, MIN_ESS, check_diagnostics
+from magma_pymc.jitter import SAMPLING_JITTER
 from magma_pymc.model import PRIOR_SD
+from magma_pymc.sampling import build_marginal_model
 
 HP0 = (3.0, 2.0)
 DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
@@ -48,7 +45,7 @@ def test_potential_is_dense_joint_gp_log_density(small_problem, setting):
     assert model._problem_.graphs.fast_path == (setting == "common_grid")
     # The "common" case also overrides the prior of the individual log HP (priors={"hp": ...}).
     custom = {"hp": lambda name, dims: pm.Normal(name, mu=0.0, sigma=1.0, dims=dims)} if setting == "common" else None
-    pm_model = build_marginal_model(model, model._problem_, 1e-10, priors=custom)
+    pm_model = build_marginal_model(model._spec(model.data_), model._problem_, 1e-10, priors=custom)
     expected = {"log_mu0_hp", "log_hp", "mu0_variance", "variance", "noise", "marginal_likelihood"}
     assert set(pm_model.named_vars) >= expected
     assert pm_model.named_vars_to_dims["log_hp"] == (("hp",) if common else ("individual", "hp"))
@@ -67,18 +64,6 @@ def test_potential_is_dense_joint_gp_log_density(small_problem, setting):
     np.testing.assert_allclose(logp, potential + priors, rtol=1e-8)
 
 
-def test_mixture_quantiles_against_root_finding():
-    rng = np.random.default_rng(0)
-    means, variances = rng.normal(0, 1, (5, 3)), rng.uniform(0.1, 2.0, (5, 3))
-    q = mixture_quantiles(means, variances, (0.025, 0.5, 0.975))
-    for j in range(3):
-        for k, p in enumerate((0.025, 0.5, 0.975)):
-            cdf = lambda x: stats.norm(means[:, j], np.sqrt(variances[:, j])).cdf(x).mean() - p  # noqa: E731
-            np.testing.assert_allclose(q[k, j], optimize.brentq(cdf, -20, 20, xtol=1e-14), atol=1e-10)
-    one = mixture_quantiles(means[:1], variances[:1], (0.975,))
-    np.testing.assert_allclose(one[0], means[0] + stats.norm.ppf(0.975) * np.sqrt(variances[0]), rtol=1e-12)
-
-
 def test_diagnostics_warn_on_divergences_rhat_and_ess():
     rng = np.random.default_rng(1)
     post = xr.Dataset({
@@ -88,7 +73,7 @@ def test_diagnostics_warn_on_divergences_rhat_and_ess():
     stats_ = xr.Dataset({"diverging": (("chain", "draw"), np.arange(100).reshape(2, 50) == 7)})
     tree = xr.DataTree.from_dict({"posterior": post, "sample_stats": stats_})
     with pytest.warns(mp.ConvergenceWarning, match="1 divergent") as record:
-        problems = _check_diagnostics(tree)
+        problems = check_diagnostics(tree)
     assert "r_hat" in str(record[0].message) and "ESS" in str(record[0].message) and len(problems) == 3
 
 
@@ -126,9 +111,16 @@ def test_nuts_posterior_contains_em_estimate(nuts_common, em_common):
     assert {"sample_stats", "hyperposterior", "observed_data"} <= set(tree.children)
     assert tree["hyperposterior"]["mu0_mean_draws"].dims == ("chain", "draw", "input")
     assert tree["hyperposterior"].sizes["draw"] == 30            # thin=10
-    assert model.converged_ == (not convergence_warnings)
-    assert int(tree["sample_stats"]["diverging"].sum()) == 0
-    assert float(summary["r_hat"].max()) < 1.05
+    # converged_ and the ConvergenceWarning follow the library's thresholds, recomputed here from the draws
+    # (a short run: with 2 x 300 draws the mean-process HP reach r_hat ~1.02, which must be reported).
+    log_vars = ["log_mu0_hp", "log_hp"]
+    rhat = float(az.rhat(tree, var_names=log_vars).to_array().max())
+    ess = float(az.ess(tree, var_names=log_vars, method="bulk").to_array().min())
+    n_div = int(tree["sample_stats"]["diverging"].sum())
+    healthy = rhat <= MAX_RHAT and ess >= MIN_ESS and n_div == 0
+    assert model.converged_ == healthy and (not convergence_warnings) == healthy
+    assert ("r_hat" in tree.attrs["diagnostics"]) == (rhat > MAX_RHAT)
+    assert n_div == 0
     # EM's MAP estimate (same priors) lies in the central 95% posterior interval of every HP.
     em = em_common.idata_["posterior"]
     for name in HP_NAMES:
@@ -181,7 +173,12 @@ def test_compare_fits_table(nuts_common, em_common, simulation):
     assert list(table.index) == ["em", "nuts"] and list(table["method"]) == ["em", "nuts"]
     assert set(HP_NAMES) | {"log_likelihood", "fit_seconds", "mse", "coverage"} <= set(table.columns)
     assert table[["log_likelihood", "fit_seconds", "mse"]].notna().all().all()
-    assert ((table["coverage"] >= 0) & (table["coverage"] <= 1)).all()
+    # Simulated from the model: each fit's 95 % intervals cover the held-out points as often as a
+    # Binomial(n, 0.95) count allows (two-sided 0.1 % limits).
+    n_target = len(target)
+    low, high = stats.binom.ppf([0.0005, 0.9995], n_target, 0.95)
+    for label in ("em", "nuts"):
+        assert low <= round(table.loc[label, "coverage"] * n_target) <= high, (label, table.loc[label, "coverage"])
     # EM maximises the likelihood: the posterior median cannot beat it by more than EM's tolerance.
     em_ll = table.loc["em", "log_likelihood"]
     assert em_ll >= table.loc["nuts", "log_likelihood"] - 1e-3 * abs(em_ll)

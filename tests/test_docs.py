@@ -19,6 +19,6 @@ def test_docs_build_strict(tmp_path):
         assert (site / page).is_file(), page
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("magma_pymc.Magma", "predict", "hyperposterior", "HyperParameters", "SquaredExponential",
-                 "as_training_data", "simulate", "plot_prediction", "fit_nuts", "SingleGP", "save_model",
+                 "as_training_data", "simulate", "plot_prediction", "fit_nuts", "SingleGP", "save_result",
                  "NumericalWarning"):
         assert name in api, f"{name!r} missing from the API reference page"

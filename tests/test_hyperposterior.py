@@ -3,40 +3,17 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_long
+from conftest import (
+    COMMON,
+    DIFFERENT,
+    common_grid_problem,
+    fixed_model,
+    make_long,
+)
 from reference import JointGP, central_differences, se
 
 import magma_pymc as mp
 from magma_pymc.hyperposterior import TrainingTensors, build_estep
-
-HP0 = (3.0, 2.0)
-COMMON = (1.0, 0.8, 0.25)
-DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
-
-
-def hp_dict(individual, ids):
-    if isinstance(individual, tuple):
-        return {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]),
-                "individual": dict(variance=individual[0], lengthscale=individual[1], noise=individual[2])}
-    table = pd.DataFrame(individual, index=ids, columns=["variance", "lengthscale", "noise"])
-    return {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": table}
-
-
-def fixed_model(individuals, common_hp, m0=0.7):
-    ids = [f"i{k}" for k in range(len(individuals))]
-    hps = COMMON if common_hp else DIFFERENT[: len(individuals)]
-    model = mp.Magma(common_hp=common_hp, prior_mean=m0).fit(
-        make_long(individuals, ids), method="fixed", hyperparameters=hp_dict(hps, ids)
-    )
-    reference = JointGP(individuals, HP0, [COMMON] * len(individuals) if common_hp else hps, m0=m0)
-    return model, reference
-
-
-def common_grid_problem(n_individuals=4, seed=3):
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0, 10, 9)
-    return [(t, np.cos(t) + rng.normal(0, 0.4, t.size)) for _ in range(n_individuals)]
-
 
 SETTINGS = pytest.mark.parametrize(
     "common_grid,common_hp",

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import make_long
+from conftest import COMMON, DIFFERENT, HP0, hp_dict, make_long
 from reference import ProjectedJointGP
-from test_hyperposterior import COMMON, DIFFERENT, HP0, hp_dict
 
 import magma_pymc as mp
 
@@ -77,7 +76,7 @@ def test_nuts_target_of_a_projected_fit_is_the_projected_likelihood(small_proble
 
     g = np.array([0.0, 2.0, 4.5, 6.0, 8.0, 10.0])
     model = fixed_fit(small_problem, False, g)
-    pm_model = build_marginal_model(model, model._problem_, 1e-10)
+    pm_model = build_marginal_model(model._spec(model.data_), model._problem_, 1e-10)
     fn = pm_model.compile_fn(pm_model.logp(vars=[pm_model["marginal_likelihood"]]), point_fn=True,
                              mode=model.compile_mode)
     value = fn({"log_mu0_hp": np.log(HP0), "log_hp": np.log(DIFFERENT[: len(small_problem)])})

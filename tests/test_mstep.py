@@ -4,8 +4,8 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+from conftest import common_grid_problem, fixed_model
 from reference import central_differences, se
-from test_hyperposterior import common_grid_problem, fixed_model
 
 from magma_pymc.ops import (
     GaussianBlockLoss,

@@ -3,7 +3,7 @@
 import os
 import warnings as _warnings
 
-__all__ = ["MagmaWarning", "ConvergenceWarning", "NumericalWarning", "PerformanceWarning", "warn"]
+__all__ = ["MagmaWarning", "ConvergenceWarning", "NumericalWarning", "PerformanceWarning", "NotFittedError", "warn"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,3 +28,8 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """Emit ``message`` attributed to the first caller outside ``magma_pymc`` (the user's line),
     however deep in the package it is raised."""
     _warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
+
+
+class NotFittedError(RuntimeError, AttributeError):
+    """A fitted attribute or method was used before ``fit`` (an ``AttributeError`` too, so that
+    ``hasattr(model, "idata_")`` is ``False`` on an unfitted model)."""
