@@ -48,13 +48,16 @@ class PaddedBatch(NamedTuple):
     index: np.ndarray
 
 
-def size_buckets(n_points: np.ndarray, *, waste: float = WASTE, slack: float = SLACK) -> list[np.ndarray]:
+def size_buckets(n_points: np.ndarray, *, waste: float | None = None, slack: float | None = None) -> list[np.ndarray]:
     """Partition individuals (by their numbers of points) into buckets (module docstring).
 
     Greedy over individuals sorted by decreasing size (stable): a bucket takes the next
     individual while the bound holds with it. Returns the rows of each bucket, in their
     original order within the bucket; buckets from the largest individuals to the smallest.
+    ``waste`` and ``slack`` default to :data:`WASTE` and :data:`SLACK` (read at call time).
     """
+    waste = WASTE if waste is None else waste
+    slack = SLACK if slack is None else slack
     sizes = np.asarray(n_points, dtype=float)
     if sizes.ndim != 1 or sizes.size == 0:
         raise ValueError("size_buckets needs a non-empty 1-D array of sizes")

@@ -27,7 +27,8 @@ from magma_pymc.jitter import JITTER_DEFAULT, MODEL_JITTER
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.model import ModelSpec
 from magma_pymc.params import NOISE, HyperParameters
-from magma_pymc.problem import build_problem
+from magma_pymc.guards import warn_if_costly
+from magma_pymc.problem import bucket_sizes, build_problem
 from magma_pymc.results import em_datatree
 from magma_pymc.settings import (
     check_inducing,
@@ -194,6 +195,7 @@ class Magma:
         prior_mean(train.grid)  # checks a callable prior mean early, on the distinct inputs
         warn_far_inputs(train.grid, scales(train)[0], train.input_names, "training data")
         problem = self._problem(train, prior_mean)
+        warn_if_costly(len(problem.data_args.grid), bucket_sizes(problem), projected=self.inducing is not None)
         if hyperparameters is None:
             hp = self.initial_hyperparameters(train)
         else:
@@ -372,12 +374,13 @@ class Magma:
 
     def _set_result(self, result: FitResult, *, converged: bool, n_iter: int, log_likelihood: float | None = None) -> None:
         """Adopt ``result`` and the attributes derived from it (the one place fitted state is written)."""
-        self._result = result
+        # Everything that can fail first, then the assignments: a fit that raises leaves the model as it was.
         ids = None if self.common_hp else result.data.ids
-        self.hyperparameters_ = HyperParameters.from_log(
+        hyperparameters = HyperParameters.from_log(
             self.mean_kernel, self.kernel, result.point.mean_log_params, result.point.log_params, ids
         )
-        self.log_likelihood_ = float(result.tree.attrs["log_likelihood"]) if log_likelihood is None else log_likelihood
+        log_likelihood = float(result.tree.attrs["log_likelihood"]) if log_likelihood is None else float(log_likelihood)
+        self._result, self.hyperparameters_, self.log_likelihood_ = result, hyperparameters, log_likelihood
         self.converged_, self.n_iter_ = converged, n_iter
 
     def _check_fitted(self) -> None:

@@ -58,15 +58,19 @@ def warn_if_costly(n_grid: int, bucket_sizes: list[tuple[int, int]], *, projecte
     return seconds, size
 
 
-def check_inducing_points(points: np.ndarray, grid: np.ndarray, requested: int | None = None) -> None:
+def check_inducing_points(inducing: int | np.ndarray, grid: np.ndarray) -> None:
     """Refuse more inducing points than distinct training inputs (the exact model is then cheaper and
     exact), and warn when many training inputs lie outside the inducing points' box: there the
-    projected mean process is near its prior and the data barely inform its HP."""
-    n_points, n_grid = len(points), len(grid)
+    projected mean process is near its prior and the data barely inform its HP (evenly spaced
+    points, an int, span the data by construction)."""
+    n_points, n_grid = (inducing if isinstance(inducing, int) else len(inducing)), len(grid)
     if n_points > n_grid:
-        asked = f"inducing={requested}" if requested is not None else f"{n_points} inducing points"
+        asked = f"inducing={inducing}" if isinstance(inducing, int) else f"{n_points} inducing points"
         raise ValueError(f"{asked} but the training data have only {n_grid} distinct input(s): the exact model "
                          f"(inducing=None) is cheaper and exact here, or pass at most {n_grid} points")
+    if isinstance(inducing, int):
+        return
+    points = inducing
     low, high = points.min(axis=0), points.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
     outside = np.any((grid < low - 0.05 * span) | (grid > high + 0.05 * span), axis=1)
