@@ -47,6 +47,7 @@ from magma_pymc.model import (
 )
 from magma_pymc.params import NOISE
 from magma_pymc.results import hyperposterior_dataset, observed_dataset
+from magma_pymc.validation import check_count
 
 __all__ = ["NUTS_DEFAULTS", "SAMPLING_JITTER", "build_marginal_model", "fit_nuts"]
 
@@ -106,8 +107,11 @@ def fit_nuts(
     if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`; ``"NUMBA"``
     evaluates small graphs about 7x faster than ``"CVM"`` after a compile of tens of seconds).
     """
-    if thin < 1 or int(thin) != thin:
-        raise ValueError(f"thin must be a positive integer, got {thin!r}")
+    # Before anything runs: draws=0 or chains=0 would end in a division by zero after sampling.
+    thin, draws, chains = check_count(thin, "thin"), check_count(draws, "draws"), check_count(chains, "chains")
+    tune = check_count(tune, "tune", minimum=0)
+    if not isinstance(target_accept, float | int) or isinstance(target_accept, bool) or not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must be a number strictly between 0 and 1, got {target_accept!r}")
     _, state = estep(state, problem)  # grows the jitter if the starting HP need it
     jitter = max(state.jitter, SAMPLING_JITTER * problem.output_scale)
     if marginalised:
