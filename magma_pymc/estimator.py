@@ -22,12 +22,13 @@ from magma_pymc.compiled import DEFAULT_MODE, blas_limited
 from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
 from magma_pymc.em import EMState, Problem, run_em
 from magma_pymc.exceptions import NotFittedError
+from magma_pymc.file_checks import check_hp_in_bounds
 from magma_pymc.fit_result import FitResult
+from magma_pymc.guards import warn_if_costly
 from magma_pymc.jitter import JITTER_DEFAULT, MODEL_JITTER
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.model import ModelSpec
 from magma_pymc.params import NOISE, HyperParameters
-from magma_pymc.guards import warn_if_costly
 from magma_pymc.problem import bucket_sizes, build_problem
 from magma_pymc.results import em_datatree
 from magma_pymc.settings import (
@@ -318,15 +319,20 @@ class Magma:
              prior_mean: Any = None) -> Magma:
         """Load a model saved with :meth:`save`; it predicts exactly as the saved one. Custom kernels or a
         callable prior mean must be passed again as keyword arguments (``mean_kernel=``, ``kernel=``,
-        ``prior_mean=``); a file of an incompatible layout raises ``ValueError`` naming the versions."""
-        from magma_pymc.persistence import read_result, settings_from_record
+        ``prior_mean=``); they are checked against the saved model's kernels. A malformed or tampered
+        file raises :class:`~magma_pymc.files.ModelFileError` (a ``ValueError``) naming the file and
+        the field; a file of an incompatible layout names the versions."""
+        from magma_pymc.persistence import check_kernels, read_result, settings_from_record
 
         saved = read_result(path)
         model = cls(**settings_from_record(saved.config, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean))
+        check_kernels(saved.config, model.mean_kernel, model.kernel, path)
         m0 = resolve_prior_mean(model.prior_mean, saved.data)
+        problem = model._problem(saved.data, m0)
+        check_hp_in_bounds(saved.point, problem, path)
         result = FitResult(
             saved.method, saved.mean_log_draws, saved.log_param_draws, saved.cluster_weights, saved.point,
-            model._problem(saved.data, m0), saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
+            problem, saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
         )
         model._set_result(result, converged=saved.converged, n_iter=saved.n_iter,
                           log_likelihood=float(saved.tree.attrs.get("log_likelihood", np.nan)))
