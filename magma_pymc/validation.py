@@ -37,10 +37,17 @@ def id_kind(value: Any) -> str:
 
 
 def check_id_kinds(ids: Iterable[Hashable], field: str, error: type[Exception] = ValueError) -> None:
-    """Refuse IDs of more than one kind (:func:`id_kind`), with one example of each."""
+    """Refuse IDs of more than one kind (:func:`id_kind`), with one example of each, and string IDs
+    that are not valid Unicode."""
     kinds: dict[str, Any] = {}
     for value in ids:
         kinds.setdefault(id_kind(value), value)
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise error(f"individual {value!r}: the ID is not valid Unicode (a lone surrogate): it could not be "
+                            "stored or written to a file; rename it") from None
     if len(kinds) > 1:
         examples = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in kinds.values())
         raise error(

@@ -83,7 +83,7 @@ TAMPERED = [
     ("no observed data", lambda t: t.__delitem__("observed_data"), r"field 'observed_data': missing"),
     ("NaN output", _observed_edit(lambda d: d.assign(Output=d["Output"] * np.nan)), r"field 'observed_data'.*NaN"),
     ("missing input column", _observed_edit(lambda d: d.drop_vars("Input")), r"field 'observed_data'.*'Input'"),
-    ("huge inducing", _config_edit(inducing=10**9), r"field 'config\.inducing'.*only 24 distinct input"),
+    ("huge inducing", _config_edit(inducing=10**9), r"field 'config\.inducing'.*only 23 distinct input"),
     ("inducing of wrong type", _config_edit(inducing="many"), r"field 'config\.inducing'"),
     ("config not JSON", lambda t: t.attrs.__setitem__("config", "{not json"), r"field 'config': invalid JSON"),
     ("config not a dict", lambda t: t.attrs.__setitem__("config", "[1, 2]"), r"field 'config': expected a JSON object"),
@@ -145,16 +145,25 @@ def test_load_then_save_to_the_same_path(saved):
     mp.Magma.load(saved)
 
 
-def test_failed_save_keeps_the_old_file(tmp_path, fitted):
+def test_failed_save_keeps_the_old_file(tmp_path, fitted, monkeypatch):
     path = tmp_path / "m.nc"
     fitted[0].save(path)
     before = path.read_bytes()
-    rng = np.random.default_rng(1)
-    bad = quiet_fit({"ok": (np.arange(4.0), rng.normal(size=4)), "\ud800x": (np.arange(4.0), rng.normal(size=4))})
-    with pytest.raises(ValueError, match=r"ID '\\ud800x' cannot be written"):
-        bad.save(path)
+
+    def failing_write(self, *args, **kwargs):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")  # as a lone surrogate did
+
+    monkeypatch.setattr(xr.DataTree, "to_netcdf", failing_write)
+    with pytest.raises(UnicodeEncodeError):
+        fitted[0].save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.nc"]
+
+
+def test_an_id_that_is_not_valid_unicode_is_refused_at_fit():
+    rng = np.random.default_rng(1)
+    with pytest.raises(mp.MagmaInputError, match=r"individual '\\ud800x': the ID is not valid Unicode"):
+        mp.Magma(max_iter=1).fit({"ok": (np.arange(4.0), rng.normal(size=4)), "\ud800x": (np.arange(4.0), rng.normal(size=4))})
 
 
 def _write_calls():
