@@ -184,7 +184,7 @@ def test_bad_prediction_inputs_give_a_clear_error(small):
     for call, pattern in cases:
         with pytest.raises(MagmaInputError, match=pattern):
             call()
-    with pytest.raises(ValueError, match=r"prob must be in \(0, 1\), got 1\.5"):
+    with pytest.raises(ValueError, match=r"prob must be a number strictly between 0 and 1, got 1\.5"):
         model.predict(None, t, prob=1.5)
     with pytest.raises(RuntimeError, match="not fitted yet"):
         mp.Magma().predict(observed, t)
