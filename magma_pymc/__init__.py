@@ -13,6 +13,8 @@ from magma_pymc.estimator import Magma
 from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning, NumericalWarning
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 from magma_pymc.params import HyperParameters
+from magma_pymc.exceptions import PerformanceWarning  # noqa: I001 (kept apart: additive)
+from magma_pymc.files import ModelFileError
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "ConvergenceWarning",
     "NumericalWarning",
     "MagmaWarning",
+    "PerformanceWarning",
+    "ModelFileError",
     "simulate",
     "split_observed",
     "compare_fits",

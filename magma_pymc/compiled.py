@@ -37,7 +37,6 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import Function
 from pytensor.tensor.linalg import solve_triangular
-from threadpoolctl import threadpool_limits
 
 from magma_pymc.hyperposterior import (
     DataPrecision,
@@ -62,6 +61,7 @@ from magma_pymc.mstep import (
     mean_process_objective,
 )
 from magma_pymc.predict_graphs import build_new_individual_objective, build_predictive
+from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction, limited_blas
 
 __all__ = ["BLAS_THREADS", "DEFAULT_MODE", "PYTHON_MODES", "ModelGraphs", "blas_limited", "build_estep_for", "graphs_for",
            "sampling_mode"]
@@ -85,9 +85,7 @@ def blas_limited(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        if BLAS_THREADS is None:
-            return method(*args, **kwargs)
-        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+        with limited_blas(BLAS_THREADS):  # counted: threads in parallel fits do not undo each other's limit
             return method(*args, **kwargs)
 
     return wrapper
@@ -108,7 +106,9 @@ def _compile(inputs, outputs, mode: str) -> Function:
         # In NUMBA mode the batched block loss (magma_pymc.ops) runs its NumPy `perform` in object
         # mode, which is its intended path (one call into NumPy's batched LAPACK per evaluation).
         warnings.filterwarnings("ignore", message="Numba will use object mode to run GaussianBlockLoss")
-        return pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")
+        with COMPILE_LOCK:
+            # One copy per calling thread: a compiled function's storage is not safe to share (magma_pymc.threads).
+            return PerThreadFunction(pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore"))
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,14 @@ class ModelGraphs:
             blocks = cov_padded[data.index[:, :, None], data.index[:, None, :]]
         outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, deviations, blocks]
         return _compile(inputs, outputs, self.mode)
+
+    @cached_property
+    def estep_factors(self) -> Function:
+        """``(mean_hp, hp, <training data>, jitter) -> (chol_prior, chol_b, alpha)``: what the
+        hyper-posterior of :math:`\\mu_0` at new inputs needs from the E-step
+        (:func:`magma_pymc.predict_diag.mean_process_parts`)."""
+        inputs, estep, _ = self._estep_graph(*self._hp())
+        return _compile(inputs, [estep.chol_prior, estep.chol_b, estep.alpha], self.mode)
 
     @cached_property
     def log_likelihood(self) -> Function:
@@ -391,6 +399,7 @@ def graphs_for(
 ) -> ModelGraphs:
     """The (process-wide, shared) compiled functions of a model structure."""
     key = (mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
-    if key not in _GRAPHS:
-        _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
-    return _GRAPHS[key]
+    with COMPILE_LOCK:
+        if key not in _GRAPHS:
+            _GRAPHS[key] = ModelGraphs(mean_kernel, individual_kernel, common_hp, common_grid, mode, projected)
+        return _GRAPHS[key]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from magma_pymc.exceptions import warn as _warn
+from magma_pymc.validation import check_column_roles, check_container, check_id_kinds
 
 __all__ = ["MagmaInputError", "Individual", "TrainingData", "as_training_data", "as_individual", "as_inputs"]
 
@@ -170,19 +171,21 @@ def as_training_data(data: Any, *, id_col: str = "ID", input_cols: str | Sequenc
         return data
     if isinstance(data, pd.DataFrame):
         ids, x, y, labels, names = _parse_frame(data, id_col, input_cols, output_col, need_id=True)
+        if ids.dtype == object:  # before factorize, which merges True and 1
+            check_id_kinds(ids, f"ID column {id_col!r}", MagmaInputError)
         codes, uniques = pd.factorize(ids)  # keeps order of first appearance
-        _check_id_kinds(uniques, f"ID column {id_col!r}")
         groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
         raw = [(_native(u), x[r], y[r], labels[r]) for u, r in zip(uniques, groups, strict=False)]  # [] if no rows (np.split gives one empty group)
-    elif isinstance(data, (Mapping, list, tuple)):
+    elif isinstance(data, (Mapping, list, tuple)) and type(data).__module__.split(".")[0] != "xarray":
         items = list(data.items()) if isinstance(data, Mapping) else list(enumerate(data))
-        _check_id_kinds([k for k, _ in items], "individual IDs")
+        check_id_kinds([k for k, _ in items], "individual IDs", MagmaInputError)
         raw, names = [], None
         for ident, value in items:
             x, y = _parse_pair(ident, value, input_dim)
             input_dim = x.shape[1]  # later individuals must match the first one
             raw.append((ident, x, y, None))
     else:
+        check_container(data, MagmaInputError)
         raise MagmaInputError(f"unsupported data type {type(data).__name__}: expected a DataFrame, "
                               "a dict {id: (inputs, outputs)} or a list of (inputs, outputs) pairs")
     individuals, merged = [], {}
@@ -263,14 +266,6 @@ def _native(value: Any) -> Any:  # numpy scalars -> Python ones: IDs print and c
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _check_id_kinds(ids: Sequence, field: str) -> None:
-    kinds = {("number" if isinstance(v, (numbers.Number, np.bool_)) else "string" if isinstance(v, str)
-              else type(v).__name__): v for v in ids}  # one example ID of each kind
-    if len(kinds) > 1:
-        raise MagmaInputError(f"{field} mix types {sorted(kinds)} (e.g. {_fmt(kinds.values())}): "
-                              "IDs such as 1 and '1' are ambiguous; convert them to one type")
-
-
 def _to_float(values: Any, field: str, who: str = "", owners: np.ndarray | None = None) -> np.ndarray:
     """Convert to float64; ``owners`` (one ID per row) or ``who`` name the culprits."""
     try:
@@ -311,6 +306,8 @@ def _parse_frame(df: pd.DataFrame, id_col: str, input_cols: Any, output_col: str
     if df.columns.duplicated().any():  # df[col] would silently return a DataFrame
         raise MagmaInputError(f"duplicated column name(s) {_fmt(df.columns[df.columns.duplicated()])}")
     auto = input_cols is None
+    check_column_roles(id_col, None if auto else [input_cols] if isinstance(input_cols, str) else list(input_cols),
+                       output_col, MagmaInputError)
     cols = ([c for c in df.columns if c not in (id_col, output_col)] if auto
             else [input_cols] if isinstance(input_cols, str) else list(input_cols))
     missing = [f"{id_col!r} (ID)"] if need_id and id_col not in df.columns else []

@@ -16,6 +16,12 @@ import numpy as np
 
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.compiled import ModelGraphs
+from magma_pymc.estep_buckets import (
+    bucketed_estep,
+    bucketed_precision,
+    common_individual_objective,
+    separable_individual_objectives,
+)
 from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
@@ -68,6 +74,9 @@ class Problem:
     #: (:func:`magma_pymc.map_priors.compile_log_priors`), either ``None`` for a flat prior on that
     #: block; ``None``: maximum likelihood.
     log_priors: tuple | None = None
+    #: Ragged data: the individuals in size buckets (:mod:`magma_pymc.batches`), residuals in their
+    #: ``outputs``, when there is more than one bucket; ``None``: the one padded batch of ``data_args``.
+    batches: tuple | None = None
 
     def log_prior(self, state: EMState) -> float:
         """Log prior density of the state's HP (0 without priors)."""
@@ -91,14 +100,13 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
     """
     jitter = state.jitter
     while True:
-        outputs = problem.graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, jitter)
-        result = EStepResult(*(np.asarray(o) for o in outputs[:3]), float(outputs[3]), *outputs[4:])
+        result = _estep_at(state, problem, jitter)
         if np.isfinite(result.log_likelihood) and np.all(np.isfinite(result.mean)):
             break
         if jitter >= JITTER_MAX * problem.output_scale:
             raise np.linalg.LinAlgError(
-                f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: the hyper-parameters "
-                f"give numerically singular covariances (mean process {np.exp(state.mean_log_params)}, "
+                f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: "
+                f"{_failure_cause(state, problem)} (mean process {np.exp(state.mean_log_params)}, "
                 f"individuals {np.exp(state.log_params)})"
             )
         jitter = jitter * 10.0 if jitter > 0 else JITTER_DEFAULT * problem.output_scale  # 0 * 10 would loop
@@ -109,6 +117,35 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
         )
         state = state._replace(jitter=jitter)
     return result, state
+
+
+def _estep_at(state: EMState, problem: Problem, jitter: float) -> EStepResult:
+    """One E-step evaluation: the compiled graph on the padded batch, or on size buckets (then
+    ``deviations`` and ``cov_blocks`` are tuples with one array per bucket)."""
+    if problem.batches is not None:
+        mean, cov, factor, log_likelihood, blocks = bucketed_estep(
+            problem.graphs, state.mean_log_params, state.log_params, problem.data_args.grid, problem.batches, jitter
+        )
+        return EStepResult(mean, cov, factor, log_likelihood, tuple(b[0] for b in blocks), tuple(b[1] for b in blocks))
+    outputs = problem.graphs.estep(state.mean_log_params, state.log_params, *problem.data_args, jitter)
+    return EStepResult(*(np.asarray(o) for o in outputs[:3]), float(outputs[3]), *outputs[4:])
+
+
+def _failure_cause(state: EMState, problem: Problem) -> str:
+    """Why an E-step failed: a kernel returning NaN/inf (a factory bug), or singular covariances."""
+    from magma_pymc.files import kernel_values
+
+    grid = problem.data_args.grid[:50]
+    rows = np.atleast_2d(state.log_params)
+    checks = [("mean_kernel", problem.graphs.mean_kernel, state.mean_log_params)]
+    checks += [("kernel", problem.graphs.individual_kernel, row[:-1]) for row in rows[:20]]
+    for role, kernel, log_params in checks:
+        with np.errstate(all="ignore"):
+            values = kernel_values(kernel, log_params, grid)
+        if not np.all(np.isfinite(values)):
+            return (f"the {role} returns NaN/inf covariances at hyper-parameters {np.exp(log_params)} on the training "
+                    "inputs: check the kernel's factory")
+    return "the hyper-parameters give numerically singular covariances"
 
 
 def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
@@ -130,7 +167,9 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         )
 
     mean_prior, individual_prior = problem.log_priors if problem.log_priors is not None else (None, None)
-    if not graphs.common_hp and individual_prior is None:
+    if problem.batches is not None:
+        individual_fit = _bucketed_individual_step(state, problem, current, individual_prior)
+    elif not graphs.common_hp and individual_prior is None:
         # Different HP, maximum likelihood: M independent problems, each solved by its own L-BFGS-B
         # on one batched evaluation per round (a MAP prior may couple the rows: one joint run then).
         def individual_objectives(log_params, rows):
@@ -149,7 +188,10 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
     if problem.mean_step == "marginal" and graphs.precision_mean_step:
         # The data enter log p(y | theta0) only through their information form at the new individual
         # HP: computed once here, each evaluation then costs O(N^3) instead of O(N^2 sum_i N_i).
-        summary = graphs.data_precision(individual_fit.x, *problem.data_args, state.jitter)
+        if problem.batches is not None:
+            summary = bucketed_precision(graphs, individual_fit.x, grid, problem.batches, state.jitter)
+        else:
+            summary = graphs.data_precision(individual_fit.x, *problem.data_args, state.jitter)
         pseudo = graphs.pseudo_observations(*summary)
         if np.isfinite(pseudo[2]):
             # S positive definite: the same objective as GP pseudo-observations, one N x N
@@ -176,6 +218,29 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         mean_objective = _minus_log_prior(mean_objective, mean_prior)
     mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
     return state._replace(mean_log_params=mean_fit.x, log_params=individual_fit.x)
+
+
+def _bucketed_individual_step(state: EMState, problem: Problem, current: EStepResult,
+                              individual_prior: Callable | None):
+    """The individual M-step of :func:`em_step` on size buckets (:mod:`magma_pymc.estep_buckets`);
+    ``individual_prior``: the log prior of the individual HP (``None``: flat)."""
+    graphs, batches = problem.graphs, problem.batches
+    blocks = list(zip(current.deviations, current.cov_blocks, strict=True))
+    if graphs.common_hp:
+        objective = common_individual_objective(graphs, batches, blocks, state.jitter)
+    else:
+        objectives = separable_individual_objectives(graphs, batches, blocks, state.jitter)
+        if individual_prior is None:
+            return minimize_separable(objectives, state.log_params, problem.bounds)
+        every_row = np.arange(len(state.log_params))
+
+        def objective(log_params):
+            values, grads = objectives(log_params, every_row)
+            return float(values.sum()), grads
+
+    if individual_prior is not None:
+        objective = _minus_log_prior(objective, individual_prior)
+    return minimize_log_params(objective, state.log_params, problem.bounds)
 
 
 def _minus_log_prior(objective: Callable, log_prior: Callable) -> Callable:

@@ -24,13 +24,15 @@ from magma_pymc.compiled import DEFAULT_MODE, blas_limited
 from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
 from magma_pymc.em import EMState, Problem, run_em
 from magma_pymc.exceptions import NotFittedError
+from magma_pymc.file_checks import check_hp_in_bounds
 from magma_pymc.fit_result import FitResult
+from magma_pymc.guards import warn_if_costly
 from magma_pymc.jitter import JITTER_DEFAULT, MODEL_JITTER
 from magma_pymc.kernels import Kernel, SquaredExponential
 from magma_pymc.model import PRIOR_SD, ModelSpec
 from magma_pymc.params import NOISE, HyperParameters
 from magma_pymc.priors import normal_log_prior
-from magma_pymc.problem import build_problem
+from magma_pymc.problem import bucket_sizes, build_problem
 from magma_pymc.results import em_datatree
 from magma_pymc.settings import (
     check_inducing,
@@ -231,6 +233,7 @@ class Magma:
         prior_mean(train.grid)  # checks a callable prior mean early, on the distinct inputs
         warn_far_inputs(train.grid, scales(train)[0], train.input_names, "training data")
         problem = self._problem(train, prior_mean)
+        warn_if_costly(len(problem.data_args.grid), bucket_sizes(problem), projected=self.inducing is not None)
         if hyperparameters is None:
             hp = self.initial_hyperparameters(train)
         else:
@@ -366,15 +369,20 @@ class Magma:
              prior_mean: Any = None) -> Magma:
         """Load a model saved with :meth:`save`; it predicts exactly as the saved one. Custom kernels or a
         callable prior mean must be passed again as keyword arguments (``mean_kernel=``, ``kernel=``,
-        ``prior_mean=``); a file of an incompatible layout raises ``ValueError`` naming the versions."""
-        from magma_pymc.persistence import read_result, settings_from_record
+        ``prior_mean=``); they are checked against the saved model's kernels. A malformed or tampered
+        file raises :class:`~magma_pymc.files.ModelFileError` (a ``ValueError``) naming the file and
+        the field; a file of an incompatible layout names the versions."""
+        from magma_pymc.persistence import check_kernels, read_result, settings_from_record
 
         saved = read_result(path)
         model = cls(**settings_from_record(saved.config, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean))
+        check_kernels(saved.config, model.mean_kernel, model.kernel, path)
         m0 = resolve_prior_mean(model.prior_mean, saved.data)
+        problem = model._problem(saved.data, m0)
+        check_hp_in_bounds(saved.point, problem, path)
         result = FitResult(
             saved.method, saved.mean_log_draws, saved.log_param_draws, saved.cluster_weights, saved.point,
-            model._problem(saved.data, m0), saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
+            problem, saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
         )
         model._set_result(result, converged=saved.converged, n_iter=saved.n_iter,
                           log_likelihood=float(saved.tree.attrs.get("log_likelihood", np.nan)))
@@ -422,12 +430,13 @@ class Magma:
 
     def _set_result(self, result: FitResult, *, converged: bool, n_iter: int, log_likelihood: float | None = None) -> None:
         """Adopt ``result`` and the attributes derived from it (the one place fitted state is written)."""
-        self._result = result
+        # Everything that can fail first, then the assignments: a fit that raises leaves the model as it was.
         ids = None if self.common_hp else result.data.ids
-        self.hyperparameters_ = HyperParameters.from_log(
+        hyperparameters = HyperParameters.from_log(
             self.mean_kernel, self.kernel, result.point.mean_log_params, result.point.log_params, ids
         )
-        self.log_likelihood_ = float(result.tree.attrs["log_likelihood"]) if log_likelihood is None else log_likelihood
+        log_likelihood = float(result.tree.attrs["log_likelihood"]) if log_likelihood is None else float(log_likelihood)
+        self._result, self.hyperparameters_, self.log_likelihood_ = result, hyperparameters, log_likelihood
         self.converged_, self.n_iter_ = converged, n_iter
 
     def _check_fitted(self) -> None:

@@ -3,7 +3,7 @@
 import os
 import warnings as _warnings
 
-__all__ = ["MagmaWarning", "ConvergenceWarning", "NumericalWarning", "NotFittedError", "warn"]
+__all__ = ["MagmaWarning", "ConvergenceWarning", "NumericalWarning", "PerformanceWarning", "NotFittedError", "warn"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -18,6 +18,10 @@ class ConvergenceWarning(MagmaWarning):
 
 class NumericalWarning(MagmaWarning):
     """A numerical safeguard was used, e.g. jitter added to make a Cholesky factorisation succeed."""
+
+
+class PerformanceWarning(MagmaWarning):
+    """A fit is expected to take very long or much memory; the message says how to avoid it."""
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

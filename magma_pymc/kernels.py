@@ -88,6 +88,27 @@ class Kernel:
                 raise ValueError(f"initial value of hyper-parameter {name!r} must be positive and finite, got {value!r}")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "kinds", kinds)
+        self._check_structure()
+
+    def _check_structure(self) -> None:
+        """Call the factory on symbolic HP (nothing is compiled): it must return a ``pm.gp.cov``
+        covariance acting on exactly ``input_dim`` columns, every active dimension among them.
+        A mismatch would otherwise fail deep inside a graph or, worse, silently ignore columns."""
+        try:
+            cov = self.factory(**{name: pt.scalar(name, dtype="float64") for name in self.names})
+        except Exception as err:
+            raise ValueError(f"the kernel factory {self.factory!r} failed on symbolic hyper-parameters "
+                             f"{list(self.names)}: {type(err).__name__}: {err}") from err
+        if not isinstance(cov, pm.gp.cov.Covariance):
+            raise TypeError(f"the kernel factory {self.factory!r} must return a pm.gp.cov.Covariance "
+                            f"(e.g. variance * pm.gp.cov.ExpQuad(input_dim, ls=lengthscale)), got {type(cov).__name__}")
+        active = np.atleast_1d(np.asarray(cov.active_dims, dtype=int))
+        if cov.input_dim != self.input_dim or active.size and (active.min() < 0 or active.max() >= self.input_dim):
+            raise ValueError(
+                f"the kernel factory's covariance has input_dim={cov.input_dim} and active_dims={active.tolist()} "
+                f"but the Kernel acts on {self.input_dim}-dimensional inputs: give the pm.gp.cov kernel "
+                f"input_dim={self.input_dim} (and active_dims within 0..{self.input_dim - 1}), or Kernel(input_dim=...)"
+            )
 
     names: tuple[str, ...] = field(init=False, repr=False)
 

@@ -63,20 +63,24 @@ class GaussianMixture:
     r"""Gaussian mixture accumulated one component at a time (memory :math:`O(Jn + n^2)`).
 
     ``add(mean, cov, weight)``; weights are normalised when the moments are read, so equal weights
-    need not be known in advance.
+    need not be known in advance. ``full=False`` keeps marginal variances only: ``add`` takes a
+    variance vector and :meth:`moments` returns the mixture variance (memory :math:`O(Jn)`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, full: bool = True) -> None:
+        self.full = full
         self.means: list[np.ndarray] = []
         self.variances: list[np.ndarray] = []
         self.weights: list[float] = []
         self._weighted_cov: np.ndarray | float = 0.0
 
     def add(self, mean: np.ndarray, cov: np.ndarray, weight: float = 1.0) -> None:
+        """One component: ``cov`` is its covariance ``(n, n)``, or its variances ``(n,)`` if not ``full``."""
         self.means.append(np.asarray(mean))
-        self.variances.append(np.diag(cov).copy())
+        self.variances.append(np.diag(cov).copy() if self.full else np.asarray(cov))
         self.weights.append(float(weight))
-        self._weighted_cov = self._weighted_cov + (cov if weight == 1.0 else weight * cov)
+        if self.full:
+            self._weighted_cov = self._weighted_cov + (cov if weight == 1.0 else weight * cov)
 
     def _normalised(self) -> np.ndarray:
         w = np.array(self.weights)
@@ -87,10 +91,12 @@ class GaussianMixture:
         return self._normalised()
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mixture mean ``(n,)`` and covariance ``(n, n)`` (module docstring)."""
+        """Mixture mean ``(n,)`` and covariance ``(n, n)`` (module docstring); variances ``(n,)`` if not ``full``."""
         w, means = self._normalised(), np.array(self.means)
         mean = w @ means
         centred = means - mean
+        if not self.full:
+            return mean, w @ (np.array(self.variances) + centred**2)
         return mean, self._weighted_cov / float(np.sum(self.weights)) + (centred.T * w) @ centred
 
     def quantiles(self, probs: Sequence[float]) -> np.ndarray:

@@ -18,16 +18,27 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from magma_pymc.data import TrainingData, as_training_data
+from magma_pymc.data import TrainingData
 from magma_pymc.em import EMState
+from magma_pymc.file_checks import LOG_LIMIT, check_config, check_inducing_record, check_point, training_data_from_file
+from magma_pymc.files import (
+    ModelFileError,
+    atomic_write,
+    check_kernel_values,
+    checked_array,
+    encode_ids,
+    kernel_values,
+    parse_json,
+    read_datatree,
+)
 from magma_pymc.fit_result import SAMPLED_METHODS, FitResult, flat_log_draws
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 
-__all__ = ["save_result", "read_result", "SavedFit", "settings_record", "settings_from_record", "kernel_record",
+__all__ = ["save_result", "read_result", "check_kernels", "SavedFit", "settings_record", "settings_from_record", "kernel_record",
            "kernel_from_record", "FORMAT_VERSION"]
 
 #: Version of the file layout; files with another major version are refused.
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: IDs with their types, kernel values, checked on load
 
 _BUILTIN = {"squared_exponential": SquaredExponential, "matern52": Matern52}
 
@@ -48,6 +59,11 @@ def kernel_from_record(record: dict, given: Kernel | None, role: str) -> Kernel:
                 f"load_model(path, {role}=...)"
             )
         given = _BUILTIN[record["builtin"]](record["input_dim"])
+    elif record["builtin"] is not None and kernel_record(given)["builtin"] not in (None, record["builtin"]):
+        raise ValueError(
+            f"{role} given to load is the built-in {kernel_record(given)['builtin']!r} kernel; the saved model used "
+            f"{record['builtin']!r}"
+        )
     if list(given.names) != record["names"] or given.input_dim != record["input_dim"]:
         raise ValueError(
             f"{role} given to load_model has parameters {list(given.names)} on {given.input_dim}-d inputs; "
@@ -109,9 +125,20 @@ class SavedFit(NamedTuple):
 
 
 def save_result(result: FitResult, path: str | PathLike, config: dict) -> None:
-    """Write ``result`` and the JSON-serialisable ``config`` to netCDF (``h5netcdf`` engine)."""
+    """Write ``result`` and the JSON-serialisable ``config`` to netCDF (``h5netcdf`` engine), atomically:
+    a temporary file in the same folder renamed over ``path`` (:func:`magma_pymc.files.atomic_write`).
+
+    ``config`` gains the IDs with their types (:func:`magma_pymc.files.encode_ids`) and each kernel's
+    values at the fitted HP on a few training inputs, which :func:`check_kernels` compares at load.
+    """
     from magma_pymc import __version__
 
+    for ident in result.data.ids:
+        try:
+            str(ident).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"individual ID {ident!r} cannot be written to a file: it is not valid Unicode "
+                             "(a lone surrogate); rename it") from None
     state = result.point
     hp_dim = ("individual", "hp") if state.log_params.ndim == 2 else ("hp",)
     fit_state = xr.Dataset(
@@ -122,46 +149,83 @@ def save_result(result: FitResult, path: str | PathLike, config: dict) -> None:
             "cluster_weights": ("cluster", result.cluster_weights),
         }
     )
+    grid = result.data.grid
+    points = grid[np.unique(np.linspace(0, len(grid) - 1, min(len(grid), 5)).round().astype(int))]
+    individual_log = np.atleast_2d(state.log_params)[0, :-1]
+    config = {
+        **config,
+        "ids": encode_ids(result.data.ids),
+        "mean_kernel_values": _fingerprint(result.problem.graphs.mean_kernel, state.mean_log_params, points),
+        "kernel_values": _fingerprint(result.problem.graphs.individual_kernel, individual_log, points),
+    }
     tree = result.tree.copy()
     tree["fit_state"] = xr.DataTree(fit_state)
     tree.attrs.update(magma_pymc_version=__version__, format_version=FORMAT_VERSION, config=json.dumps(config))
-    tree.to_netcdf(path, engine="h5netcdf")
+    atomic_write(path, lambda temporary: tree.to_netcdf(temporary, engine="h5netcdf"))
+
+
+def _fingerprint(kernel: Kernel, log_params: np.ndarray, points: np.ndarray) -> dict:
+    values = kernel_values(kernel, log_params, points)
+    return {"log_params": np.asarray(log_params).tolist(), "points": points.tolist(), "values": values.tolist()}
+
+
+def check_kernels(config: dict, mean_kernel: Kernel, kernel: Kernel, path: Any) -> None:
+    """The kernels a model is loaded with compute the saved values (files before fingerprints: no check)."""
+    check_kernel_values(mean_kernel, config.get("mean_kernel_values"), path, "mean_kernel")
+    check_kernel_values(kernel, config.get("kernel_values"), path, "kernel")
 
 
 def read_result(path: str | PathLike) -> SavedFit:
-    """Read a file written by :func:`save_result`.
+    """Read a file written by :func:`save_result`, checking every field (:mod:`magma_pymc.file_checks`).
 
-    Raises ``ValueError`` with the versions involved when the file was written with an
-    incompatible layout.
+    The file is read whole and closed. A malformed or tampered file raises
+    :class:`~magma_pymc.files.ModelFileError` naming the file and the field; one written with an
+    incompatible layout names the versions involved.
     """
-    tree = xr.open_datatree(path, engine="h5netcdf").load()
-    version = tree.attrs.get("format_version")
-    if version is None or version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
-        raise ValueError(
-            f"{path}: file layout version {version!r} (written by magma_pymc "
-            f"{tree.attrs.get('magma_pymc_version', 'unknown')}) is not compatible with this magma_pymc, "
-            f"which reads layout {FORMAT_VERSION}"
-        )
-    config = json.loads(tree.attrs["config"])
-    frame = tree["observed_data"].to_dataset().to_dataframe().reset_index(drop=True)
-    data = as_training_data(frame, input_cols=list(config["input_names"]))
-    fit_state = tree["fit_state"].to_dataset()
-    point = EMState(
-        np.asarray(fit_state["mean_log_params"].values, dtype=float),
-        np.asarray(fit_state["log_params"].values, dtype=float),
-        float(fit_state["jitter"].values),
-    )
-    # files written before cluster weights were recorded: one cluster
-    weights = fit_state["cluster_weights"].values if "cluster_weights" in fit_state else np.ones(1)
-    del tree["fit_state"]
-    method = tree.attrs.get("method", "em")
-    if method in SAMPLED_METHODS:
-        mean_draws, draws = flat_log_draws(tree, int(tree.attrs.get("thin", 1)))
-    else:
-        mean_draws, draws = point.mean_log_params[None], point.log_params[None]
-    if "em_trace" in tree.children:
-        trace = tree["em_trace"]
-        converged, n_iter = bool(trace.attrs.get("converged", 0)), trace.sizes["em_iteration"] - 1
-    else:
-        converged, n_iter = tree.attrs.get("diagnostics", "ok") == "ok", 0
+    tree = read_datatree(path)
+    field = "format_version"
+    try:
+        version = tree.attrs.get("format_version")
+        if not isinstance(version, str):
+            raise ModelFileError(path, field, f"missing or not text ({version!r}): not a file written by Magma.save")
+        if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            raise ModelFileError(
+                path, field,
+                f"file layout version {version!r} (written by magma_pymc {tree.attrs.get('magma_pymc_version', 'unknown')}) "
+                f"is not compatible with this magma_pymc, which reads layout {FORMAT_VERSION}",
+            )
+        field = "config"
+        config = parse_json(tree.attrs.get("config"), path, field)
+        check_config(config, path, set(_BUILTIN))
+        for group in ("observed_data", "fit_state"):
+            if group not in tree.children:
+                raise ModelFileError(path, group, "missing")
+        field = "observed_data"
+        data = training_data_from_file(tree["observed_data"].to_dataset(), config, path)
+        config["inducing"] = check_inducing_record(config.get("inducing"), data, path)
+        field = "fit_state"
+        mean_log, log_params, jitter, weights = check_point(tree["fit_state"].to_dataset(), config, data, path)
+        point = EMState(mean_log, log_params, jitter)
+        del tree["fit_state"]
+        field = "method"
+        method = tree.attrs.get("method", "em")
+        if method not in ("em", "fixed", *SAMPLED_METHODS):
+            raise ModelFileError(path, field, f"unknown fit method {method!r}")
+        if method in SAMPLED_METHODS:
+            field = "posterior"
+            mean_draws, draws = flat_log_draws(tree, int(tree.attrs.get("thin", 1)))
+            checked_array(mean_draws, path, field, shape=(None, len(mean_log)), low=-LOG_LIMIT, high=LOG_LIMIT)
+            checked_array(draws, path, field, shape=(None, *log_params.shape), low=-LOG_LIMIT, high=LOG_LIMIT)
+        else:
+            mean_draws, draws = point.mean_log_params[None], point.log_params[None]
+        field = "em_trace"
+        if "em_trace" in tree.children:
+            trace = tree["em_trace"]
+            converged, n_iter = bool(trace.attrs.get("converged", 0)), trace.sizes["em_iteration"] - 1
+        else:
+            converged, n_iter = tree.attrs.get("diagnostics", "ok") == "ok", 0
+    except ModelFileError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:  # anything else malformed
+        raise ModelFileError(path, field, f"{type(err).__name__}: {err}") from None
     return SavedFit(method, mean_draws, draws, weights, point, data, tree, config, converged, n_iter)

@@ -3,8 +3,9 @@ r"""Hyper-posterior of :math:`\mu_0` and new-individual predictions from a :clas
 One path for every fit method: for each mixture component :math:`j = (s, k)` of the fit (weight
 :math:`w_j`),
 
-1. :math:`\mu_0` at the requested inputs, :math:`\mathcal N(\hat m_j, \hat K_j)`
-   (:func:`magma_pymc.predict.mean_process_at`, theory page, *Prediction* step 1);
+1. :math:`\mu_0` at the requested inputs, :math:`\mathcal N(\hat m_j, \hat K_j)`, from the
+   E-step's factors (:func:`magma_pymc.predict_diag.mean_process_parts`, theory page,
+   *Prediction* step 1; on size buckets for ragged data);
 2. for a prediction, the new individual's HP and the Gaussian conditional: with common HP the
    shared HP; with different HP (default) weighted draws :math:`r` of its HP from their posterior
    given its observed points and the population distribution of the component's training HP
@@ -15,7 +16,8 @@ One path for every fit method: for each mixture component :math:`j = (s, k)` of 
 
 and the result is the Gaussian mixture over components (:class:`magma_pymc.mixture.GaussianMixture`):
 mixture mean and covariance, intervals from its exact quantiles. EM (one component) gives the
-Gaussian prediction itself.
+Gaussian prediction itself. Without ``full_cov`` only means and variances are formed, in chunks of
+prediction inputs (:mod:`magma_pymc.predict_diag`): memory linear in the number of prediction inputs.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from magma_pymc.data import Individual
-from magma_pymc.fit_result import FitResult
-from magma_pymc.mixture import GaussianMixture
 from magma_pymc import hp_integration as hpi
+from magma_pymc.data import Individual
+from magma_pymc.estep_buckets import bucketed_factors
 from magma_pymc.exceptions import MagmaWarning
 from magma_pymc.exceptions import warn as _warn
-from magma_pymc.predict import fit_new_individual, mean_process_at, predict_individual
+from magma_pymc.fit_result import FitResult
+from magma_pymc.mixture import GaussianMixture
+from magma_pymc.predict import fit_new_individual, predict_individual
+from magma_pymc.predict_diag import EStepFactors, mean_process_parts, predictive_diagonal
 from magma_pymc.results import gaussian_dataset
+from magma_pymc.validation import check_prob
 
 __all__ = ["hyperposterior", "predict"]
 
@@ -38,9 +43,24 @@ _INTERVALS = "Gaussian-mixture quantiles over posterior draws"
 
 
 def _interval_probs(prob: float) -> tuple[float, float]:
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    prob = check_prob(prob)
     return 0.5 - prob / 2, 0.5 + prob / 2
+
+
+def _factors(problem, state) -> EStepFactors:
+    """The E-step's factors at a component's HP: on size buckets for ragged data, else the padded graph."""
+    args = (state.mean_log_params, state.log_params)
+    if problem.batches is not None:
+        values = bucketed_factors(problem.graphs, *args, problem.data_args.grid, problem.batches, state.jitter)
+    else:
+        values = problem.graphs.estep_factors(*args, *problem.data_args, state.jitter)
+    return EStepFactors(*(np.asarray(v) for v in values))
+
+
+def _mean_process(problem, state, obs_inputs: np.ndarray, pred_inputs: np.ndarray):
+    r"""Centred :math:`\mu_0` hyper-posterior parts of one component (:class:`~magma_pymc.predict_diag.MeanProcessParts`)."""
+    return mean_process_parts(problem.graphs.mean_kernel, problem.graphs.mode, state.mean_log_params,
+                              problem.data_args.grid, _factors(problem, state), obs_inputs, pred_inputs, state.jitter)
 
 
 def hyperposterior(result: FitResult, inputs: np.ndarray, *, prob: float = 0.95) -> xr.Dataset:
@@ -50,8 +70,8 @@ def hyperposterior(result: FitResult, inputs: np.ndarray, *, prob: float = 0.95)
     problem, m0 = result.problem, result.prior_mean(inputs)
     mixture = GaussianMixture()
     for weight, state in result.components():
-        hp_args = (state.mean_log_params, state.log_params)
-        mixture.add(*mean_process_at(problem.graphs, hp_args, problem.data_args, state.jitter, inputs, m0), weight)
+        parts = _mean_process(problem, state, inputs, inputs[:0])
+        mixture.add(m0 + parts.mean_obs, parts.cov_obs, weight)
     ds = gaussian_dataset(inputs, result.data.input_names, *mixture.moments(), prob, full_cov=True)
     lower, upper = mixture.quantiles(probs)
     ds["lower"], ds["upper"] = ("input", lower), ("input", upper)
@@ -81,15 +101,21 @@ def predict(
     """
     probs = _interval_probs(prob)
     problem, n_obs = result.problem, individual.n_points
+    graphs = problem.graphs
     joint_inputs = np.concatenate([individual.inputs, pred_inputs])
-    graphs, m0 = problem.graphs, result.prior_mean(joint_inputs)
+    m0_obs, m0_pred = result.prior_mean(individual.inputs), result.prior_mean(pred_inputs)
     bounds = problem.bounds[: len(result.hp_names)]
-    latent, predictive, new_hp, ess = GaussianMixture(), GaussianMixture(), [], []
+    latent, predictive = GaussianMixture(full_cov), GaussianMixture(full_cov)
+    new_hp, ess, diagonal, source = [], [], False, ""
     for weight, state in result.components():
-        joint_mean, joint_cov = mean_process_at(
-            graphs, (state.mean_log_params, state.log_params), problem.data_args, state.jitter, joint_inputs, m0
-        )
-        obs_mean, obs_cov = joint_mean[:n_obs], joint_cov[:n_obs, :n_obs]
+        if full_cov:  # mu0 jointly at (t_*, t_p)
+            parts = _mean_process(problem, state, joint_inputs, joint_inputs[:0])
+            joint_mean, joint_cov = np.concatenate([m0_obs, m0_pred]) + parts.mean_obs, parts.cov_obs
+            obs_mean, obs_cov = joint_mean[:n_obs], joint_cov[:n_obs, :n_obs]
+        else:  # observed block, cross block and diagonal at t_p only
+            parts = _mean_process(problem, state, individual.inputs, pred_inputs)
+            parts = parts._replace(mean_pred=m0_pred + parts.mean_pred)
+            obs_mean, obs_cov = m0_obs + parts.mean_obs, parts.cov_obs
         integrate = new_individual_hp == "integrated" and state.log_params.ndim == 2
         if integrate and len(state.log_params) < 2:  # stated fallback: no population spread to estimate
             _warn("one training individual: no population distribution of the individual HP to integrate the new "
@@ -99,10 +125,18 @@ def predict(
         prior = hpi.PopulationPrior.from_training(state.log_params) if integrate else None
         hp = fit_new_individual(graphs, individual, obs_mean, obs_cov, state.log_params, bounds, state.jitter,
                                 empirical_prior=new_individual_hp != "ml", prior=prior)
+        source = hp.source
         if not integrate:
-            pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, state.jitter)
-            latent.add(pred.mean, pred.latent_cov, weight)
-            predictive.add(pred.mean, pred.predictive_cov, weight)
+            if full_cov:
+                pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, state.jitter)
+                latent.add(pred.mean, pred.latent_cov, weight)
+                predictive.add(pred.mean, pred.predictive_cov, weight)
+            else:
+                mean, latent_var, predictive_var = predictive_diagonal(
+                    graphs.individual_kernel, graphs.mode, hp.log_params, individual.inputs, individual.outputs,
+                    pred_inputs, obs_mean, parts, state.jitter)
+                latent.add(mean, latent_var, weight)
+                predictive.add(mean, predictive_var, weight)
             new_hp.append(hp.log_params)
             continue
         if n_obs:
@@ -110,22 +144,32 @@ def predict(
                                         obs_cov, prior, hp.log_params, state.jitter, compile_mode=graphs.mode)
         else:
             draws = hpi.population_draws(prior)
-        inner = hpi.conditional_predictions(graphs.individual_kernel, draws.log_params, individual.inputs,
-                                            individual.outputs, pred_inputs, joint_mean, joint_cov, state.jitter,
-                                            graphs.mode)
-        eye = np.eye(len(pred_inputs))
-        for w, mean, cov, noise in zip(draws.weights, inner.means, inner.latent_covs, inner.noise, strict=True):
-            latent.add(mean, cov, weight * w)
-            predictive.add(mean, cov + noise * eye, weight * w)
-        hp = hp._replace(source=draws.source)
+        if full_cov:
+            inner = hpi.conditional_predictions(graphs.individual_kernel, draws.log_params, individual.inputs,
+                                                individual.outputs, pred_inputs, joint_mean, joint_cov, state.jitter,
+                                                graphs.mode)
+            eye = np.eye(len(pred_inputs))
+            for w, mean, cov, noise in zip(draws.weights, inner.means, inner.latent_covs, inner.noise, strict=True):
+                latent.add(mean, cov, weight * w)
+                predictive.add(mean, cov + noise * eye, weight * w)
+        else:
+            for w, log_params in zip(draws.weights, draws.log_params, strict=True):
+                mean, latent_var, predictive_var = predictive_diagonal(
+                    graphs.individual_kernel, graphs.mode, log_params, individual.inputs, individual.outputs,
+                    pred_inputs, obs_mean, parts, state.jitter)
+                latent.add(mean, latent_var, weight * w)
+                predictive.add(mean, predictive_var, weight * w)
+        source = draws.source
         new_hp.append(hp.log_params if n_obs else prior.mean)
         ess.append(draws.ess)
         diagonal = prior.diagonal
-    ds = gaussian_dataset(pred_inputs, result.data.input_names, *predictive.moments(), prob, full_cov)
+    mean, cov = predictive.moments()
+    ds = gaussian_dataset(pred_inputs, result.data.input_names, mean, cov, prob, full_cov)
     lower, upper = predictive.quantiles(probs)
     latent_lower, latent_upper = latent.quantiles(probs)
+    latent_cov = latent.moments()[1]
     ds = ds.assign(lower=("input", lower), upper=("input", upper),
-                   latent_variance=("input", np.diag(latent.moments()[1]).copy()),
+                   latent_variance=("input", np.diag(latent_cov).copy() if full_cov else latent_cov),
                    latent_lower=("input", latent_lower), latent_upper=("input", latent_upper))
     median_hp = np.exp(np.median(np.array(new_hp), axis=0))
     if components:
@@ -138,7 +182,7 @@ def predict(
         ds.attrs.update(hp_draws_ess=float(np.min(ess)), n_hp_draws=len(predictive.means) // result.n_draws,
                         population_cov="diagonal" if diagonal else "full")
     ds.attrs.update(
-        individual=str(individual.id), prediction_type="I" if n_obs else "II", hp_source=hp.source,
+        individual=str(individual.id), prediction_type="I" if n_obs else "II", hp_source=source,
         n_draws=result.n_draws, intervals=_INTERVALS,
         **{f"hp_{name}": float(v) for name, v in zip(result.hp_names, median_hp, strict=True)},
     )

@@ -12,13 +12,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from magma_pymc.batches import padded_batches, size_buckets
 from magma_pymc.compiled import graphs_for
 from magma_pymc.data import TrainingData
 from magma_pymc.em import Problem, TrainingArrays
+from magma_pymc.estep_buckets import residual_batches
+from magma_pymc.guards import check_inducing_points
 from magma_pymc.kernels import Kernel
 from magma_pymc.settings import scales
 
-__all__ = ["build_problem", "inducing_points"]
+__all__ = ["build_problem", "inducing_points", "bucket_sizes"]
 
 
 def inducing_points(inducing: int | np.ndarray, train: TrainingData) -> np.ndarray:
@@ -52,9 +55,17 @@ def build_problem(
     else:
         flat_inputs = train.inputs.reshape(-1, train.input_dim)
         residuals = (train.outputs - prior_mean(flat_inputs).reshape(train.mask.shape)) * train.mask
+    if projected:
+        # Sizes first: an int G is checked before G points are allocated.
+        check_inducing_points(inducing, train.grid)
+    grid = inducing_points(inducing, train) if projected else train.grid
+    batches = None
+    if not graphs.fast_path and not projected:
+        buckets = size_buckets(train.n_points)
+        if len(buckets) > 1:  # ragged data: each bucket padded to its own longest (magma_pymc.batches)
+            batches = residual_batches(padded_batches(train, buckets), residuals)
     input_range, output_var = scales(train)
     ind_bounds = [*kernel.log_bounds(input_range, output_var), (np.log(1e-8 * output_var), np.log(1e4 * output_var))]
-    grid = inducing_points(inducing, train) if projected else train.grid
     return Problem(
         graphs=graphs,
         data_args=TrainingArrays(grid, train.inputs, residuals, train.mask, train.index),
@@ -62,4 +73,13 @@ def build_problem(
         bounds=ind_bounds * (1 if common_hp else train.n_individuals),
         output_scale=output_var,
         mean_step=mean_step,
+        batches=batches,
     )
+
+
+def bucket_sizes(problem: Problem) -> list[tuple[int, int]]:
+    """``(B_k, n_k)`` of the padded batches the problem's individual blocks are factorised in."""
+    if problem.batches is not None:
+        return [(len(b.rows), b.mask.shape[1]) for b in problem.batches]
+    residuals = problem.data_args.residuals
+    return [(residuals.shape[0], residuals.shape[1])]

@@ -21,6 +21,7 @@ import xarray as xr
 from scipy import stats
 
 from magma_pymc.data import TrainingData
+from magma_pymc.validation import check_prob
 from magma_pymc.params import NOISE
 
 __all__ = ["MEAN_PREFIX", "hp_dataset", "hyperposterior_dataset", "observed_dataset", "training_datatree",
@@ -99,10 +100,10 @@ def training_datatree(
 def gaussian_dataset(
     inputs: np.ndarray, names: tuple[str, ...], mean: np.ndarray, cov: np.ndarray, prob: float, full_cov: bool
 ) -> xr.Dataset:
-    """Mean, variance and central ``prob`` credible bounds on dim ``input`` (and ``cov`` if ``full_cov``)."""
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must be in (0, 1), got {prob}")
-    variance = np.diag(cov).copy()
+    """Mean, variance and central ``prob`` credible bounds on dim ``input`` (and ``cov`` if ``full_cov``);
+    ``cov`` is the covariance ``(n, n)``, or the variances ``(n,)`` alone."""
+    prob = check_prob(prob)
+    variance = np.diag(cov).copy() if np.ndim(cov) == 2 else np.asarray(cov, dtype=float)
     half = stats.norm.ppf(0.5 + prob / 2) * np.sqrt(np.maximum(variance, 0.0))
     coords = input_coords(inputs, names)
     ds = xr.Dataset(

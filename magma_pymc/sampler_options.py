@@ -19,6 +19,8 @@ from typing import Any
 
 import pymc as pm
 
+from magma_pymc.validation import check_count, check_prob
+
 __all__ = ["SAMPLE_DEFAULTS", "accepted_options", "available_cpus", "sample_options"]
 
 #: Defaults of ``pm.sample`` options that the library chooses (``cores``: see :func:`sample_options`).
@@ -62,6 +64,10 @@ def sample_options(options: Mapping[str, Any], *, public: str = "Magma.fit(metho
             f"options of Magma.fit and pm.sample's options: {', '.join(sorted(accepted_options()))}"
         )
     kwargs = {**SAMPLE_DEFAULTS, **options}
+    # Before anything runs: draws=0 or chains=0 would end in a division by zero after sampling.
+    for name, minimum in (("draws", 1), ("chains", 1), ("tune", 0)):
+        kwargs[name] = check_count(kwargs[name], name, minimum=minimum)
+    kwargs["target_accept"] = check_prob(kwargs["target_accept"], "target_accept")
     if kwargs.get("cores") is None:
         kwargs["cores"] = max(1, min(int(kwargs["chains"]), available_cpus()))
     return kwargs

@@ -53,6 +53,7 @@ from magma_pymc.model import LOG_HP, MEAN_LOG_HP, LogPriorFactory, ModelSpec, bu
 from magma_pymc.params import NOISE
 from magma_pymc.results import hyperposterior_dataset, observed_dataset
 from magma_pymc.sampler_options import SAMPLE_DEFAULTS, accepted_options, sample_options
+from magma_pymc.validation import check_count
 
 __all__ = ["NUTS_DEFAULTS", "MAGMA_OPTIONS", "SAMPLING_JITTER", "is_sampler_option", "build_marginal_model",
            "fit_nuts", "fit_approximation"]
@@ -144,8 +145,7 @@ def fit_nuts(
     PyTensor mode of the sampler's log-density (default: ``model_compile_mode``, or ``"CVM"``
     if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`).
     """
-    if thin < 1 or int(thin) != thin:
-        raise ValueError(f"thin must be a positive integer, got {thin!r}")
+    thin = check_count(thin, "thin")
     options = sample_options(sample_kwargs)
     _, state = estep(state, problem)  # grows the jitter if the starting HP need it
     jitter = max(state.jitter, SAMPLING_JITTER * problem.output_scale)

@@ -45,7 +45,8 @@ class CheckedPriorMean:
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         n = np.shape(inputs)[0]
-        values = np.asarray(self.function(inputs), dtype=float)
+        # A copy: the function may modify its argument in place, which must not reach the data.
+        values = np.asarray(self.function(np.array(inputs, dtype=float, copy=True)), dtype=float)
         if values.ndim == 0:
             values = np.full(n, float(values))
         if values.shape != (n,):

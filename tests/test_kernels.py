@@ -89,3 +89,26 @@ def test_equal_kernels_share_compiled_graphs():
     assert hash(mp.SquaredExponential()) == hash(mp.SquaredExponential())
     assert mp.SquaredExponential() != mp.Matern52()
     assert mp.SquaredExponential(input_dim=2) != mp.SquaredExponential()
+
+
+# --------------------------------------------------------------------------- factory structure
+_BAD_FACTORIES = [
+    ("returns an array", lambda variance: np.eye(2), 1, TypeError, r"must return a pm\.gp\.cov\.Covariance.*got ndarray"),
+    ("returns a tensor", lambda variance: variance * pt.eye(2), 1, TypeError, r"must return a pm\.gp\.cov\.Covariance.*got TensorVariable"),
+    ("1-d covariance on 2-d inputs", lambda variance, lengthscale: variance * pm.gp.cov.ExpQuad(1, ls=lengthscale), 2,
+     ValueError, r"input_dim=1 and active_dims=\[0\] but the Kernel acts on 2-dimensional inputs"),
+    ("active dimension beyond the inputs", lambda variance, lengthscale: variance * pm.gp.cov.ExpQuad(2, ls=lengthscale, active_dims=[1]), 1,
+     ValueError, r"input_dim=2 and active_dims=\[1\] but the Kernel acts on 1-dimensional inputs"),
+    ("factory raising", lambda variance: 1 / 0, 1, ValueError, r"failed on symbolic hyper-parameters \['variance'\]: ZeroDivisionError"),
+]
+
+
+@pytest.mark.parametrize("name,factory,input_dim,exc,pattern", _BAD_FACTORIES, ids=[c[0] for c in _BAD_FACTORIES])
+def test_bad_kernel_factories_are_refused_at_construction(name, factory, input_dim, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        Kernel(factory, input_dim=input_dim)
+
+
+def test_active_dims_within_the_inputs_are_accepted():
+    kernel = Kernel(lambda variance, lengthscale: variance * pm.gp.cov.ExpQuad(2, ls=lengthscale, active_dims=[1]), input_dim=2)
+    assert kernel.names == ("variance", "lengthscale")

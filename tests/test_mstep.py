@@ -200,3 +200,26 @@ def test_fast_path_individual_step_matches_dense_expected_loglik_and_finite_diff
     np.testing.assert_allclose(value, expected, rtol=1e-10)
     fd = central_differences(lambda x: objective(x)[0], state.log_params)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)
+
+
+def test_large_blocks_use_lapack_inverse_with_the_same_values():
+    """Blocks of LARGE_BLOCK points or more go through potrf/potri one by one: same loss and gradient
+    as the batched NumPy path, and NaN only for the block that is not positive definite."""
+    from magma_pymc import ops
+
+    rng = np.random.default_rng(5)
+    n = ops.LARGE_BLOCK + 2
+    factors = rng.normal(size=(3, n, n))
+    psi = factors @ factors.mT + n * np.eye(n)
+    scatter = rng.normal(size=(3, n, n))
+    scatter = scatter @ scatter.mT
+    large = ops._block_loss(psi, scatter)  # n >= LARGE_BLOCK: the potrf/potri path
+    chol = np.linalg.cholesky(psi)
+    precision = np.linalg.inv(psi)
+    loss = 0.5 * np.einsum("bij,bji->b", precision, scatter) + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    np.testing.assert_allclose(large[0], loss, rtol=1e-12)
+    np.testing.assert_allclose(large[1], 0.5 * (precision - precision @ scatter @ precision), rtol=1e-9, atol=1e-14)
+    psi[1] = -np.eye(n)
+    out = [np.empty(0)], [np.empty(0)]
+    ops.GaussianBlockLoss().perform(None, [psi, scatter], out)
+    assert np.isnan(out[0][0][1]) and np.all(np.isfinite(out[0][0][[0, 2]]))

@@ -184,7 +184,7 @@ def test_bad_prediction_inputs_give_a_clear_error(small):
     for call, pattern in cases:
         with pytest.raises(MagmaInputError, match=pattern):
             call()
-    with pytest.raises(ValueError, match=r"prob must be in \(0, 1\), got 1\.5"):
+    with pytest.raises(ValueError, match=r"prob must be a number strictly between 0 and 1, got 1\.5"):
         model.predict(None, t, prob=1.5)
     with pytest.raises(RuntimeError, match="not fitted yet"):
         mp.Magma().predict(observed, t)
@@ -486,3 +486,49 @@ def test_keyboard_interrupt_keeps_the_last_completed_iteration(small, monkeypatc
     np.testing.assert_array_equal(model.hyperparameters_.individual.to_numpy(), reference.hyperparameters_.individual.to_numpy())
     assert model.log_likelihood_ == reference.log_likelihood_
     assert np.all(np.isfinite(model.predict(None, [1.0, 2.0])["mean"].values))
+
+
+# ====================================================================== adversarial use (more)
+@pytest.mark.parametrize("prob", ["0.9", 1.0, 0.0, np.nan, True], ids=["string", "one", "zero", "nan", "bool"])
+def test_bad_prob_in_predict_and_hyperposterior(small, prob):
+    _, observed, _, model = small
+    with pytest.raises(ValueError, match=r"prob must be a number strictly between 0 and 1, got"):
+        model.predict(observed, [1.0, 2.0], prob=prob)
+    with pytest.raises(ValueError, match=r"prob must be a number strictly between 0 and 1, got"):
+        model.predict(observed, [1.0, 2.0], prob=prob, full_cov=True)
+    with pytest.raises(ValueError, match=r"prob must be a number strictly between 0 and 1, got"):
+        model.hyperposterior([1.0], prob=prob)
+
+
+BAD_NUTS_OPTIONS = [
+    ("zero draws", {"draws": 0}, r"draws must be an integer >= 1, got 0"),
+    ("zero chains", {"chains": 0}, r"chains must be an integer >= 1, got 0"),
+    ("fractional draws", {"draws": 2.5}, r"draws must be an integer >= 1, got 2\.5"),
+    ("negative tune", {"tune": -1}, r"tune must be an integer >= 0, got -1"),
+    ("zero thin", {"thin": 0}, r"thin must be an integer >= 1, got 0"),
+    ("target_accept of 1.5", {"target_accept": 1.5}, r"target_accept must be a number strictly between 0 and 1"),
+]
+
+
+@pytest.mark.parametrize("name,options,pattern", BAD_NUTS_OPTIONS, ids=[c[0] for c in BAD_NUTS_OPTIONS])
+def test_bad_sampler_options_fail_before_sampling(small, name, options, pattern):
+    sim = small[0]
+    with pytest.raises(ValueError, match=pattern):
+        mp.Magma().fit(sim.data, method="nuts", **options)
+
+
+def test_a_kernel_returning_nan_is_named_as_the_cause():
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    def broken(variance, lengthscale):  # sqrt of a negative number: NaN covariances
+        return pt.sqrt(-variance) * pm.gp.cov.ExpQuad(1, ls=lengthscale)
+
+    with pytest.raises(np.linalg.LinAlgError, match=r"the kernel returns NaN/inf covariances at hyper-parameters"):
+        quiet(mp.Magma(kernel=mp.Kernel(broken), max_iter=1).fit, TWO)
+
+
+def test_true_and_1_as_ids_are_not_merged_through_fit():
+    data = frame(ID=[True, True, 1, 1], Input=[0.0, 1.0, 0.0, 1.0], Output=[1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(MagmaInputError, match=r"mix types \['bool', 'number'\]"):
+        mp.Magma(max_iter=1).fit(data)

@@ -203,21 +203,13 @@ class DistributedGraphs:
         )
 
     @cached_property
-    def mean_process_at(self) -> Function:
-        """``(mean_hp, grid, alpha, chol_b, jitter, new_inputs) -> (centred mean, cov)`` of :math:`\\mu_0`
-        at new inputs from the fitted hyper-posterior alone
-        (:func:`magma_pymc.hyperposterior.build_mean_process_at`; no training data needed)."""
+    def prior_factor(self) -> Function:
+        """``(mean_hp, grid, jitter) -> L_0``, the Cholesky factor of :math:`K_{\\theta_0}` on the grid."""
         mean_hp = pt.vector("mean_log_params", dtype="float64")
         grid = pt.matrix("grid", dtype="float64")
-        alpha = pt.vector("alpha", dtype="float64")
-        chol_b = pt.matrix("chol_b", dtype="float64")
         jitter = pt.scalar("jitter", dtype="float64")
-        new_inputs = pt.matrix("new_inputs", dtype="float64")
         chol_prior = _chol_prior(self.structure.mean_kernel, mean_hp, grid, jitter)
-        # build_mean_process_at reads these three fields of the E-step only.
-        fitted = EStep(None, None, None, alpha=alpha, chol_prior=chol_prior, chol_b=chol_b, log_likelihood=None)
-        mean, cov = build_mean_process_at(self.structure.mean_kernel, mean_hp, grid, fitted, new_inputs, jitter)
-        return _compile([mean_hp, grid, alpha, chol_b, jitter, new_inputs], [mean, cov], self.structure.mode)
+        return _compile([mean_hp, grid, jitter], [chol_prior], self.structure.mode)
 
 
 def _symbolic_terms() -> EStepTerms:

@@ -4,7 +4,7 @@ Prediction and the hyper-posterior of :math:`\mu_0` at new inputs need the train
 through the fitted hyper-posterior on the grid: :math:`\hat m - m_0 = L_0\alpha`,
 :math:`\hat K = L_0 B^{-1} L_0^\top` (theory page, *Prediction*). The record built here holds
 :math:`(\alpha, L_B)` in place of the training arrays (:class:`SummaryArrays`), and graphs that
-compute :math:`\mu_0` at new inputs from them (:class:`SummaryGraphs`); everything else is the
+compute the E-step's factors from them (:class:`SummaryGraphs`); everything else is the
 in-process record, so :mod:`magma_pymc.predictive` predicts from it as from an in-process fit.
 """
 
@@ -41,9 +41,10 @@ class SummaryGraphs:
     def __getattr__(self, name: str):
         return getattr(self._core, name)
 
-    def mean_process_at(self, mean_hp, hp, grid, alpha, chol_b, jitter, new_inputs):
-        """``ModelGraphs.mean_process_at``'s signature, the training arrays replaced by :class:`SummaryArrays`."""
-        return self._distributed.mean_process_at(mean_hp, grid, alpha, chol_b, jitter, new_inputs)
+    def estep_factors(self, mean_hp, hp, grid, alpha, chol_b, jitter):
+        """``ModelGraphs.estep_factors``'s signature, the training arrays replaced by :class:`SummaryArrays`."""
+        (chol_prior,) = self._distributed.prior_factor(mean_hp, grid, jitter)
+        return chol_prior, chol_b, alpha
 
 
 @dataclass(frozen=True, eq=False)
