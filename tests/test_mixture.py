@@ -73,3 +73,21 @@ def test_equal_weights_by_default():
     for a, b in zip(equal.moments(), explicit.moments(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13)
     np.testing.assert_allclose(equal.quantiles((0.05, 0.95)), explicit.quantiles((0.05, 0.95)), rtol=1e-13)
+
+
+def test_mixture_quantiles_with_disparate_components_against_root_finding():
+    """Components whose standard deviations span four orders of magnitude, with skewed weights (the
+    shape of importance-weighted HP draws): the safeguarded Newton iteration lands on the root that
+    bracketing root-finding finds, in the tails and the centre."""
+    rng = np.random.default_rng(3)
+    n_components, n = 60, 4
+    means = rng.normal(0, 3, (n_components, n))
+    variances = (10.0 ** rng.uniform(-3, 1, (n_components, n))) ** 2
+    weights = rng.dirichlet(np.full(n_components, 0.3))
+    probs = (0.001, 0.025, 0.5, 0.9, 0.975)
+    q = mixture_quantiles(means, variances, probs, weights)
+    for j in range(n):
+        dist = stats.norm(means[:, j], np.sqrt(variances[:, j]))
+        for k, p in enumerate(probs):
+            reference = optimize.brentq(lambda x: weights @ dist.cdf(x) - p, -200, 200, xtol=1e-13)  # noqa: B023
+            np.testing.assert_allclose(q[k, j], reference, atol=1e-9)
