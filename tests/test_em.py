@@ -49,17 +49,6 @@ def test_em_stops_on_tolerance_and_warns_when_not_converged():
     assert np.all(np.abs(np.diff(ll)[:-1]) >= tol * np.abs(ll[:-2]))
 
 
-def test_hyperparameters_layout():
-    sim = mp.simulate(n_individuals=5, n_points=10, seed=2, common_hp=False, scheme="smooth")
-    model = mp.Magma(common_hp=False, max_iter=2).fit(sim.data)
-    hp = model.hyperparameters_
-    assert list(hp.mean_process.index) == ["variance", "lengthscale"]
-    assert list(hp.individual.columns) == ["variance", "lengthscale", "noise"]
-    assert list(hp.individual.index) == list(sim.data["ID"].unique())
-    common = mp.Magma(common_hp=True, max_iter=2).fit(sim.data).hyperparameters_
-    assert list(common.individual.index) == ["common"]
-
-
 def _protocol(seed, common_grid=False, common_hp=True):
     sim = mp.simulate(n_individuals=20, n_points=30, common_grid=common_grid, common_hp=common_hp, seed=seed, n_new=1, scheme="smooth")
     observed, target = mp.split_observed(sim.new, 20)

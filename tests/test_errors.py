@@ -1,6 +1,5 @@
 """Bad configuration and hyper-parameters: clear, early errors (data errors are in test_data.py)."""
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -8,27 +7,6 @@ import magma_pymc as mp
 
 TRAIN = pd.DataFrame({"ID": ["a"] * 3 + ["b"] * 3, "Input": [0.0, 1.0, 2.0] * 2, "Output": [1.0, 2.0, 1.5, 0.5, 1.0, 2.5]})
 GOOD = {"mean_process": {"variance": 1.0, "lengthscale": 1.0}, "individual": {"variance": 1.0, "lengthscale": 1.0, "noise": 0.1}}
-
-
-@pytest.mark.parametrize("where,name,value", [("mean_process", "variance", -1.0), ("individual", "noise", 0.0),
-                                              ("individual", "lengthscale", np.nan)])
-def test_non_positive_hyperparameters_are_rejected(where, name, value):
-    hp = {k: dict(v) for k, v in GOOD.items()}
-    hp[where][name] = value
-    with pytest.raises(ValueError, match=f"{where}.*'{name}' must be positive and finite"):
-        mp.Magma().fit(TRAIN, method="fixed", hyperparameters=hp)
-
-
-def test_missing_or_unknown_hyperparameter_names():
-    hp = {"mean_process": {"variance": 1.0}, "individual": GOOD["individual"]}
-    with pytest.raises(ValueError, match=r"missing \['lengthscale'\]"):
-        mp.Magma().fit(TRAIN, method="fixed", hyperparameters=hp)
-
-
-def test_different_hp_table_must_cover_every_individual():
-    table = pd.DataFrame({"variance": [1.0], "lengthscale": [1.0], "noise": [0.1]}, index=["a"])
-    with pytest.raises(ValueError, match=r"no hyper-parameters given for individuals \['b'\]"):
-        mp.Magma(common_hp=False).fit(TRAIN, method="fixed", hyperparameters={"mean_process": GOOD["mean_process"], "individual": table})
 
 
 def test_kernel_dimension_must_match_data():
