@@ -83,3 +83,36 @@ def test_numpy_mode_evaluates_fused_elementwise_ops_like_the_unfused_graph():
     np.testing.assert_array_equal(same, args[1])
     np.testing.assert_allclose(computed, args[1] * 0.3 + 1.0)
     assert not np.shares_memory(same, args[1])
+
+
+def test_numpy_mode_runs_magmas_step_graphs_like_the_python_mode():
+    """The individual M-step and the new individual's objective (value and gradient) of MAGMA's
+    compiled structures: the NUMPY mode runs fused nodes as NumpyFusedElemwise and matches
+    PyTensor's FAST_COMPILE mode on the same inputs."""
+    from magma_pymc.compiled import graphs_for
+    from magma_pymc.modes import NumpyFusedElemwise
+
+    kernel = mp.SquaredExponential()
+    rng = np.random.default_rng(4)
+    n_batch, n_max = 3, 5
+    inputs = np.sort(rng.uniform(0, 10, (n_batch, n_max, 1)), axis=1)
+    mask = np.ones((n_batch, n_max))
+    mask[1, 3:] = 0.0
+    deviations = rng.normal(size=(n_batch, n_max)) * mask
+    a = rng.normal(size=(n_batch, n_max, n_max))
+    blocks = 0.1 * a @ a.transpose(0, 2, 1)
+    log_params = np.log([[1.0, 0.8, 0.25], [2.0, 1.5, 0.1], [0.5, 0.5, 0.3]])
+    t_obs, y_obs = inputs[0], deviations[0] + 1.0
+    mean, cov = np.full(n_max, 1.0), blocks[0]
+    values = {}
+    for mode in ("NUMPY", "FAST_COMPILE"):
+        graphs = graphs_for(kernel, kernel, common_hp=False, common_grid=False, mode=mode)
+        steps, new = graphs.individual_steps, graphs.new_individual_step
+        values[mode] = (*steps(log_params, inputs, deviations, blocks, mask, 1e-10),
+                        *new(log_params[1], t_obs, y_obs, mean, cov, 1e-10))
+        if mode == "NUMPY":
+            nodes = [*steps.maker.fgraph.apply_nodes, *new.maker.fgraph.apply_nodes]
+            assert any(isinstance(node.op, NumpyFusedElemwise) for node in nodes)
+    for got, expected in zip(values["NUMPY"], values["FAST_COMPILE"], strict=True):
+        assert np.all(np.isfinite(expected))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
