@@ -73,15 +73,15 @@ def test_recovery_beats_single_gp_on_simulated_data():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("common_hp", "n_seeds", "lowest"), [(True, 25, 0.85), (False, 12, 0.70)], ids=["commonHP", "differentHP"]
+    ("common_hp", "n_seeds", "lowest"), [(True, 25, 0.85), (False, 12, 0.85)], ids=["commonHP", "differentHP"]
 )
 def test_interval_coverage_over_seeds(common_hp, n_seeds, lowest):
     """95% predictive intervals cover held-out points at about the nominal rate over repeated simulations.
 
-    With different HP the new individual's own HP are fitted to its 20 observed points, so its
-    intervals under-cover when forecasting beyond them: the MAGMA paper reports CI95 = 89.1% in
-    that setting and this implementation measured 78% (seeds 100-111); the bound guards against
-    regressions, not a nominal rate.
+    Measured with the default ``new_individual_hp="integrated"``: 97.6% of 250 points with common HP
+    (seeds 100-124), 90.0% of 120 with different HP (seeds 100-111; the MAGMA paper reports CI95 =
+    89.1% in that setting, and the plug-in ML HP gave 78%). The 10 forecast points of an individual
+    are correlated, so the bound is not a binomial limit; it guards against regressions.
     """
     covered, total = 0, 0
     for seed in range(n_seeds):
