@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from collections.abc import Callable
 from typing import Any, Literal
 

@@ -40,12 +40,10 @@ from pytensor.compile import Function
 
 from magma_pymc.compiled import DEFAULT_MODE, ModelGraphs, _compile, graphs_for
 from magma_pymc.hyperposterior import (
-    EStep,
     EStepTerms,
     TrainingTensors,
     build_loadings,
     build_estep_terms,
-    build_mean_process_at,
     finish_estep,
 )
 from magma_pymc.kernels import Kernel
