@@ -42,15 +42,27 @@ def hp_dict(individual, ids):
     return {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": table}
 
 
-def fixed_model(individuals, common_hp, m0=0.7):
-    """A ``method="fixed"`` fit at :data:`HP0` and :data:`COMMON` / :data:`DIFFERENT`, and its dense reference."""
+def fixed_model(individuals, common_hp, m0=0.7, **options):
+    """A ``method="fixed"`` fit at :data:`HP0` and :data:`COMMON` / :data:`DIFFERENT`, and its dense reference;
+    ``options`` go to ``Magma``."""
     ids = [f"i{k}" for k in range(len(individuals))]
     hps = COMMON if common_hp else DIFFERENT[: len(individuals)]
-    model = mp.Magma(common_hp=common_hp, prior_mean=m0).fit(
+    model = mp.Magma(common_hp=common_hp, prior_mean=m0, **options).fit(
         make_long(individuals, ids), method="fixed", hyperparameters=hp_dict(hps, ids)
     )
     reference = JointGP(individuals, HP0, [COMMON] * len(individuals) if common_hp else hps, m0=m0)
     return model, reference
+
+
+def fit_fixed(individuals, common_hp, **options):
+    """:func:`fixed_model` with the prior mean 0.4 of the prediction tests; ``options`` go to ``Magma``."""
+    return fixed_model(individuals, common_hp, m0=0.4, **options)
+
+
+# A new individual's observed points and the prediction inputs of the prediction tests.
+T_PRED = np.array([0.0, 1.3, 4.0, 4.0, 8.8, 11.0])   # unsorted-safe, a duplicate, one outside the range
+NEW_T = np.array([6.0, 0.5, 3.5])                    # deliberately unsorted
+NEW_Y = np.array([1.6, 1.5, 0.7])
 
 
 def common_grid_problem(n_individuals=4, seed=3):

@@ -83,6 +83,13 @@ class JointGP:
         assert big.shape[0] == n + len(t_obs)
         return mean, prior - cross @ np.linalg.solve(big, cross.T)
 
+    def new_individual_nll(self, t_obs, y_obs, log_hp) -> float:
+        """-log N(y*; mhat(t*), Khat(t*, t*) + C(t*, t*) + s2 I): the new individual's HP likelihood."""
+        mhat, khat = self.mean_process(t_obs)
+        v, l, s2 = np.exp(log_hp)
+        cov = khat + se(t_obs, t_obs, v, l) + s2 * np.eye(len(t_obs))
+        return -stats.multivariate_normal(mhat, cov).logpdf(y_obs)
+
 
 class ProjectedJointGP(JointGP):
     """Dense joint GP of the projected model: mu0(t) = k0(t, g) k0(g, g)^{-1} mu0(g) on inducing points g.

@@ -4,8 +4,8 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import NEW_T, NEW_Y, T_PRED, fit_fixed
 from scipy import optimize, stats
-from test_predict import NEW_T, NEW_Y, T_PRED, dense_new_individual_nll, fit_fixed
 
 import magma_pymc as mp
 from magma_pymc import hp_integration as hpi
@@ -26,7 +26,7 @@ def fitted(small_problem):
 
 
 def dense_log_posterior(reference, x):
-    return -dense_new_individual_nll(reference, x) + stats.multivariate_normal(PRIOR.mean, PRIOR.cov).logpdf(x)
+    return -reference.new_individual_nll(NEW_T, NEW_Y, x) + stats.multivariate_normal(PRIOR.mean, PRIOR.cov).logpdf(x)
 
 
 def test_batched_likelihood_and_conditionals_match_dense_reference(fitted):
@@ -34,7 +34,7 @@ def test_batched_likelihood_and_conditionals_match_dense_reference(fitted):
     n = len(NEW_T)
     xs = np.log([[1.0, 0.8, 0.25], [0.3, 2.5, 0.05], [4.0, 0.2, 1.0]])
     values = hpi.log_likelihoods(model.kernel, xs, NEW_T[:, None], NEW_Y, joint_mean[:n], joint_cov[:n, :n], 0.0)
-    np.testing.assert_allclose(values, [-dense_new_individual_nll(reference, x) for x in xs], rtol=1e-10)
+    np.testing.assert_allclose(values, [-reference.new_individual_nll(NEW_T, NEW_Y, x) for x in xs], rtol=1e-10)
     comp = hpi.conditional_predictions(model.kernel, xs, NEW_T[:, None], NEW_Y, T_PRED[:, None], joint_mean, joint_cov, 0.0)
     for k, x in enumerate(xs):
         mean, latent = reference.predict(NEW_T, NEW_Y, T_PRED, np.exp(x))

@@ -118,25 +118,6 @@ def test_ill_conditioned_grid_whitened_form_is_exact_where_naive_inverse_fails()
     assert np.max(np.abs(naive_mean - ref_mean)) > 1e-2
 
 
-@SETTINGS
-def test_log_likelihood_gradient_matches_finite_differences(small_problem, common_grid, common_hp):
-    individuals = common_grid_problem() if common_grid else small_problem
-    model, _ = fixed_model(individuals, common_hp)
-    f = model._problem_.graphs.log_likelihood
-    args = model._problem_.data_args
-    state = model._state
-    _, g0, g = f(state.mean_log_params, state.log_params, *args, state.jitter)
-    eps = 1e-6
-    for which, base, grad in ((0, state.mean_log_params, g0), (1, state.log_params, g)):
-        for k in np.ndindex(base.shape):
-            up, down = base.copy(), base.copy()
-            up[k] += eps
-            down[k] -= eps
-            pair = [(up, state.log_params), (down, state.log_params)] if which == 0 else [(state.mean_log_params, up), (state.mean_log_params, down)]
-            fd = (f(*pair[0], *args, state.jitter)[0] - f(*pair[1], *args, state.jitter)[0]) / (2 * eps)
-            np.testing.assert_allclose(grad[k], fd, rtol=1e-5, atol=1e-6)
-
-
 def test_magmaclustr_fixture_hyperposterior_and_prediction(fixture_dir):
     """Reproduce MagmaClustR 1.2.1 outputs at fixed HP through the public API."""
     train = pd.read_csv(fixture_dir / "train.csv")

@@ -3,31 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_long
-from reference import JointGP, central_differences
-
-import magma_pymc as mp
-
-HP0 = (3.0, 2.0)
-DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
-T_PRED = np.array([0.0, 1.3, 4.0, 4.0, 8.8, 11.0])   # unsorted-safe, a duplicate, one outside the range
-NEW_T = np.array([6.0, 0.5, 3.5])                    # deliberately unsorted
-NEW_Y = np.array([1.6, 1.5, 0.7])
-
-
-def fit_fixed(individuals, common_hp, **options):
-    ids = [f"i{k}" for k in range(len(individuals))]
-    if common_hp:
-        individual = dict(variance=1.0, lengthscale=0.8, noise=0.25)
-        hps = [(1.0, 0.8, 0.25)] * len(individuals)
-    else:
-        hps = DIFFERENT[: len(individuals)]
-        individual = pd.DataFrame(hps, index=ids, columns=["variance", "lengthscale", "noise"])
-    hp = {"mean_process": dict(variance=HP0[0], lengthscale=HP0[1]), "individual": individual}
-    model = mp.Magma(common_hp=common_hp, prior_mean=0.4, **options).fit(
-        make_long(individuals, ids), method="fixed", hyperparameters=hp
-    )
-    return model, JointGP(individuals, HP0, hps, m0=0.4)
+from conftest import DIFFERENT, NEW_T, NEW_Y, T_PRED, fit_fixed
+from reference import central_differences
 
 
 @pytest.mark.parametrize("common_hp", [True, False], ids=["commonHP", "differentHP"])
@@ -57,13 +34,7 @@ def test_prediction_matches_dense_joint_gp(small_problem, common_hp, type_):
 
 def dense_new_individual_nll(reference, log_hp):
     """-log N(y*; mhat(t*), Khat(t*, t*) + C(t*, t*) + s2 I) from the dense reference."""
-    from reference import se
-    from scipy import stats
-
-    mhat, khat = reference.mean_process(NEW_T)
-    v, l, s2 = np.exp(log_hp)
-    cov = khat + se(NEW_T, NEW_T, v, l) + s2 * np.eye(len(NEW_T))
-    return -stats.multivariate_normal(mhat, cov).logpdf(NEW_Y)
+    return reference.new_individual_nll(NEW_T, NEW_Y, log_hp)
 
 
 def test_new_individual_objective_matches_dense_density_and_finite_differences(small_problem):
@@ -132,8 +103,3 @@ def test_prediction_accepts_long_dataframe_and_keeps_user_order(small_problem):
     b = model.predict((NEW_T[::-1], NEW_Y[::-1]), T_PRED)
     np.testing.assert_allclose(a["mean"].values, b["mean"].values, atol=1e-12)
     assert a.attrs["individual"] == "new"
-
-
-def test_predict_before_fit_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="not fitted yet"):
-        mp.Magma().predict(None, [1.0, 2.0])

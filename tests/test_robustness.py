@@ -1,7 +1,7 @@
 """Robustness: a catalogue of bad inputs (clear, early errors), numerical stress, properties, reproducibility.
 
-Bad inputs already covered elsewhere (``test_data.py``, ``test_errors.py``, ``test_kernels.py``,
-``test_predict.py``) are not repeated: missing columns, non-numeric columns, NaN/inf, duplicated
+Bad inputs already covered elsewhere (``test_data.py``, ``test_estimator.py``, ``test_kernels.py``,
+``test_params.py``, ``test_predict.py``) are not repeated: missing columns, non-numeric columns, NaN/inf, duplicated
 inputs, too few points, empty data, mismatched lengths, mixed/missing IDs, wrong input dimension,
 non-positive HP, accessors before fit. Every error case below asserts the exception type *and*
 that the message names the culprit (individual, column, argument).
@@ -134,26 +134,6 @@ def test_bad_prior_mean_gives_a_clear_error(name, prior_mean, pattern):
 def test_scalar_returning_prior_mean_is_broadcast():
     model = mp.Magma(prior_mean=lambda x: 1.5).fit(TWO, method="fixed", hyperparameters=GOOD_HP)
     np.testing.assert_allclose(model.hyperposterior([100.0])["mean"].values, [1.5], atol=1e-12)
-
-
-BAD_HYPERPARAMETERS = [
-    ("string mean-process value", {"mean_process": {"variance": "a", "lengthscale": 1.0}, "individual": GOOD_HP["individual"]},
-     ValueError, r"mean_process hyper-parameters must be a mapping of numbers.*'a'"),
-    ("string individual value", {"mean_process": GOOD_HP["mean_process"], "individual": {**GOOD_HP["individual"], "noise": "low"}},
-     ValueError, r"individual hyper-parameters must be a mapping of numbers.*'low'"),
-    ("infinite variance", {"mean_process": {"variance": np.inf, "lengthscale": 1.0}, "individual": GOOD_HP["individual"]},
-     ValueError, r"mean_process hyper-parameter 'variance' must be positive and finite, got inf"),
-    ("per-individual table for a common-HP model",
-     {"mean_process": GOOD_HP["mean_process"], "individual": pd.DataFrame(GOOD_HP["individual"], index=["a", "b"])},
-     ValueError, r"common-HP model given hyper-parameters with one row per individual"),
-    ("a list", [1.0, 2.0], TypeError, r"must be a HyperParameters or a dict, got list"),
-]
-
-
-@pytest.mark.parametrize("name,hp,exc,pattern", BAD_HYPERPARAMETERS, ids=[c[0] for c in BAD_HYPERPARAMETERS])
-def test_bad_hyperparameters_give_a_clear_error(name, hp, exc, pattern):
-    with pytest.raises(exc, match=pattern):
-        mp.Magma().fit(TWO, method="fixed", hyperparameters=hp)
 
 
 def test_bad_kernels_give_a_clear_error():
