@@ -75,6 +75,8 @@ def test_mathml_hook_converts_and_fails_loudly():
     assert "arithmatex" not in out and out.count("<math") == 2
     assert "<msub><mi>x</mi><mn>1</mn></msub><mo>&#x0003C;</mo><mi>y</mi>" in out
     assert '<div class="math-display"><math' in out and "<mfrac>" in out
+    spaced = to_mathml('<div class="arithmatex">\\[a,\\\n    b\\]</div>')  # TeX: "\\" ending a line is a space
+    assert "\\" not in spaced and "<mtext>&#x000A0;</mtext><mi>b</mi>" in spaced
     for bad in ("a^", "\\left( a", "\\notacommand x"):  # malformed, unbalanced, unknown to latex2mathml
         with pytest.raises(ValueError, match="cannot render"):
             to_mathml(f'<span class="arithmatex">\\({bad}\\)</span>')

@@ -19,12 +19,14 @@ _INLINE = re.compile(r'<span class="arithmatex">\\\((.*?)\\\)</span>', re.DOTALL
 _BLOCK = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.DOTALL)
 
 
-_UNKNOWN_COMMAND = re.compile(r">(\\[A-Za-z]+)<")  # latex2mathml keeps a command it does not know as text
+# latex2mathml keeps a command it does not know as text: no backslash may be left in a text node
+_UNKNOWN_COMMAND = re.compile(r">([^<]*\\[^<]*)<")
+_CONTROL_SPACE = re.compile(r"(?<!\\)\\[ \t]*\n[ \t]*")  # "\" ending a line is a space, as in TeX
 
 
 def _mathml(tex: str, display: str, where: str) -> str:
     try:
-        mathml = convert(html.unescape(tex).strip(), display=display)
+        mathml = convert(_CONTROL_SPACE.sub(r"\\ ", html.unescape(tex)).strip(), display=display)
     except Exception as err:  # latex2mathml raises several exception types
         raise ValueError(f"{where}: cannot render the formula {tex!r} to MathML: {err!r}") from err
     unknown = _UNKNOWN_COMMAND.findall(mathml)
