@@ -253,6 +253,28 @@ def plot_heatmap(
     return ax
 
 
+def _plain_log_ticks(axis: Any, max_ticks: int = 4) -> None:
+    """At most ``max_ticks`` plainly labelled ticks (``0.2``, ``1e-06``) on a log-scaled axis.
+
+    Over 1.5 decades or more the ticks are powers of ten (every few decades when there are many);
+    over a narrower span, "nice" linear values (1, 2, 2.5 or 5 times a power of ten), since a
+    single decade holds at most one power of ten. Minor ticks are unlabelled, so labels never pile up.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    class PlainLogLocator(LogLocator):
+        def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+            lo, hi = sorted((vmin, vmax))
+            if lo > 0 and np.log10(hi / lo) >= 1.5:
+                return super().tick_values(lo, hi)
+            ticks = MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+            return ticks[ticks > 0]
+
+    axis.set_major_locator(PlainLogLocator(numticks=max_ticks + 1))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _truth_value(truth: Mapping, name: str) -> Any:
     """True value of a trace variable in a dict laid out as ``simulate(...).hyperparameters``."""
     if name.startswith("mu0_"):
@@ -285,7 +307,7 @@ def plot_em_trace(model_or_idata: Any, axes: Any = None, *, truth: Mapping | Non
         The axes, one per variable (log-likelihood first), flat.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import MaxNLocator
 
     trace = getattr(model_or_idata, "idata_", model_or_idata)
     if isinstance(trace, xr.DataTree):
@@ -322,9 +344,9 @@ def plot_em_trace(model_or_idata: Any, axes: Any = None, *, truth: Mapping | Non
                        lw=1.2, label="truth")
         values = var.values
         if name != "log_likelihood" and values.min() > 0 and values.max() / values.min() > 20:
-            ax.set_yscale("log")  # HP spanning decades, with plain tick labels
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_yscale("log")  # HP spanning decades
+            _plain_log_ticks(ax.yaxis)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
         ax.set(title=name.replace("_", "-") if name == "log_likelihood" else name, xlabel="EM iteration")
     legend_ax = axes[1] if len(axes) > 1 and truth is not None else axes[0]
     legend_ax.legend(fontsize="small")
@@ -376,7 +398,8 @@ def plot_hp_posterior(
             for j, v in enumerate(np.ravel(np.asarray(value, dtype=float))):
                 ax.axvline(v, ls="--", color="k", lw=1.2, label="truth" if j == 0 else None)
         ax.set_xscale("log")
-        ax.set(title=name, yticks=[])
+        _plain_log_ticks(ax.xaxis)
+        ax.set(title=name, xlabel=f"{name} (log scale)", yticks=[])
     axes[0].legend(fontsize="small")
     return axes[: len(names)]
 
