@@ -378,7 +378,8 @@ def plot_hp_posterior(
     import matplotlib.pyplot as plt
 
     post = getattr(nuts, "idata_", nuts)["posterior"]
-    names = [v for v in post.data_vars if not v.startswith("log_") and set(post[v].dims) <= {"chain", "draw", "individual"}]
+    drawn_dims = {"chain", "draw", "individual"}
+    names = [v for v in post.data_vars if not v.startswith("log_") and set(post[v].dims) <= drawn_dims]
     if axes is None:
         fig, grid = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False, layout="constrained")
         axes = grid

@@ -257,7 +257,7 @@ def test_plot_hp_posterior(fitted, tmp_path):
     sim, model = fitted["sim"], fitted["model"]
     axes = plots.plot_hp_posterior(tree, {"EM": model}, truth=sim.hyperparameters, bins=20)
     assert [ax.get_title() for ax in axes] == names
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         assert len(ax.patches) == 20 and ax.get_xscale() == "log"
         assert ax.get_xlabel() == f"{name} (log scale)"
         labels = _tick_labels(ax, "x")  # a few plain labels (0.5, 1, 2), none overlapping another

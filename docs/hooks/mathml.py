@@ -1,7 +1,7 @@
-"""MkDocs hook: the math of every page, rendered to MathML when the site is built.
+r"""MkDocs hook: the math of every page, rendered to MathML when the site is built.
 
 ``pymdownx.arithmatex`` (generic mode) leaves ``$...$`` and ``$$...$$`` as
-``<span class="arithmatex">\\(...\\)</span>`` and ``<div class="arithmatex">\\[...\\]</div>``; this hook
+``<span class="arithmatex">\(...\)</span>`` and ``<div class="arithmatex">\[...\]</div>``; this hook
 replaces each by the MathML of ``latex2mathml``, which browsers display natively: no JavaScript and
 no network, so the site renders offline. A formula ``latex2mathml`` cannot read, or with a command it
 does not know, fails the build.
@@ -42,4 +42,15 @@ def to_mathml(content: str, where: str = "page") -> str:
 
 
 def on_page_content(html_content: str, page: Any, **kwargs: Any) -> str:
+    """Render the math of a page (its Markdown already converted to HTML)."""
     return to_mathml(html_content, page.file.src_uri)
+
+
+# mkdocs-jupyter adds a loader that fetches MathJax from a CDN for notebook pages; their math is
+# already MathML (above), so the loader is dropped and the pages make no request off the site.
+_MATHJAX_LOADER = re.compile(r"<script data-mkdocs-jupyter-mathjax=.*?</script>", re.DOTALL)
+
+
+def on_post_page(output: str, page: Any, **kwargs: Any) -> str:
+    """Drop the MathJax loader of a notebook page."""
+    return _MATHJAX_LOADER.sub("", output)

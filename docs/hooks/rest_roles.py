@@ -1,4 +1,4 @@
-"""Griffe extension: the reST markup of the package's docstrings, rewritten as Markdown for mkdocstrings.
+r"""Griffe extension: the reST markup of the package's docstrings, rewritten as Markdown for mkdocstrings.
 
 The docstrings follow the numpydoc convention, whose math and cross-references are reST
 (``:math:`x```, ``.. math::`` blocks, ``:func:`name```). Griffe's numpy parser keeps them as
@@ -36,7 +36,7 @@ def _py_role(match: re.Match) -> str:
 
 
 def _equations(body: str) -> list[str]:
-    """Equations of a math block: paragraphs separated by blank lines, aligned when they have & or \\\\."""
+    r"""Equations of a math block: paragraphs separated by blank lines, aligned when they have & or \\."""
     out = []
     for para in re.split(r"\n[ \t]*\n", body.strip("\n")):
         tex = textwrap.dedent(para).strip()
@@ -89,5 +89,6 @@ class RestRoles(griffe.Extension):
     """Rewrite each docstring's reST roles and math directives as Markdown before it is parsed."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        """Rewrite the docstring of each object as griffe loads it."""
         if obj.docstring is not None:
             obj.docstring.value = rest_to_markdown(obj.docstring.value)
