@@ -16,23 +16,31 @@ __all__ = ["plot_em_trace", "plot_hp_posterior"]
 
 
 def _plain_log_ticks(axis: Any, max_ticks: int = 4) -> None:
-    """At most ``max_ticks`` plainly labelled ticks (``0.2``, ``1e-06``) on a log-scaled axis.
+    """Two to ``max_ticks`` plainly labelled ticks (``0.2``, ``1e-06``) on a log-scaled axis.
 
-    Over 1.5 decades or more the ticks are powers of ten (every few decades when there are many);
-    over a narrower span, "nice" linear values (1, 2, 2.5 or 5 times a power of ten), since a
-    single decade holds at most one power of ten. Minor ticks are unlabelled, so labels never pile up.
+    The first of these that puts 2 to ``max_ticks`` ticks in view: powers of ten; 1, 2, 5 times
+    them; 1, 2, 3, 5 times them; every integer multiple. Over more decades than ``max_ticks``, every
+    few powers of ten; over a span too narrow for any of these, "nice" linear values. Minor ticks
+    are unlabelled, so labels never pile up.
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     class PlainLogLocator(LogLocator):
         def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
             lo, hi = sorted((vmin, vmax))
-            if lo > 0 and np.log10(hi / lo) >= 1.5:
-                return super().tick_values(lo, hi)
+            if lo <= 0:
+                return super().tick_values(vmin, vmax)
+            for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), np.arange(1.0, 10.0)):
+                ticks = LogLocator(subs=subs, numticks=99).tick_values(lo, hi)
+                shown = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
+                if len(shown) > max_ticks and len(subs) == 1:
+                    return super().tick_values(lo, hi)  # many decades: every few powers of ten
+                if 2 <= len(shown) <= max_ticks:
+                    return shown
             ticks = MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
             return ticks[ticks > 0]
 
-    axis.set_major_locator(PlainLogLocator(numticks=max_ticks + 1))
+    axis.set_major_locator(PlainLogLocator(numticks=max_ticks))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 

@@ -21,20 +21,26 @@ from nbclient import NotebookClient
 
 CELL_TIMEOUT = 3600  # seconds per cell: the full-size runs fit many models in one cell
 SMOKE_VARIABLES = ("CI", "MAGMA_SMOKE")  # either one switches a notebook to smoke mode
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
 def _mode(smoke: bool):
-    """The kernel inherits this process's environment: set (or clear) the smoke switches for its run."""
-    saved = {name: os.environ.get(name) for name in SMOKE_VARIABLES}
+    """The kernel inherits this process's environment: set (or clear) the smoke switches for its run.
+
+    The repository root goes first on ``PYTHONPATH``: the kernel, started in a scratch folder,
+    imports this checkout's ``magma_pymc`` rather than whichever copy is installed.
+    """
+    saved = {name: os.environ.get(name) for name in (*SMOKE_VARIABLES, "PYTHONPATH")}
     for name in SMOKE_VARIABLES:
         os.environ.pop(name, None)
     if smoke:
         os.environ["MAGMA_SMOKE"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
     try:
         yield
     finally:
-        for name, value in saved.items():
+        for name, value in saved.items():  # as they were
             if value is None:
                 os.environ.pop(name, None)
             else:

@@ -38,6 +38,43 @@ def test_docs_build_strict(site):
         assert name in api, f"{name!r} missing from the API reference page"
 
 
+def test_notebooks_rendered_with_figures(site):
+    """Each notebook is a page that shows the figures of its committed outputs, with its math as MathML."""
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        page = site / "notebooks" / path.stem / "index.html"
+        assert page.is_file(), f"{path.name} is not a page of the site (nav in mkdocs.yml)"
+        html = page.read_text(encoding="utf-8")
+        nb = nbformat.read(path, as_version=4)
+        outputs = [out for c in nb.cells if c.cell_type == "code" for out in c.outputs]
+        figures = sum("image/png" in out.get("data", {}) for out in outputs)
+        assert figures and html.count("data:image/png;base64,") >= figures, path.name
+        formulas = sum(len(re.findall(r"\$[^$]+\$", c.source)) for c in nb.cells if c.cell_type == "markdown")
+        assert html.count("<math") >= formulas, path.name
+
+
+def test_gallery_shows_every_plot(site):
+    """docs/gallery.md shows one committed figure per plotting function of magma_pymc.plots."""
+    from magma_pymc import plots
+
+    page = (ROOT / "docs" / "gallery.md").read_text(encoding="utf-8")
+    images = re.findall(r"!\[(\w+)\]\((gallery/[\w.]+)\)", page)
+    assert sorted(name for name, _ in images) == sorted(plots.__all__)
+    for _, image in images:
+        data = (site / image).read_bytes()  # copied into the site, so the page finds it
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" or data[:4] == b"GIF8", image
+    assert (site / "gallery" / "index.html").is_file()
+
+
+def test_site_needs_no_network(site):
+    """No page loads a script, style or font from another site: the documentation works offline."""
+    remote = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""")
+    pages = {str(page.relative_to(site)): remote.findall(page.read_text(encoding="utf-8"))
+             for page in site.rglob("*.html")}
+    assert not {k: v for k, v in pages.items() if v}
+
+
 def test_docstring_math_rendered(site):
     """No reST role or math directive is left raw on any page; the docstrings' math is MathML."""
     raw = {

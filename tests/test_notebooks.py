@@ -8,13 +8,15 @@ and ``MAGMA_SMOKE=1`` set, which shrinks its problem sizes.
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
 _spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOK_DIR / "build_notebooks.py")
 builder = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(builder)
@@ -66,7 +68,10 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     """Every cell runs without error in smoke mode."""
     monkeypatch.setenv("CI", "1")  # the kernel inherits this environment
     monkeypatch.setenv("MAGMA_SMOKE", "1")
+    # the kernel starts in tmp_path: put this checkout's magma_pymc before any installed copy
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = _read(name)
+    nb.cells.append(nbformat.v4.new_code_cell("import magma_pymc\nprint(magma_pymc.__file__)"))
     client = NotebookClient(
         nb,
         kernel_name="python3",
@@ -85,3 +90,5 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     ]
     assert not errors, f"{name}.ipynb raised:\n" + "\n\n".join(errors)
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), "some cells did not run"
+    location = nb.cells[-1].outputs[0]["text"].strip()
+    assert Path(location).is_relative_to(ROOT), f"the kernel imported magma_pymc from {location}, not from {ROOT}"

@@ -270,3 +270,19 @@ def test_plot_hp_posterior(fitted, tmp_path):
     assert np.isclose(truth_lines[0].get_xdata()[0], sim.hyperparameters["mean_process"]["variance"])
     assert {"NUTS draws", "EM", "truth"} <= set(_labels(axes[0]))
     _save(axes[0], tmp_path, "hp_posterior")
+
+
+@pytest.mark.parametrize("span", [(5, 40), (0.13, 0.23), (4.6, 7.5), (0.17, 4), (1e-6, 1e3), (35, 45), (0.01, 10)],
+                         ids=str)
+def test_log_axis_ticks_plain_and_few(span):
+    """On a log axis of any span, 2 to 4 plainly labelled ticks in view (e.g. 5, 10, 20), none overlapping."""
+    from magma_pymc.hp_plots import _plain_log_ticks
+
+    fig, ax = plt.subplots(figsize=(3.2, 2.8))
+    ax.set_xscale("log")
+    ax.set_xlim(*span)
+    _plain_log_ticks(ax.xaxis)
+    labels = _tick_labels(ax, "x")
+    values = [float(text) for text, _ in labels]  # plain numbers, not mathtext such as 2 x 10^1
+    assert 2 <= len(values) <= 4 and all(span[0] <= v <= span[1] for v in values), values
+    assert not _overlaps(labels)
