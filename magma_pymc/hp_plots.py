@@ -18,10 +18,10 @@ __all__ = ["plot_em_trace", "plot_hp_posterior"]
 def _plain_log_ticks(axis: Any, max_ticks: int = 4) -> None:
     """Two to ``max_ticks`` plainly labelled ticks (``0.2``, ``1e-06``) on a log-scaled axis.
 
-    The first of these that puts 2 to ``max_ticks`` ticks in view: powers of ten; 1, 2, 5 times
-    them; 1, 2, 3, 5 times them; every integer multiple. Over more decades than ``max_ticks``, every
-    few powers of ten; over a span too narrow for any of these, "nice" linear values. Minor ticks
-    are unlabelled, so labels never pile up.
+    Of powers of ten, and of 1-2-5, 1-3, 1-2-3-5 and all integer multiples of them, the set that
+    puts the most ticks in view without exceeding ``max_ticks`` (the first such, on a tie). Over more
+    decades than ``max_ticks``, every few powers of ten; when no set puts two ticks in view, "nice"
+    linear values. Minor ticks are unlabelled, so labels never pile up.
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
@@ -30,13 +30,16 @@ def _plain_log_ticks(axis: Any, max_ticks: int = 4) -> None:
             lo, hi = sorted((vmin, vmax))
             if lo <= 0:
                 return super().tick_values(vmin, vmax)
-            for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), np.arange(1.0, 10.0)):
+            best = np.array([])
+            for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 3.0), (1.0, 2.0, 3.0, 5.0), np.arange(1.0, 10.0)):
                 ticks = LogLocator(subs=subs, numticks=99).tick_values(lo, hi)
                 shown = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
                 if len(shown) > max_ticks and len(subs) == 1:
                     return super().tick_values(lo, hi)  # many decades: every few powers of ten
-                if 2 <= len(shown) <= max_ticks:
-                    return shown
+                if len(best) < len(shown) <= max_ticks:
+                    best = shown
+            if len(best) >= 2:
+                return best
             ticks = MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
             return ticks[ticks > 0]
 

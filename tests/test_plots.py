@@ -272,8 +272,9 @@ def test_plot_hp_posterior(fitted, tmp_path):
     _save(axes[0], tmp_path, "hp_posterior")
 
 
-@pytest.mark.parametrize("span", [(5, 40), (0.13, 0.23), (4.6, 7.5), (0.17, 4), (1e-6, 1e3), (35, 45), (0.01, 10)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "span", [(5, 40), (1.5, 80), (0.13, 0.23), (4.6, 7.5), (0.17, 4), (1e-6, 1e3), (35, 45), (0.01, 10)], ids=str
+)
 def test_log_axis_ticks_plain_and_few(span):
     """On a log axis of any span, 2 to 4 plainly labelled ticks in view (e.g. 5, 10, 20), none overlapping."""
     from magma_pymc.hp_plots import _plain_log_ticks
@@ -285,4 +286,6 @@ def test_log_axis_ticks_plain_and_few(span):
     labels = _tick_labels(ax, "x")
     values = [float(text) for text, _ in labels]  # plain numbers, not mathtext such as 2 x 10^1
     assert 2 <= len(values) <= 4 and all(span[0] <= v <= span[1] for v in values), values
+    if span[1] / span[0] > 10:  # over a decade or more the ticks are 1, 2, 3 or 5 times a power of ten
+        assert all(round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 3, 5) for v in values), values
     assert not _overlaps(labels)
