@@ -38,3 +38,7 @@ __all__ = [
     "kernels",
     "__version__",
 ]
+
+from magma_pymc import plots  # noqa: E402  (cheap: matplotlib is imported by the plotting functions on first use)
+
+__all__ += ["plots"]
