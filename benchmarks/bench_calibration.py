@@ -1,4 +1,4 @@
-"""Calibration benchmark: do MAGMA's prediction intervals cover what they claim?
+"""Calibration benchmark: do MAGMA's prediction intervals cover what they claim.
 
 Held-out individuals of the bundled real data sets and fresh simulated data sets of the MAGMA
 paper's protocol are forecast by each method; every forecast point is scored by its marginal

@@ -120,8 +120,11 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
 
 
 def _estep_at(state: EMState, problem: Problem, jitter: float) -> EStepResult:
-    """One E-step evaluation: the compiled graph on the padded batch, or on size buckets (then
-    ``deviations`` and ``cov_blocks`` are tuples with one array per bucket)."""
+    """One E-step evaluation.
+
+    The compiled graph on the padded batch, or on size buckets (then ``deviations`` and ``cov_blocks`` are tuples with
+    one array per bucket).
+    """
     if problem.batches is not None:
         mean, cov, factor, log_likelihood, blocks = bucketed_estep(
             problem.graphs, state.mean_log_params, state.log_params, problem.data_args.grid, problem.batches, jitter
@@ -222,8 +225,10 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
 
 def _bucketed_individual_step(state: EMState, problem: Problem, current: EStepResult,
                               individual_prior: Callable | None):
-    """The individual M-step of :func:`em_step` on size buckets (:mod:`magma_pymc.estep_buckets`);
-    ``individual_prior``: the log prior of the individual HP (``None``: flat)."""
+    """The individual M-step of :func:`em_step` on size buckets (:mod:`magma_pymc.estep_buckets`).
+
+    ``individual_prior``: the log prior of the individual HP (``None``: flat).
+    """
     graphs, batches = problem.graphs, problem.batches
     blocks = list(zip(current.deviations, current.cov_blocks, strict=True))
     if graphs.common_hp:

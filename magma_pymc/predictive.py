@@ -64,8 +64,10 @@ def _mean_process(problem, state, obs_inputs: np.ndarray, pred_inputs: np.ndarra
 
 
 def hyperposterior(result: FitResult, inputs: np.ndarray, *, prob: float = 0.95) -> xr.Dataset:
-    """Mixture hyper-posterior of :math:`\\mu_0` at ``(n, d)`` ``inputs``: ``mean``, ``variance``,
-    ``lower``/``upper`` (exact mixture quantiles), ``cov``; ``attrs["n_draws"]``."""
+    r"""Mixture hyper-posterior of :math:`\mu_0` at ``(n, d)`` ``inputs``.
+
+    ``mean``, ``variance``, ``lower``/``upper`` (exact mixture quantiles), ``cov``; ``attrs["n_draws"]``.
+    """
     probs = _interval_probs(prob)
     problem, m0 = result.problem, result.prior_mean(inputs)
     mixture = GaussianMixture()

@@ -149,7 +149,7 @@ def test_mixture_quantiles_against_root_finding():
     means, variances = rng.normal(0, 3, (3, 7)), rng.uniform(0.1, 2, (3, 7))
     lower, upper = mixture_interval(weights, means, variances, 0.9)
     for j in range(7):
-        cdf = lambda x, j=j: weights @ stats.norm.cdf(x, means[:, j], np.sqrt(variances[:, j]))
+        cdf = lambda x, j=j: weights @ stats.norm.cdf(x, means[:, j], np.sqrt(variances[:, j]))  # noqa: E731
         assert cdf(lower[j]) == pytest.approx(0.05, abs=1e-12)
         assert cdf(upper[j]) == pytest.approx(0.95, abs=1e-12)
     mean, variance = mixture_moments(weights, means, variances)

@@ -105,8 +105,8 @@ def test_paper_scheme_ranges_and_noise_standard_deviation():
     for seed in range(20):
         hp = simulate(5, 5, common_hp=False, seed=seed).hyperparameters
         for who in (hp["mean_process"], hp["individual"]):
-            assert np.all((1 <= np.asarray(who["variance"])) & (np.asarray(who["variance"]) <= np.exp(5)))
-            assert np.all((1 <= np.asarray(who["lengthscale"])) & (np.asarray(who["lengthscale"]) <= np.e))
+            assert np.all((np.asarray(who["variance"]) >= 1) & (np.asarray(who["variance"]) <= np.exp(5)))
+            assert np.all((np.asarray(who["lengthscale"]) >= 1) & (np.asarray(who["lengthscale"]) <= np.e))
         assert hp["individual"]["noise"].between(0, 4).all()
     ind = simulate(2, 5, seed=1, noise_range=(0.5, 0.5), variance_range=(2, 2)).hyperparameters["individual"]
     np.testing.assert_allclose(ind["noise"], 0.25)  # the paper's noise_range bounds the standard deviation

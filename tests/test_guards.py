@@ -36,10 +36,9 @@ def test_fit_warns_before_an_exact_iteration_of_minutes(monkeypatch):
     """The warning comes from fit itself, before EM runs (the threshold lowered to fit a test's budget)."""
     monkeypatch.setattr("magma_pymc.guards.WARN_SECONDS", 1e-6)
     sim = mp.simulate(n_individuals=3, n_points=5, seed=0, common_grid=False)
-    with pytest.warns(mp.PerformanceWarning, match=r"inducing=G"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", mp.ConvergenceWarning)
-            mp.Magma(max_iter=1).fit(sim.data)
+    with pytest.warns(mp.PerformanceWarning, match=r"inducing=G"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.ConvergenceWarning)
+        mp.Magma(max_iter=1).fit(sim.data)
 
 
 def test_more_inducing_points_than_distinct_inputs_are_refused():

@@ -45,8 +45,10 @@ def build_cluster_model(
     common_hp: bool = True,
     jitter: float = 1e-8,
 ) -> pm.Model:
-    """Declare the model of the module docstring for ``data``; ``centres`` are the prior centres of the
-    log HP (``(P0,)``, ``(P + 1,)``), e.g. the data-driven initial values."""
+    """Declare the model of the module docstring for ``data``.
+
+    ``centres`` are the prior centres of the log HP (``(P0,)``, ``(P + 1,)``), e.g. the data-driven initial values.
+    """
     coords = {"cluster": np.arange(n_clusters), "input": np.arange(data.n_inputs),
               "individual": [str(i) for i in data.ids], "mean_hp": list(mean_kernel.names), "hp": [*kernel.names, NOISE]}
     grid = data.grid

@@ -29,6 +29,8 @@ __all__ = ["ClusterPrediction", "cluster_means_at", "predict_clusters"]
 
 
 class ClusterPrediction(NamedTuple):
+    """A new individual's cluster probabilities, per-cluster predictions and log HP (and where they came from)."""
+
     probabilities: np.ndarray   # (K,) tau_*k
     components: list            # K magma_pymc.predict.Prediction, one per cluster
     log_params: np.ndarray      # (P + 1,) the new individual's log HP

@@ -35,10 +35,12 @@ def _factor(grid: np.ndarray, variance: float, lengthscale: float) -> np.ndarray
 
 @dataclass(frozen=True, eq=False)
 class ClusteredSimulation:
-    """``data`` (training, long format ``ID``, ``Input``, ``Output``), ``new`` (extra individuals with all
-    their points), the true ``labels`` (a Series indexed by ID, training and new), the cluster ``weights``,
-    the mean processes on ``grid`` (``mean_processes``, ``(K, G)``), the noise-free curves
-    (``latent``: ID -> ``(G,)``) and the true ``hyperparameters``."""
+    """``data`` (training, long format ``ID``, ``Input``, ``Output``).
+
+    ``new`` (extra individuals with all their points), the true ``labels`` (a Series indexed by ID, training and new),
+    the cluster ``weights``, the mean processes on ``grid`` (``mean_processes``, ``(K, G)``), the noise-free curves
+    (``latent``: ID -> ``(G,)``) and the true ``hyperparameters``.
+    """
 
     data: pd.DataFrame
     new: pd.DataFrame

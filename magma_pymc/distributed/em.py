@@ -1,5 +1,7 @@
-r"""Client side of the partitioned EM: the same iterations as :func:`magma_pymc.em.run_em`, with every
-sum over individuals computed partition by partition on a Dask cluster.
+r"""Client side of the partitioned EM.
+
+The same iterations as :func:`magma_pymc.em.run_em`, with every sum over individuals computed partition by partition on
+a Dask cluster.
 
 One iteration, with P partitions (:mod:`magma_pymc.distributed.partition` runs the tasks):
 
@@ -42,19 +44,23 @@ __all__ = ["PartitionedProblem", "DistributedEStep", "run_distributed_em", "Comm
 
 @dataclass
 class Communication:
-    """Bytes of the arrays sent to and received from the partitions (task arguments and results),
-    per EM iteration (entry 0: the first E-step)."""
+    """Bytes of the arrays sent to and received from the partitions (task arguments and results).
+
+    Per EM iteration (entry 0: the first E-step).
+    """
 
     sent: list = field(default_factory=lambda: [0])
     received: list = field(default_factory=lambda: [0])
     round_trips: list = field(default_factory=lambda: [0])
 
     def next_iteration(self) -> None:
+        """Start counting a new EM iteration."""
         self.sent.append(0)
         self.received.append(0)
         self.round_trips.append(0)
 
     def count(self, sent, received) -> None:
+        """Add the bytes of one round trip's arguments and results to the current iteration."""
         self.sent[-1] += _nbytes(sent)
         self.received[-1] += _nbytes(received)
 
@@ -101,7 +107,8 @@ class PartitionedProblem:
     def map_gather(self, task: Callable, *args, per_partition: Callable | None = None, shared=()) -> list:
         """Run ``task(partition, *args, *per_partition(p))`` on every partition; results in partition order.
 
-        ``shared`` arrays travel once as a task of their own (recomputable, unlike scattered data)."""
+        ``shared`` arrays travel once as a task of their own (recomputable, unlike scattered data).
+        """
         client = self.client
         shared_futures = [client.submit(tasks.identity, value) for value in shared]
         futures = []
@@ -239,8 +246,10 @@ def run_distributed_em(
     tol: float = 1e-3,
     callback: Callable[[int, EMState, float], None] | None = None,
 ) -> tuple[EMTrace, DistributedEStep]:
-    """Iterate as :func:`magma_pymc.em.run_em` (same stopping rule and warnings); returns the trace
-    (its ``estep`` without the per-individual blocks, which stay on the workers) and the last E-step."""
+    """Iterate as :func:`magma_pymc.em.run_em` (same stopping rule and warnings).
+
+    Returns the trace (its ``estep`` without the per-individual blocks, which stay on the workers) and the last E-step.
+    """
     current, state = estep(state, problem)
     means, individuals, lls = [state.mean_log_params], [state.log_params], [current.result.log_likelihood]
     problem.seconds = [0.0]
