@@ -85,7 +85,8 @@ def main(n_seeds: int = 10) -> pd.DataFrame:
     print(table.round(3).to_string())
     warm = table.iloc[1:] if len(table) > 1 else table
     print(
-        f"\nARI >= 0.9: {(table['ari'] >= 0.9).sum()}/{len(table)}; V-BIC picks 3: {(table['vbic_k'] == 3).sum()}/{len(table)}; "
+        f"\nARI >= 0.9: {(table['ari'] >= 0.9).sum()}/{len(table)}; "
+        f"V-BIC picks 3: {(table['vbic_k'] == 3).sum()}/{len(table)}; "
         f"MSE clust < MAGMA: {(table['mse_clust'] < table['mse_magma']).sum()}/{len(table)}; "
         f"mean MSE {table['mse_clust'].mean():.3f} vs {table['mse_magma'].mean():.3f}; "
         f"mean coverage {table['cover95_clust'].mean():.1f} % vs {table['cover95_magma'].mean():.1f} %; "

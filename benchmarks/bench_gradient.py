@@ -103,7 +103,8 @@ def main() -> None:
                     seconds = timed(fn, (mean_log, log_hp, *values, 1e-8 * spread), args.seconds)
                     floor = floor_flops / (gflops * 1e9)
                     print(f"| {name} | {train.n_individuals} | {n_grid} | {mean_log.size + log_hp.size} | {mode} "
-                          f"| {label} | {seconds * 1e3:.3f} | {floor * 1e3:.3f} | {gflops:.1f} | {seconds / floor:.1f} |",
+                          f"| {label} | {seconds * 1e3:.3f} | {floor * 1e3:.3f} | {gflops:.1f} "
+                          f"| {seconds / floor:.1f} |",
                           flush=True)
 
 

@@ -7,9 +7,9 @@ on its own scale and every Deterministic, as ``pm.sample`` does.
 
 *Laplace*: :math:`x^* = \arg\max \log p(x \mid y)` (SciPy's L-BFGS-B on PyMC's compiled log density
 and gradient, polished by Newton steps), :math:`H = -\nabla^2 \log p(x^* \mid y)` by central
-differences of the exact gradient (symmetrised; :math:`2\dim x` gradient evaluations), and draws :math:`x = x^* + L^{-\top} z`,
-:math:`H = L L^\top`, :math:`z \sim \mathcal N(0, I)`. Where :math:`H` is not positive definite
-(a ridge or a saddle: the Gaussian approximation does not exist) a ``ValueError`` says so.
+differences of the exact gradient (symmetrised; :math:`2\dim x` gradient evaluations), and draws
+:math:`x = x^* + L^{-\top} z`, :math:`H = L L^\top`, :math:`z \sim \mathcal N(0, I)`. Where :math:`H` is not
+positive definite (a ridge or a saddle: the Gaussian approximation does not exist) a ``ValueError`` says so.
 
 *ADVI*: PyMC's ``pm.fit`` (mean-field ``"advi"`` or ``"fullrank_advi"``), the approximation's
 draws mapped through the model's transforms. Pathfinder lives in pymc-extras, which does not
@@ -117,7 +117,8 @@ def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any
     for newton_steps in range(1, max_newton + 1):  # noqa: B007 (the count is reported after the loop)
         value, grad = value_and_grad(x_map)
         try:
-            direction = np.linalg.solve(np.linalg.cholesky(hessian).T, np.linalg.solve(np.linalg.cholesky(hessian), grad))
+            chol = np.linalg.cholesky(hessian)
+            direction = np.linalg.solve(chol.T, np.linalg.solve(chol, grad))
         except np.linalg.LinAlgError:
             break
         length = 1.0

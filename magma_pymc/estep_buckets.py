@@ -35,7 +35,8 @@ from magma_pymc.kernels import Kernel
 
 __all__ = [
     "build_estep_from_precision", "sum_summaries", "bucket_blocks", "estep_from_precision_function", "residual_batches",
-    "bucketed_estep", "bucketed_factors", "common_individual_objective", "separable_individual_objectives", "bucketed_precision",
+    "bucketed_estep", "bucketed_factors", "common_individual_objective", "separable_individual_objectives",
+    "bucketed_precision",
 ]
 
 
@@ -71,7 +72,8 @@ def estep_from_precision_function(mean_kernel: Kernel, mode: str):
     )
     jitter = pt.scalar("jitter", dtype="float64")
     estep = build_estep_from_precision(mean_kernel, mean_hp, grid, summary, jitter)
-    outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, estep.chol_prior, estep.chol_b, estep.alpha]
+    outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, estep.chol_prior, estep.chol_b,
+               estep.alpha]
     return _compile([mean_hp, grid, *summary, jitter], outputs, mode)
 
 

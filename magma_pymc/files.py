@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelFileError", "atomic_write", "read_datatree", "encode_ids", "decode_ids", "config_value", "kernel_values",
-           "check_kernel_values",
+__all__ = ["ModelFileError", "atomic_write", "read_datatree", "encode_ids", "decode_ids", "config_value",
+           "kernel_values", "check_kernel_values",
            "checked_array", "parse_json"]
 
 
@@ -164,13 +164,15 @@ def checked_array(values: Any, path: Any, field: str, *, shape: tuple | None = N
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise ModelFileError(path, field, f"not numeric ({_short(values)})") from None
-    if shape is not None and (array.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape, strict=True))):
+    if shape is not None and (array.ndim != len(shape) or any(
+            s is not None and s != a for s, a in zip(shape, array.shape, strict=True))):
         want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
         raise ModelFileError(path, field, f"expected shape {want}, got {array.shape}")
     if finite and not np.all(np.isfinite(array)):
         raise ModelFileError(path, field, f"{int(np.sum(~np.isfinite(array)))} NaN/inf value(s)")
     if low is not None and np.any(array < low) or high is not None and np.any(array > high):
-        raise ModelFileError(path, field, f"values outside [{low}, {high}] (min {np.min(array):.3g}, max {np.max(array):.3g})")
+        raise ModelFileError(path, field,
+                             f"values outside [{low}, {high}] (min {np.min(array):.3g}, max {np.max(array):.3g})")
     return array
 
 
@@ -212,8 +214,8 @@ def check_kernel_values(kernel: Any, record: Any, path: Any, role: str) -> None:
     if record is None:
         return  # files written before fingerprints were recorded
     try:
-        log_params = checked_array(record["log_params"], path, f"config.{role}_values.log_params", shape=(kernel.n_params,),
-                                   low=-700.0, high=700.0)
+        log_params = checked_array(record["log_params"], path, f"config.{role}_values.log_params",
+                                   shape=(kernel.n_params,), low=-700.0, high=700.0)
         points = checked_array(record["points"], path, f"config.{role}_values.points", shape=(None, kernel.input_dim))
         saved = checked_array(record["values"], path, f"config.{role}_values.values", shape=(len(points), len(points)))
     except (KeyError, TypeError):

@@ -299,7 +299,8 @@ def conditional_predictions(
     gamma = joint_cov[None] + _covariances(kernel, joint_inputs, log_params, mode)
     noise = np.exp(log_params[:, -1])
     if n_obs == 0:
-        return ComponentPredictions(np.broadcast_to(joint_mean, (len(log_params), len(joint_mean))).copy(), gamma, noise)
+        means = np.broadcast_to(joint_mean, (len(log_params), len(joint_mean))).copy()
+        return ComponentPredictions(means, gamma, noise)
     g_oo = gamma[:, :n_obs, :n_obs].copy()
     g_oo[:, np.arange(n_obs), np.arange(n_obs)] += (noise + jitter)[:, None]
     chol, ok = _cholesky(g_oo)

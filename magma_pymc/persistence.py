@@ -34,8 +34,8 @@ from magma_pymc.files import (
 from magma_pymc.fit_result import SAMPLED_METHODS, FitResult, flat_log_draws
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 
-__all__ = ["save_result", "read_result", "check_kernels", "SavedFit", "settings_record", "settings_from_record", "kernel_record",
-           "kernel_from_record", "FORMAT_VERSION"]
+__all__ = ["save_result", "read_result", "check_kernels", "SavedFit", "settings_record", "settings_from_record",
+           "kernel_record", "kernel_from_record", "FORMAT_VERSION"]
 
 #: Version of the file layout; files with another major version are refused.
 FORMAT_VERSION = "1.1"  # 1.1: IDs with their types, kernel values, checked on load
@@ -196,7 +196,8 @@ def read_result(path: str | PathLike) -> SavedFit:
         if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
             raise ModelFileError(
                 path, field,
-                f"file layout version {version!r} (written by magma_pymc {tree.attrs.get('magma_pymc_version', 'unknown')}) "
+                f"file layout version {version!r} "
+                f"(written by magma_pymc {tree.attrs.get('magma_pymc_version', 'unknown')}) "
                 f"is not compatible with this magma_pymc, which reads layout {FORMAT_VERSION}",
             )
         field = "config"

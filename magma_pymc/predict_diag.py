@@ -86,7 +86,8 @@ def mean_process_parts(mean_kernel: Kernel, mode: str, mean_log_params: np.ndarr
     """:class:`MeanProcessParts` (module docstring), prediction inputs in chunks of ``chunk``."""
     parts = _parts_function(mean_kernel, mode)
     starts = range(0, max(len(pred_inputs), 1), chunk)
-    pieces = [[np.asarray(v) for v in parts(mean_log_params, grid, *factors, obs_inputs, pred_inputs[s:s + chunk], jitter)]
+    pieces = [[np.asarray(v)
+               for v in parts(mean_log_params, grid, *factors, obs_inputs, pred_inputs[s:s + chunk], jitter)]
               for s in starts]
     mean_obs, cov_obs = pieces[0][0], pieces[0][1]
     return MeanProcessParts(mean_obs, cov_obs, *(np.concatenate([p[k] for p in pieces], axis=-1) for k in (2, 3, 4)))

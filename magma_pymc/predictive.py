@@ -58,7 +58,10 @@ def _factors(problem, state) -> EStepFactors:
 
 
 def _mean_process(problem, state, obs_inputs: np.ndarray, pred_inputs: np.ndarray):
-    r"""Centred :math:`\mu_0` hyper-posterior parts of one component (:class:`~magma_pymc.predict_diag.MeanProcessParts`)."""
+    r"""Centred :math:`\mu_0` hyper-posterior parts of one component.
+
+    The parts are :class:`~magma_pymc.predict_diag.MeanProcessParts`.
+    """
     return mean_process_parts(problem.graphs.mean_kernel, problem.graphs.mode, state.mean_log_params,
                               problem.data_args.grid, _factors(problem, state), obs_inputs, pred_inputs, state.jitter)
 

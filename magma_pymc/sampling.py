@@ -1,4 +1,6 @@
-r"""Full-Bayesian MAGMA: NUTS over the hyper-parameters, :math:`\mu_0` integrated out (theory page, *Marginal likelihood*).
+r"""Full-Bayesian MAGMA: NUTS over the hyper-parameters, :math:`\mu_0` integrated out.
+
+See the theory page, *Marginal likelihood*.
 
 Target. With :math:`\Theta = (\theta_0, \theta_i, \sigma_i^2)` on the log scale,
 

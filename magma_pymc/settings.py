@@ -157,7 +157,8 @@ def warn_far_inputs(inputs: np.ndarray, span: float, names: tuple[str, ...], whe
     far = size > FAR_INPUTS * span
     if far.any():
         _warn(
-            f"{where}: input(s) {[n for n, f in zip(names, far, strict=True) if f]} reach {float(np.max(size[far])):.3g}, more "
+            f"{where}: input(s) {[n for n, f in zip(names, far, strict=True) if f]} "
+            f"reach {float(np.max(size[far])):.3g}, more "
             f"than {FAR_INPUTS:g} times the training input range {span:.3g}: kernel distances lose precision "
             "(|x|^2 + |y|^2 - 2xy); shift the inputs towards 0 (e.g. subtract the first training input)",
             NumericalWarning,

@@ -71,7 +71,8 @@ def check_column_roles(id_col: Any, input_cols: Sequence[Any] | None, output_col
     for col in input_cols or ():
         if col in (id_col, output_col):
             role = "ID" if col == id_col else "output"
-            raise error(f"input_cols includes {col!r}, the {role} column: a column is either an input, the ID or the output")
+            raise error(f"input_cols includes {col!r}, the {role} column: "
+                        "a column is either an input, the ID or the output")
 
 
 def check_container(data: Any, error: type[Exception] = ValueError) -> None:

@@ -100,7 +100,8 @@ def test_elbo_equals_collapsed_bound(fixed_model):
             psi = se(ind.inputs[:, 0], ind.inputs[:, 0], v, l) + (s2 + state.jitter) * np.eye(n)
             cov[start:start + n, start:start + n] += psi / tau[i, k]
             # N(y; mu, Psi)^tau = N(y; mu, Psi / tau) (2 pi)^{n(1 - tau)/2} |Psi|^{(1 - tau)/2} tau^{-n/2}
-            correction += 0.5 * (1 - tau[i, k]) * (n * np.log(2 * np.pi) + np.linalg.slogdet(psi)[1]) - 0.5 * n * np.log(tau[i, k])
+            correction += (0.5 * (1 - tau[i, k]) * (n * np.log(2 * np.pi) + np.linalg.slogdet(psi)[1])
+                           - 0.5 * n * np.log(tau[i, k]))
             start += n
         total += stats.multivariate_normal(np.full(len(y_all), 1.0), cov).logpdf(y_all) + correction
     # The jitter enters K_k on the grid, not on every observation: compare with a tolerance above its effect.
@@ -327,12 +328,14 @@ def test_pymc_declaration_marginal_likelihood_matches_dense_mixture():
     point["mu"] = rng.normal(0, 3, point["mu"].shape)
     point["log_hp"] = np.log([1.0, 1.5, 0.2])
     outputs = model.replace_rvs_by_values([model["y"], model["weights"]])
-    potential, pi = model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore", mode="FAST_COMPILE")(point)
+    potential, pi = model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore",
+                                     mode="FAST_COMPILE")(point)
     grid = np.unique(np.concatenate([t for t, _ in individuals]))
     total = 0.0
     for t, y in individuals:
         psi = se(t, t, 1.0, 1.5) + (0.2 + 1e-6) * np.eye(len(t))
         pos = np.searchsorted(grid, t)
-        total += logsumexp([np.log(pi[k]) + stats.multivariate_normal(point["mu"][k][pos], psi).logpdf(y) for k in range(2)])
+        total += logsumexp([np.log(pi[k]) + stats.multivariate_normal(point["mu"][k][pos], psi).logpdf(y)
+                            for k in range(2)])
     np.testing.assert_allclose(potential, total, rtol=1e-10)
     assert set(model.named_vars) >= {"weights", "mu", "log_mu_hp", "log_hp", "y"}

@@ -133,10 +133,13 @@ def test_paper_scheme_matches_the_papers_data_sets():
         ours = [s.hyperparameters["mean_process"][key] for s in sims]
         assert ks_2samp(ours, their_mu[key]).pvalue > 1e-3, key
     ours_sd = [s.data.groupby("ID")["Output"].std().median() for s in sims]
-    their_sd = theirs.loc[~theirs["ID"].isin(["0", "1"])].groupby(["dataset", "ID"])["Output"].std().groupby("dataset").median()
+    their_sd = (theirs.loc[~theirs["ID"].isin(["0", "1"])].groupby(["dataset", "ID"])["Output"].std()
+                .groupby("dataset").median())
     assert ks_2samp(ours_sd, their_sd).pvalue > 1e-3
-    smooth_sd = [simulate(20, 30, common_hp=False, seed=seed, scheme="smooth").data.groupby("ID")["Output"].std().median()
-                 for seed in range(60)]
+    smooth_sd = [
+        simulate(20, 30, common_hp=False, seed=seed, scheme="smooth").data.groupby("ID")["Output"].std().median()
+        for seed in range(60)
+    ]
     assert ks_2samp(smooth_sd, their_sd).pvalue < 1e-3  # the smooth scheme is not the paper's
 
 

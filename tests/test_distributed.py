@@ -75,7 +75,8 @@ def fits(client):
         key = (common_hp, inducing)
         if key not in cache:
             data = _data(common_hp)
-            reference = mp.Magma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER, mean_process_prior=None).fit(data)
+            reference = mp.Magma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER,
+                                 mean_process_prior=None).fit(data)
             if inducing is None:
                 fitted = DistributedMagma(common_hp=common_hp, max_iter=MAX_ITER).fit(
                     data, client=client, n_partitions=3

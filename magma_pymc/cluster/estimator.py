@@ -280,8 +280,8 @@ class MagmaClust:
         x = self.mean_process_grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
         means, covs = cluster_means_at(self._problem_, self._state, self._estep, x, self._prior_mean_value(x))
         variances = np.diagonal(covs, axis1=1, axis2=2).copy()
-        lower, upper = zip(*(mixture_interval(np.ones(1), m[None], v[None], prob) for m, v in zip(means, variances, strict=True)),
-                           strict=True)
+        lower, upper = zip(*(mixture_interval(np.ones(1), m[None], v[None], prob)
+                             for m, v in zip(means, variances, strict=True)), strict=True)
         coords = input_coords(x, self.data_.input_names)
         clusters = np.arange(len(means))
         return xr.Dataset(

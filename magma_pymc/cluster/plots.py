@@ -56,8 +56,8 @@ def plot_cluster_prediction(prediction: xr.Dataset, ax: Axes | None = None, *, o
                             target: Any = None, components: bool = True) -> Axes:
     """The mixture prediction (mean and quantile interval).
 
-    Also drawn: each cluster's prediction mean (dashed, opacity by its probability), the observed points and optionally held-out
-    ``target`` points.
+    Also drawn: each cluster's prediction mean (dashed, opacity by its probability), the observed points and
+    optionally held-out ``target`` points.
     """
     ax = _axes(ax)
     x = prediction["input"].values

@@ -84,7 +84,8 @@ def predict_clusters(problem: ClusterProblem, state: VEMState, current: VEMEStep
         problem.bounds[: graphs.individual_kernel.n_params + 1], jitter, empirical_prior=empirical_prior,
     )
     if n_obs:
-        values, _ = likelihood.components(hp.log_params, individual.inputs, individual.outputs, obs_means, obs_covs, jitter)
+        values, _ = likelihood.components(hp.log_params, individual.inputs, individual.outputs, obs_means, obs_covs,
+                                          jitter)
         logits = state.log_weights - values
         probabilities = np.exp(logits - logsumexp(logits))
     else:

@@ -102,8 +102,8 @@ def simulate_clustered(
     width = len(str(max(n_total - 1, 0)))
     ids = [f"i{i:0{width}d}" for i in range(n_individuals)] + [f"new{i:0{width}d}" for i in range(n_new)]
     # Every cluster has at least one training individual, the rest drawn from the weights.
-    labels = np.concatenate([rng.permutation(np.concatenate([np.arange(n_clusters),
-                                                              rng.choice(n_clusters, n_individuals - n_clusters, p=weights)])),
+    extra = rng.choice(n_clusters, n_individuals - n_clusters, p=weights)
+    labels = np.concatenate([rng.permutation(np.concatenate([np.arange(n_clusters), extra])),
                              rng.choice(n_clusters, n_new, p=weights)])
     hp_rows = np.exp(rng.uniform(*np.transpose([variance_range, lengthscale_range, noise_range]),
                                  (1 if common_hp else n_total, 3)))

@@ -251,7 +251,9 @@ def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep
     for summary in summaries:
         pseudo = graphs.pseudo_observations(*summary)
         if np.isfinite(pseudo[2]):
-            functions.append(lambda lp, pseudo=pseudo: graphs.mean_process_pseudo_step(lp, problem.grid, *pseudo, jitter))
+            functions.append(
+                lambda lp, pseudo=pseudo: graphs.mean_process_pseudo_step(lp, problem.grid, *pseudo, jitter)
+            )
         else:  # a grid point no member of the cluster observes: the information form needs no inverse
             functions.append(
                 lambda lp, summary=summary: graphs.mean_process_precision_step(lp, problem.grid, *summary, jitter)

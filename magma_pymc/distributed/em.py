@@ -124,7 +124,10 @@ class PartitionedProblem:
 
 
 class DistributedEStep(NamedTuple):
-    """The E-step on the client, and the futures of the partitions' :class:`~magma_pymc.distributed.partition.EStepBlocks`."""
+    """The E-step on the client, and the futures of the partitions' blocks.
+
+    The blocks are :class:`~magma_pymc.distributed.partition.EStepBlocks`.
+    """
 
     result: EStepResult          # deviations / cov_blocks: None (they stay on the workers)
     alpha: np.ndarray

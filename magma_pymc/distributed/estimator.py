@@ -164,7 +164,8 @@ class DistributedMagma(Magma):
         ids = None if self.common_hp else np.array([str(i) for i in self.ids_])
         hp_names = (self.mean_kernel.names, self.kernel.names)
         posterior = hp_dataset(
-            *hp_names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"), ids
+            *hp_names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"),
+            ids,
         )
         em_trace = hp_dataset(*hp_names, trace.mean_log_params, trace.log_params, ("em_iteration",), ids)
         em_trace["log_likelihood"] = ("em_iteration", trace.log_likelihood)

@@ -85,7 +85,8 @@ def summary_result(
     """
     mean_bounds, row_bounds = bounds
     n_rows = 1 if np.ndim(state.log_params) == 1 else len(state.log_params)
-    problem = Problem(SummaryGraphs(*graphs), arrays, list(mean_bounds), list(row_bounds) * n_rows, data.output_variance)
+    problem = Problem(SummaryGraphs(*graphs), arrays, list(mean_bounds), list(row_bounds) * n_rows,
+                      data.output_variance)
     return FitResult.from_point(
         method, state, problem=problem, data=data, prior_mean=prior_mean, hp_names=hp_names,
         tree=xr.DataTree() if tree is None else tree,
