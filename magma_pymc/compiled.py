@@ -39,18 +39,20 @@ from pytensor.compile import Function
 from pytensor.tensor.linalg import solve_triangular
 
 from magma_pymc.hyperposterior import (
-    DataPrecision,
     EStep,
-    PseudoObservations,
     TrainingTensors,
-    build_data_precision,
-    build_data_precision_common,
     build_estep,
     build_estep_common,
     build_estep_projected,
+    build_mean_process_at,
+)
+from magma_pymc.information_form import (
+    DataPrecision,
+    PseudoObservations,
+    build_data_precision,
+    build_data_precision_common,
     build_log_likelihood_from_precision,
     build_log_likelihood_from_pseudo_observations,
-    build_mean_process_at,
     build_pseudo_observations,
 )
 from magma_pymc.kernels import Kernel
@@ -223,8 +225,8 @@ class ModelGraphs:
     @cached_property
     def data_precision(self) -> Function:
         """``(hp, grid, inputs, residuals, mask, index, jitter) -> (precision, shift, quad_residuals,
-        half_logdet_psi, n_obs)``: :func:`~magma_pymc.hyperposterior.build_data_precision` (on the fast
-        path :func:`~magma_pymc.hyperposterior.build_data_precision_common`)."""
+        half_logdet_psi, n_obs)``: :func:`~magma_pymc.information_form.build_data_precision` (on the fast
+        path :func:`~magma_pymc.information_form.build_data_precision_common`)."""
         _, ind_hp = self._hp()
         data = TrainingTensors.symbolic()
         if self.fast_path:
@@ -249,7 +251,7 @@ class ModelGraphs:
     @cached_property
     def pseudo_observations(self) -> Function:
         """``(precision, shift, quad_residuals, half_logdet_psi, n_obs) -> (noise_cov, observations,
-        offset)``: :func:`~magma_pymc.hyperposterior.build_pseudo_observations` of
+        offset)``: :func:`~magma_pymc.information_form.build_pseudo_observations` of
         :meth:`data_precision`'s summary (NaN where the data precision is not positive definite)."""
         summary = self._symbolic_summary()
         return _compile(list(summary), list(build_pseudo_observations(summary)), self.mode)

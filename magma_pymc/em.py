@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,12 +22,12 @@ from magma_pymc.estep_buckets import (
     common_individual_objective,
     separable_individual_objectives,
 )
-from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
+from magma_pymc.exceptions import ConvergenceWarning
 from magma_pymc.exceptions import warn as _warn
-from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
+from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.mstep import minimize_log_params
 
-__all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "EMTrace"]
+__all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "iterate_em", "EMTrace"]
 
 
 
@@ -98,25 +98,17 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
     from the state's value up to ``JITTER_MAX`` times the output variance, and a
     :class:`NumericalWarning` reports the value that worked.
     """
-    jitter = state.jitter
-    while True:
+    def attempt(jitter: float) -> EStepResult | None:
         result = _estep_at(state, problem, jitter)
-        if np.isfinite(result.log_likelihood) and np.all(np.isfinite(result.mean)):
-            break
-        if jitter >= JITTER_MAX * problem.output_scale:
-            raise np.linalg.LinAlgError(
-                f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: "
+        return result if np.isfinite(result.log_likelihood) and np.all(np.isfinite(result.mean)) else None
+
+    def failure(jitter: float) -> str:
+        return (f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: "
                 f"{_failure_cause(state, problem)} (mean process {np.exp(state.mean_log_params)}, "
-                f"individuals {np.exp(state.log_params)})"
-            )
-        jitter = jitter * 10.0 if jitter > 0 else JITTER_DEFAULT * problem.output_scale  # 0 * 10 would loop
-    if jitter != state.jitter:
-        _warn(
-            f"Cholesky failed; jitter raised from {state.jitter:.3g} to {jitter:.3g} (recorded in the results)",
-            NumericalWarning,
-        )
-        state = state._replace(jitter=jitter)
-    return result, state
+                f"individuals {np.exp(state.log_params)})")
+
+    result, jitter = smallest_working_jitter(attempt, state.jitter, problem.output_scale, failure)
+    return result, state._replace(jitter=jitter)
 
 
 def _estep_at(state: EMState, problem: Problem, jitter: float) -> EStepResult:
@@ -282,33 +274,54 @@ def run_em(
 ) -> EMTrace:
     """Iterate E and M steps until the relative change of the log-likelihood is below ``tol``.
 
-    Stopping rule (as MagmaClustR): ``|ll_k - ll_{k-1}| < tol * |ll_{k-1}|``. A
-    :class:`ConvergenceWarning` is emitted after ``max_iter`` iterations without convergence.
-    A ``KeyboardInterrupt`` stops the loop and keeps the last completed iteration.
+    This is :func:`iterate_em` with this module's E-step and M-step.
     """
-    current, state = estep(state, problem)
-    means, individuals, lls = [state.mean_log_params], [state.log_params], [current.log_likelihood]
-    # The objective EM increases: log p(y | HP), plus log p(HP) in MAP mode.
-    objectives = [current.log_likelihood + problem.log_prior(state)]
+
+    def advance(state: EMState, current: EStepResult) -> tuple[EStepResult, EMState]:
+        return estep(em_step(state, problem, current), problem)
+
+    return iterate_em(estep(state, problem), advance, log_likelihood=lambda current: current.log_likelihood,
+                      log_prior=problem.log_prior, max_iter=max_iter, tol=tol, callback=callback)
+
+
+def iterate_em(
+    start: tuple[Any, EMState],
+    advance: Callable[[EMState, Any], tuple[Any, EMState]],
+    *,
+    log_likelihood: Callable[[Any], float],
+    log_prior: Callable[[EMState], float] = lambda state: 0.0,
+    max_iter: int = 25,
+    tol: float = 1e-3,
+    callback: Callable[[int, EMState, float], None] | None = None,
+) -> EMTrace:
+    r"""The EM loop of every backend (in process, distributed).
+
+    ``start`` is the first E-step and its state, ``advance`` one M-step followed by an E-step.
+
+    Stopping rule (as MagmaClustR): :math:`|J_k - J_{k-1}| < \mathrm{tol}\,|J_{k-1}|` on the
+    objective :math:`J = \log p(y \mid \text{HP}) + \log p(\text{HP})` (the prior term is 0 for
+    maximum likelihood). A :class:`ConvergenceWarning` is emitted after ``max_iter`` iterations
+    without convergence. A ``KeyboardInterrupt`` stops the loop and keeps the last completed iteration.
+    """
+    current, state = start
+    means, individuals, lls = [state.mean_log_params], [state.log_params], [log_likelihood(current)]
+    objectives = [lls[0] + log_prior(state)]
     converged = interrupted = False
     try:
         for iteration in range(1, max_iter + 1):
-            proposal = em_step(state, problem, current)
-            proposed_estep, proposal = estep(proposal, problem)
-            state, current = proposal, proposed_estep
+            current, state = advance(state, current)
             means.append(state.mean_log_params)
             individuals.append(state.log_params)
-            lls.append(current.log_likelihood)
-            objectives.append(current.log_likelihood + problem.log_prior(state))
+            lls.append(log_likelihood(current))
+            objectives.append(lls[-1] + log_prior(state))
             if callback is not None:
-                callback(iteration, state, current.log_likelihood)
+                callback(iteration, state, lls[-1])
             if abs(objectives[-1] - objectives[-2]) < tol * abs(objectives[-2]):
                 converged = True
                 break
     except KeyboardInterrupt:
         interrupted = True
-        _warn(
-            f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning)
+        _warn(f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning)
     if not converged and not interrupted and len(lls) > 1:
         _warn(
             f"EM did not converge in {max_iter} iterations (last relative change "
@@ -318,3 +331,4 @@ def run_em(
     return EMTrace(
         state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted, np.array(objectives)
     )
+

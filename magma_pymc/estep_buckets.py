@@ -1,14 +1,14 @@
 r"""The E-step on size buckets (:mod:`magma_pymc.batches`): ragged data at the cost of their points.
 
 The data enter the hyper-posterior of :math:`\mu_0` only through their information form
-(:class:`~magma_pymc.hyperposterior.DataPrecision`), a sum over individuals:
+(:class:`~magma_pymc.information_form.DataPrecision`), a sum over individuals:
 
 .. math::
 
     S = \sum_i P_i^\top \Psi_i^{-1} P_i, \quad b = \sum_i P_i^\top \Psi_i^{-1} r_i, \quad
     q = \sum_i r_i^\top \Psi_i^{-1} r_i, \quad \tfrac12\sum_i \log|\Psi_i|, \quad \sum_i N_i,
 
-so each bucket contributes its own partial sums (:func:`~magma_pymc.hyperposterior.build_data_precision`,
+so each bucket contributes its own partial sums (:func:`~magma_pymc.information_form.build_data_precision`,
 cost :math:`O(B_k n_k^3 + N^2)`), and the whitened E-step of theory page, *E-step* follows from
 the totals with :math:`L_0 = \mathrm{chol}(K_0 + jI)`:
 
@@ -30,7 +30,8 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.tensor.linalg import cholesky
 
-from magma_pymc.hyperposterior import DataPrecision, EStep, _finish_estep, _with_jitter
+from magma_pymc.hyperposterior import EStep, finish_estep_matrices, with_jitter
+from magma_pymc.information_form import DataPrecision
 from magma_pymc.kernels import Kernel
 
 __all__ = [
@@ -48,10 +49,11 @@ def build_estep_from_precision(
     ``summary`` holds the totals over all individuals. Returns the same :class:`~magma_pymc.hyperposterior.EStep` fields
     (``loadings`` unset) and the exact marginal log-likelihood.
     """
-    chol_prior = cholesky(_with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter), lower=True)
+    chol_prior = cholesky(with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter), lower=True)
     b_matrix = pt.eye(grid.shape[0]) + chol_prior.T @ summary.precision @ chol_prior
     c = chol_prior.T @ summary.shift
-    return _finish_estep(chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi, summary.n_obs)
+    return finish_estep_matrices(chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi,
+                                 summary.n_obs)
 
 
 @functools.cache

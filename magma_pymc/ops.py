@@ -25,7 +25,7 @@ never by inverting :math:`\Psi_i` itself.
 *Mean-process step* (:class:`GaussianInformationLoss`). The ECME step evaluates, tens of times per
 EM iteration at fixed individual HP, the part of :math:`-\log p(y)` that depends on
 :math:`K = K_{\theta_0}(t, t) + jI` given the data's information form :math:`S, b`
-(:class:`magma_pymc.hyperposterior.DataPrecision`):
+(:class:`magma_pymc.information_form.DataPrecision`):
 
 .. math::
 
@@ -42,7 +42,7 @@ N = 193; as one Op, two Cholesky factorisations, two triangular solves and four 
 *Mean-process step, pseudo-observation form* (:class:`GaussianMarginalLoss`). Where :math:`S` is
 positive definite (every grid point observed: the exact models' union grid), the same likelihood
 is that of pseudo-observations :math:`z = S^{-1} b` of :math:`\mu_0 - m_0` with noise covariance
-:math:`R = S^{-1}` (:func:`magma_pymc.hyperposterior.build_pseudo_observations`), up to a constant:
+:math:`R = S^{-1}` (:func:`magma_pymc.information_form.build_pseudo_observations`), up to a constant:
 
 .. math::
 

@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_long
 from reference import se
@@ -339,3 +340,16 @@ def test_pymc_declaration_marginal_likelihood_matches_dense_mixture():
                             for k in range(2)])
     np.testing.assert_allclose(potential, total, rtol=1e-10)
     assert set(model.named_vars) >= {"weights", "mu", "log_mu_hp", "log_hp", "y"}
+
+
+def test_top_level_simulate_with_n_clusters_is_the_clustered_simulator():
+    """``mp.simulate(n_clusters=K)`` draws exactly what ``simulate_clustered`` draws for the shared
+    arguments, and refuses MAGMA-only arguments instead of ignoring them."""
+    ours = mp.simulate(30, 8, n_clusters=3, common_hp=False, n_new=2, seed=4)
+    reference = simulate_clustered(3, 30, 8, common_hp=False, n_new=2, seed=4)
+    pd.testing.assert_frame_equal(ours.data, reference.data)
+    pd.testing.assert_frame_equal(ours.new, reference.new)
+    pd.testing.assert_series_equal(ours.labels, reference.labels)
+    assert ours.labels.nunique() == 3
+    with pytest.raises(ValueError, match="noise_range"):
+        mp.simulate(n_clusters=2, noise_range=(0.0, 1.0))

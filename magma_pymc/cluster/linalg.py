@@ -79,7 +79,7 @@ def weighted_information(terms: IndividualTerms, tau: np.ndarray, index: np.ndar
 
     ``quad`` is :math:`\sum_i \tau_{ik} r_i^\top\Psi_i^{-1} r_i`, ``half_logdet``
     :math:`\sum_i \tau_{ik}\tfrac12\log|\Psi_i|` and ``n_obs`` :math:`\sum_i\tau_{ik} N_i`: with them,
-    :func:`magma_pymc.hyperposterior.build_log_likelihood_from_precision` is the collapsed bound
+    :func:`magma_pymc.information_form.build_log_likelihood_from_precision` is the collapsed bound
     :math:`\log\int p(\mu_k)\prod_i \mathcal N(y_i;\mu_k(t_i),\Psi_i)^{\tau_{ik}} d\mu_k`. Padded slots
     point one past the grid and are scattered onto an extra row that is dropped.
     """

@@ -43,10 +43,10 @@ from magma_pymc.cluster.linalg import (
     weighted_information,
 )
 from magma_pymc.compiled import ModelGraphs
-from magma_pymc.em import JITTER_MAX
-from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning, NumericalWarning
+from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.hyperposterior import individual_covariances
+from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.kernels import Kernel
 from magma_pymc.mstep import minimize_log_params
 
@@ -147,29 +147,29 @@ def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | Non
     As MAGMA's E-step, the jitter grows tenfold while a factorisation fails, up to
     ``JITTER_MAX`` times the output variance, with a :class:`NumericalWarning`.
     """
-    jitter = state.jitter
     n_grid = len(problem.grid)
-    while True:
+
+    def attempt(jitter: float):
         try:
-            if terms is None or jitter != state.jitter:
-                terms = individual_terms(problem.psi(state.log_params, jitter), problem.residuals, problem.mask)
-            information = weighted_information(terms, state.tau, problem.index, n_grid)
+            factors = terms
+            if factors is None or jitter != state.jitter:
+                factors = individual_terms(problem.psi(state.log_params, jitter), problem.residuals, problem.mask)
+            information = weighted_information(factors, state.tau, problem.index, n_grid)
             prior = problem.mean_covariance(state.mean_log_params, problem.grid, problem.grid) + jitter * np.eye(n_grid)
             posterior = cluster_posteriors(prior, information[0], information[1])
-            if np.all(np.isfinite(posterior.mean)) and np.all(np.isfinite(posterior.kl)):
-                break
         except np.linalg.LinAlgError:
-            pass
-        if jitter >= JITTER_MAX * problem.output_scale:
-            raise np.linalg.LinAlgError(
-                f"the variational E-step failed even with jitter {jitter:.3g}: the hyper-parameters give numerically "
+            return None
+        ok = np.all(np.isfinite(posterior.mean)) and np.all(np.isfinite(posterior.kl))
+        return (factors, information, posterior) if ok else None
+
+    def failure(jitter: float) -> str:
+        return (f"the variational E-step failed even with jitter {jitter:.3g}: the hyper-parameters give numerically "
                 f"singular covariances (mean processes {np.exp(state.mean_log_params)}, individuals "
-                f"{np.exp(state.log_params)})"
-            )
-        jitter = jitter * 10.0 if jitter > 0 else 1e-10 * problem.output_scale
-    if jitter != state.jitter:
-        _warn(f"Cholesky failed; jitter raised from {state.jitter:.3g} to {jitter:.3g}", NumericalWarning)
-        state = state._replace(jitter=jitter)
+                f"{np.exp(state.log_params)})")
+
+    (terms, information, posterior), jitter = smallest_working_jitter(attempt, state.jitter, problem.output_scale,
+                                                                      failure)
+    state = state._replace(jitter=jitter)
     expected, deviations, blocks = expected_log_likelihoods(
         terms, posterior, problem.residuals, problem.mask, problem.index
     )

@@ -7,11 +7,15 @@ multi-task Gaussian processes with common mean", Machine Learning 111, section 5
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .split import split_observed
+
+if TYPE_CHECKING:
+    from magma_pymc.cluster.simulate import ClusteredSimulation
 
 __all__ = ["SCHEMES", "Simulation", "se_kernel", "simulate", "split_observed"]
 
@@ -179,6 +183,24 @@ SCHEMES: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
+def _clustered(arguments: dict) -> ClusteredSimulation:
+    """:func:`simulate` with ``n_clusters``: the MagmaClust scheme, refusing MAGMA-only arguments that were set."""
+    from magma_pymc.cluster.simulate import simulate_clustered  # the cluster package imports this module
+
+    defaults = {"scheme": "paper", "grid": None, "n_points_new": None, "slope_range": (-2.0, 2.0),
+                "intercept_range": (0.0, 10.0), "mean_variance_range": None, "mean_lengthscale_range": None,
+                "variance_range": None, "lengthscale_range": None, "noise_range": None, "jitter": JITTER}
+    given = sorted(name for name, default in defaults.items()
+                   if (arguments[name] is not None if default is None else arguments[name] != default))
+    if given:
+        raise ValueError(f"simulate(n_clusters=...) follows the MagmaClust scheme and does not take "
+                         f"{', '.join(given)}; "
+                         "use magma_pymc.cluster.simulate_clustered for its own options")
+    return simulate_clustered(arguments["n_clusters"], arguments["n_individuals"], arguments["n_points"],
+                              common_grid=arguments["common_grid"], common_hp=arguments["common_hp"],
+                              n_new=arguments["n_new"], seed=arguments["seed"])
+
+
 def simulate(
     n_individuals: int = 20,
     n_points: int = 30,
@@ -198,7 +220,8 @@ def simulate(
     lengthscale_range: tuple[float, float] | None = None,
     noise_range: tuple[float, float] | None = None,
     jitter: float = JITTER,
-) -> Simulation:
+    n_clusters: int | None = None,
+) -> Simulation | ClusteredSimulation:
     r"""Simulate data from the MAGMA generative model, by default with the paper's scheme.
 
     .. math::
@@ -281,12 +304,23 @@ def simulate(
         ``scheme="smooth"``.
     jitter : float, default 1e-8
         Relative diagonal jitter (multiplied by the kernel variance).
+    n_clusters : int, optional
+        Clustered data instead, ``n_clusters`` mean processes following the MagmaClust paper's
+        scheme: :func:`magma_pymc.cluster.simulate_clustered` with ``n_individuals``,
+        ``n_points``, ``common_grid``, ``common_hp``, ``n_new`` and ``seed``, and its own defaults
+        for everything else (call it directly for its other options). The arguments specific to
+        MAGMA's scheme (``scheme``, ``grid``, ``n_points_new``, the ranges, ``jitter``) are then
+        refused rather than ignored.
 
     Returns
     -------
-    Simulation
-        Frames ``data`` and ``new`` plus the ground truth; see :class:`Simulation`.
+    Simulation or ClusteredSimulation
+        Frames ``data`` and ``new`` plus the ground truth; see :class:`Simulation` (and
+        :class:`magma_pymc.cluster.ClusteredSimulation` with ``n_clusters``, which adds the true
+        ``labels``).
     """
+    if n_clusters is not None:
+        return _clustered(locals())
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
     given = {

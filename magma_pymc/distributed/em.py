@@ -33,10 +33,8 @@ import numpy as np
 
 from magma_pymc.distributed import partition as tasks
 from magma_pymc.distributed.graphs import Structure, client_graphs
-from magma_pymc.em import EMState, EMTrace, EStepResult
-from magma_pymc.exceptions import ConvergenceWarning, NumericalWarning
-from magma_pymc.exceptions import warn as _warn
-from magma_pymc.jitter import JITTER_DEFAULT, JITTER_MAX
+from magma_pymc.em import EMState, EMTrace, EStepResult, iterate_em
+from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.mstep import minimize_log_params
 
 __all__ = ["PartitionedProblem", "DistributedEStep", "run_distributed_em", "Communication"]
@@ -141,28 +139,22 @@ def _sum_terms(results: list) -> tuple:
 
 def estep(state: EMState, problem: PartitionedProblem) -> tuple[DistributedEStep, EMState]:
     """E-step with the smallest working jitter, as :func:`magma_pymc.em.estep`."""
-    jitter = state.jitter
-    while True:
+    def attempt(jitter: float):
         terms = _terms_at(state.mean_log_params, state.log_params, jitter, problem)
         mean, cov, cov_factor, log_likelihood, alpha, chol_b = (
             np.asarray(x) for x in problem.graphs.finish(state.mean_log_params, problem.grid, *terms, jitter)
         )
-        log_likelihood = float(log_likelihood)
-        if np.isfinite(log_likelihood) and np.all(np.isfinite(mean)):
-            break
-        if jitter >= JITTER_MAX * problem.output_scale:
-            raise np.linalg.LinAlgError(
-                f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: the hyper-parameters "
+        ok = np.isfinite(log_likelihood) and np.all(np.isfinite(mean))
+        return (mean, cov, cov_factor, float(log_likelihood), alpha, chol_b) if ok else None
+
+    def failure(jitter: float) -> str:
+        return (f"the E-step failed even with jitter {jitter:.3g} on the covariance diagonals: the hyper-parameters "
                 f"give numerically singular covariances (mean process {np.exp(state.mean_log_params)}, "
-                f"individuals {np.exp(state.log_params)})"
-            )
-        jitter = jitter * 10.0 if jitter > 0 else JITTER_DEFAULT * problem.output_scale
-    if jitter != state.jitter:
-        _warn(
-            f"Cholesky failed; jitter raised from {state.jitter:.3g} to {jitter:.3g} (recorded in the results)",
-            NumericalWarning,
-        )
-        state = state._replace(jitter=jitter)
+                f"individuals {np.exp(state.log_params)})")
+
+    (mean, cov, cov_factor, log_likelihood, alpha, chol_b), jitter = smallest_working_jitter(
+        attempt, state.jitter, problem.output_scale, failure)
+    state = state._replace(jitter=jitter)
     client = problem.client
     fitted = client.submit(tasks.identity, (mean, cov, alpha, chol_b))
     problem.communication.count((mean, cov, alpha, chol_b) * len(problem.partitions), ())
@@ -253,34 +245,15 @@ def run_distributed_em(
 
     Returns the trace (its ``estep`` without the per-individual blocks, which stay on the workers) and the last E-step.
     """
-    current, state = estep(state, problem)
-    means, individuals, lls = [state.mean_log_params], [state.log_params], [current.result.log_likelihood]
     problem.seconds = [0.0]
-    converged = interrupted = False
-    try:
-        for iteration in range(1, max_iter + 1):
-            start = time.perf_counter()
-            problem.communication.next_iteration()
-            proposal = em_step(state, problem, current)
-            current, state = estep(proposal, problem)
-            problem.seconds.append(time.perf_counter() - start)
-            means.append(state.mean_log_params)
-            individuals.append(state.log_params)
-            lls.append(current.result.log_likelihood)
-            if callback is not None:
-                callback(iteration, state, current.result.log_likelihood)
-            if abs(lls[-1] - lls[-2]) < tol * abs(lls[-2]):
-                converged = True
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        _warn(f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning)
-    if not converged and not interrupted and len(lls) > 1:
-        _warn(
-            f"EM did not converge in {max_iter} iterations (last relative change "
-            f"{abs(lls[-1] - lls[-2]) / abs(lls[-2]):.2e} >= tol={tol:g}); increase max_iter",
-            ConvergenceWarning,
-        )
-    lls = np.array(lls)
-    trace = EMTrace(state, current.result, np.array(means), np.array(individuals), lls, converged, interrupted, lls)
-    return trace, current
+
+    def advance(state: EMState, current: DistributedEStep) -> tuple[DistributedEStep, EMState]:
+        start = time.perf_counter()
+        problem.communication.next_iteration()
+        current, state = estep(em_step(state, problem, current), problem)
+        problem.seconds.append(time.perf_counter() - start)
+        return current, state
+
+    trace = iterate_em(estep(state, problem), advance, log_likelihood=lambda current: current.result.log_likelihood,
+                       max_iter=max_iter, tol=tol, callback=callback)
+    return trace._replace(estep=trace.estep.result), trace.estep

@@ -166,7 +166,10 @@ def fit_individuals(part: Partition, blocks: EStepBlocks, structure: Structure, 
 
 @on_worker
 def data_precision(part: Partition, structure: Structure, hp, jitter: float) -> tuple:
-    """The partition's share of the data's information form (:func:`magma_pymc.hyperposterior.build_data_precision`)."""
+    """The partition's share of the data's information form.
+
+    As :func:`magma_pymc.information_form.build_data_precision`.
+    """
     core, _ = worker_graphs(structure)
     return tuple(np.asarray(x) for x in core.data_precision(hp, *part.arrays, jitter))
 
