@@ -118,6 +118,8 @@ def test_mathml_hook_converts_and_fails_loudly():
     assert '<div class="math-display"><math' in out and "<mfrac>" in out
     spaced = to_mathml('<div class="arithmatex">\\[a,\\\n    b\\]</div>')  # TeX: "\\" ending a line is a space
     assert "\\" not in spaced and "<mtext>&#x000A0;</mtext><mi>b</mi>" in spaced
+    operator = to_mathml('<span class="arithmatex">\\(\\arg\\max f\\)</span>')  # \arg: an operator name
+    assert "<mo>arg</mo><mo>max</mo>" in operator
     for bad in ("a^", "\\left( a", "\\notacommand x"):  # malformed, unbalanced, unknown to latex2mathml
         with pytest.raises(ValueError, match="cannot render"):
             to_mathml(f'<span class="arithmatex">\\({bad}\\)</span>')

@@ -22,11 +22,14 @@ _BLOCK = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.DOTALL)
 # latex2mathml keeps a command it does not know as text: no backslash may be left in a text node
 _UNKNOWN_COMMAND = re.compile(r">([^<]*\\[^<]*)<")
 _CONTROL_SPACE = re.compile(r"(?<!\\)\\[ \t]*\n[ \t]*")  # "\" ending a line is a space, as in TeX
+# TeX operator names latex2mathml does not know, written as the \operatorname it does know
+_MISSING_OPERATORS = re.compile(r"\\(arg)(?![A-Za-z])")
 
 
 def _mathml(tex: str, display: str, where: str) -> str:
     try:
-        mathml = convert(_CONTROL_SPACE.sub(r"\\ ", html.unescape(tex)).strip(), display=display)
+        source = _MISSING_OPERATORS.sub(r"\\operatorname{\1}", _CONTROL_SPACE.sub(r"\\ ", html.unescape(tex)))
+        mathml = convert(source.strip(), display=display)
     except Exception as err:  # latex2mathml raises several exception types
         raise ValueError(f"{where}: cannot render the formula {tex!r} to MathML: {err!r}") from err
     unknown = _UNKNOWN_COMMAND.findall(mathml)
