@@ -544,7 +544,7 @@ with warnings.catch_warnings():
     if SMOKE:
         warnings.simplefilter("ignore", mp.ConvergenceWarning)  # a short chain is expected to warn
     bayes = mp.Magma(common_hp=True).fit(sim.data, method="nuts", draws=DRAWS, tune=TUNE, chains=CHAINS,
-                                         random_seed=0, thin=max(1, DRAWS // 100))
+                                         random_seed=0, thin=max(1, DRAWS // 100), progressbar=False)
 print(f"EM: {em.fit_seconds_:.1f} s, NUTS: {bayes.fit_seconds_:.1f} s; diagnostics: {bayes.idata_.attrs['diagnostics']}")"""),
     ("md", """## Diagnostics with ArviZ
 
