@@ -7,6 +7,7 @@ committed; rerun it after changing a plot.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.animation import PillowWriter  # noqa: E402
+
+# Run as a script, Python looks for modules beside it (docs/) and then in the environment: put this
+# checkout first, so that the figures are drawn by its magma_pymc rather than by an installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import magma_pymc as mp  # noqa: E402
 from magma_pymc import plots  # noqa: E402
