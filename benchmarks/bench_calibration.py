@@ -1,4 +1,4 @@
-"""Calibration benchmark: do MAGMA's prediction intervals cover what they claim?
+"""Calibration benchmark: do MAGMA's prediction intervals cover what they claim.
 
 Held-out individuals of the bundled real data sets and fresh simulated data sets of the MAGMA
 paper's protocol are forecast by each method; every forecast point is scored by its marginal
@@ -155,7 +155,8 @@ def from_dataset(ds) -> Mixture:
     """A one-component mixture from a ``Magma.predict`` / ``SingleGP.predict`` dataset, or its stored
     mixture components when it has them (``component_*`` variables)."""
     if "component_mean" in ds:
-        return Mixture(ds["component_weight"].values, ds["component_mean"].values, np.sqrt(ds["component_variance"].values))
+        return Mixture(ds["component_weight"].values, ds["component_mean"].values,
+                       np.sqrt(ds["component_variance"].values))
     return Mixture(np.ones(1), ds["mean"].values[None], np.sqrt(ds["variance"].values)[None])
 
 
@@ -182,8 +183,9 @@ def integrated_predictor(model, observed, inputs) -> Mixture:
     x = as_inputs(inputs, input_dim=1)
     joint_inputs = np.concatenate([individual.inputs, x])
     problem, state = model._problem_, model._state
-    joint_mean, joint_cov = mean_process_at(problem.graphs, (state.mean_log_params, state.log_params), problem.data_args,
-                                            state.jitter, joint_inputs, model._prior_mean_value(joint_inputs))
+    joint_mean, joint_cov = mean_process_at(problem.graphs, (state.mean_log_params, state.log_params),
+                                            problem.data_args, state.jitter, joint_inputs,
+                                            model._prior_mean_value(joint_inputs))
     n_obs = individual.n_points
     if model.common_hp:
         log_params = state.log_params[None]
@@ -282,7 +284,8 @@ def summarise(records: list[dict], data: str, hp: str, method: str) -> list[dict
         rec = [r for r in records if r["type"] == kind]
         if not rec:
             continue
-        cat = {k: np.concatenate([np.atleast_1d(r[k]) for r in rec]) for k in ("cov50", "cov80", "cov95", "IS95", "CRPS", "SE", "PIT")}
+        cat = {k: np.concatenate([np.atleast_1d(r[k]) for r in rec])
+               for k in ("cov50", "cov80", "cov95", "IS95", "CRPS", "SE", "PIT")}
         hist = np.histogram(cat["PIT"], bins=PIT_BINS, range=(0, 1))[0] / len(cat["PIT"]) * PIT_BINS
         rows.append(dict(
             data=data, hp=hp, type=kind, method=method, n_ind=len(rec), n_pts=len(cat["SE"]),
@@ -305,7 +308,8 @@ def print_tables(table: pd.DataFrame) -> None:
         if sub.empty:
             continue
         print(f"\n### Type {kind} ({'forecast from the early points' if kind == 'I' else 'no point observed'})\n")
-        cols = ["data", "hp", "method", "n_pts", "cov50", "cov80", "cov95", "IS95", "CRPS", "MSE", "PIT", "pred_s", "fit_s"]
+        cols = ["data", "hp", "method", "n_pts", "cov50", "cov80", "cov95", "IS95", "CRPS", "MSE", "PIT", "pred_s",
+                "fit_s"]
         print(markdown(sub[cols]))
 
 
@@ -317,7 +321,8 @@ def print_comparison(table: pd.DataFrame, before: str, after: str) -> None:
     a = table[table["method"] == after].drop_duplicates(keys, keep="last").set_index(keys)[cols]
     both = b.merge(a, left_index=True, right_index=True, suffixes=(" before", " after"))
     both["MSE ratio"] = both["MSE after"] / both["MSE before"]
-    gp = table[table["method"] == "single_gp"].drop_duplicates(["data", "type"], keep="last").set_index(["data", "type"])
+    gp = (table[table["method"] == "single_gp"].drop_duplicates(["data", "type"], keep="last")
+          .set_index(["data", "type"]))
     both["GP cov95"] = [gp["cov95"].get((d, t), np.nan) for d, _, t in both.index]
     both["GP MSE"] = [gp["MSE"].get((d, t), np.nan) for d, _, t in both.index]
     order = [f"{c} {w}" for c in cols for w in ("before", "after")] + ["MSE ratio", "GP cov95", "GP MSE"]
@@ -340,7 +345,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--methods", default="default,single_gp", help=f"comma list of single_gp, {', '.join(METHODS)}")
     parser.add_argument("--n-sim", type=int, default=40, help="simulated data sets per setting")
     parser.add_argument("--n-new", type=int, default=3, help="new individuals per simulated data set")
-    parser.add_argument("--quick", action="store_true", help="3 simulated data sets per setting, 5 held-out real individuals")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 simulated data sets per setting, 5 held-out real individuals")
     parser.add_argument("--only", default="", help="comma list of data names (weight, swimmers, ECG5000, traffic, sim)")
     parser.add_argument("--hp", default="both", choices=["both", "common", "diff"])
     parser.add_argument("--csv", default="", help="append the summary rows to this CSV")
@@ -361,20 +367,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for common_hp in hp_settings:
         hp = "common" if common_hp else "diff"
-        groups = [simulated_cases(grid, common_hp, n_sim, args.n_new) for grid in (True, False)] if not only or "sim" in only else []
+        with_sim = not only or "sim" in only
+        groups = [simulated_cases(grid, common_hp, n_sim, args.n_new) for grid in (True, False)] if with_sim else []
         groups += [[c] for c in real_cases(common_hp, args.quick) if not only or c.data in only]
         for cases in groups:
             fitted_per_case = [dict() for _ in cases]
             for name in methods:
                 start = time.perf_counter()
-                records = [r for case, fitted in zip(cases, fitted_per_case, strict=True) for r in run_case(case, name, fitted)]
+                records = [r for case, fitted in zip(cases, fitted_per_case, strict=True)
+                           for r in run_case(case, name, fitted)]
                 new_rows = summarise(records, cases[0].data, hp, name)
                 rows += new_rows
                 if args.csv:  # saved as they come: a long run interrupted keeps what it measured
                     pd.DataFrame(new_rows).to_csv(args.csv, mode="a", header=not os.path.exists(args.csv), index=False)
                 for r in new_rows:
-                    print(f"{r['data']:32s} {hp:6s} {r['type']:2s} {name:12s} cov50 {r['cov50']:.2f} cov80 {r['cov80']:.2f} "
-                          f"cov95 {r['cov95']:.2f} CRPS {r['CRPS']:.3g} MSE {r['MSE']:.3g} [{time.perf_counter() - start:.0f} s]",
+                    print(f"{r['data']:32s} {hp:6s} {r['type']:2s} {name:12s} "
+                          f"cov50 {r['cov50']:.2f} cov80 {r['cov80']:.2f} cov95 {r['cov95']:.2f} "
+                          f"CRPS {r['CRPS']:.3g} MSE {r['MSE']:.3g} [{time.perf_counter() - start:.0f} s]",
                           flush=True)
     table = pd.DataFrame(rows)
     print_tables(table)

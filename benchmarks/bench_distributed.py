@@ -76,7 +76,8 @@ def run_in_process(args) -> dict:
     start, cpu = time.perf_counter(), _cpu_seconds()
     fitted = mp.Magma(**model).fit(frame)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu, "iterations": fitted.n_iter_, "peak_growth_mib": _peak_mib() - base,
+    return {"seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu, "iterations": fitted.n_iter_,
+            "peak_growth_mib": _peak_mib() - base,
             "base_mib": base, "log_likelihood": fitted.log_likelihood_,
             "hp": fitted.hyperparameters_.individual.to_numpy().ravel().tolist()}
 
@@ -188,8 +189,9 @@ def _report(rows, args) -> None:
     g = args.inducing
     print(f"\nM individuals x {args.points} points, common HP, inducing G = {g}, "
           f"{args.workers} worker processes x 1 thread, EM max_iter = {args.max_iter}\n")
-    print("| M | iterations | in process: wall (s) | CPU (s) | distributed: wall (s) | CPU per worker (s) | client CPU (s) "
-          "| in-process peak growth (MiB) | per-worker peak growth (MiB) | client peak growth (MiB) | max rel. HP gap |")
+    print("| M | iterations | in process: wall (s) | CPU (s) | distributed: wall (s) | CPU per worker (s) "
+          "| client CPU (s) | in-process peak growth (MiB) | per-worker peak growth (MiB) "
+          "| client peak growth (MiB) | max rel. HP gap |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m, local, dist, gap in rows:
         workers = " / ".join(f"{v:.0f}" for v in dist["worker_peak_growth_mib"])

@@ -91,9 +91,9 @@ def main() -> None:
             data = TrainingTensors.symbolic()
             mean_var = pt.vector("mean_log")
             hp_var = pt.vector("log_hp") if case["common_hp"] else pt.matrix("log_hp")
-            builders = {
-                "op": lambda: build_marginal_log_likelihood(kernel, kernel, mean_var, hp_var, data),
-                "autodiff": lambda: build_estep(kernel, kernel, mean_var, hp_var, data).log_likelihood,
+            builders = {  # each built within this iteration: the loop variables are the ones meant
+                "op": lambda: build_marginal_log_likelihood(kernel, kernel, mean_var, hp_var, data),  # noqa: B023
+                "autodiff": lambda: build_estep(kernel, kernel, mean_var, hp_var, data).log_likelihood,  # noqa: B023
             }
             for mode in args.modes.split(","):
                 for label, build in builders.items():
@@ -103,7 +103,8 @@ def main() -> None:
                     seconds = timed(fn, (mean_log, log_hp, *values, 1e-8 * spread), args.seconds)
                     floor = floor_flops / (gflops * 1e9)
                     print(f"| {name} | {train.n_individuals} | {n_grid} | {mean_log.size + log_hp.size} | {mode} "
-                          f"| {label} | {seconds * 1e3:.3f} | {floor * 1e3:.3f} | {gflops:.1f} | {seconds / floor:.1f} |",
+                          f"| {label} | {seconds * 1e3:.3f} | {floor * 1e3:.3f} | {gflops:.1f} "
+                          f"| {seconds / floor:.1f} |",
                           flush=True)
 
 

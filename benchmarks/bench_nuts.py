@@ -11,7 +11,8 @@ ESS over every free variable the sampler moved (the ``unconstrained_posterior`` 
 second of fit, the largest r_hat, the number of divergences, the mean number of leapfrog steps per draw
 and the machine's one-minute load average before and after the fit (the timings scale with it on a shared
 machine), and the single-thread speed of a 187 x 187 matrix product before and after (``gflops``; about
-32 GFlop/s on an idle core: the share of a core the benchmark got). Each case runs in its own subprocess with a time limit; data are seeded.
+32 GFlop/s on an idle core: the share of a core the benchmark got). Each case runs in its own subprocess with a
+time limit; data are seeded.
 
 Run from the repository root::
 

@@ -10,11 +10,10 @@ from magma_pymc.cluster import MagmaClust
 from magma_pymc.data import MagmaInputError
 from magma_pymc.datasets import simulate, split_observed
 from magma_pymc.estimator import Magma
-from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning, NumericalWarning
+from magma_pymc.exceptions import ConvergenceWarning, MagmaWarning, NumericalWarning, PerformanceWarning
+from magma_pymc.files import ModelFileError
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 from magma_pymc.params import HyperParameters
-from magma_pymc.exceptions import PerformanceWarning  # noqa: I001 (kept apart: additive)
-from magma_pymc.files import ModelFileError
 
 __version__ = "0.1.0"
 
@@ -38,3 +37,7 @@ __all__ = [
     "kernels",
     "__version__",
 ]
+
+from magma_pymc import plots  # noqa: E402  (cheap: matplotlib is imported by the plotting functions on first use)
+
+__all__ += ["plots"]

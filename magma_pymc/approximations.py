@@ -7,9 +7,9 @@ on its own scale and every Deterministic, as ``pm.sample`` does.
 
 *Laplace*: :math:`x^* = \arg\max \log p(x \mid y)` (SciPy's L-BFGS-B on PyMC's compiled log density
 and gradient, polished by Newton steps), :math:`H = -\nabla^2 \log p(x^* \mid y)` by central
-differences of the exact gradient (symmetrised; :math:`2\dim x` gradient evaluations), and draws :math:`x = x^* + L^{-\top} z`,
-:math:`H = L L^\top`, :math:`z \sim \mathcal N(0, I)`. Where :math:`H` is not positive definite
-(a ridge or a saddle: the Gaussian approximation does not exist) a ``ValueError`` says so.
+differences of the exact gradient (symmetrised; :math:`2\dim x` gradient evaluations), and draws
+:math:`x = x^* + L^{-\top} z`, :math:`H = L L^\top`, :math:`z \sim \mathcal N(0, I)`. Where :math:`H` is not
+positive definite (a ridge or a saddle: the Gaussian approximation does not exist) a ``ValueError`` says so.
 
 *ADVI*: PyMC's ``pm.fit`` (mean-field ``"advi"`` or ``"fullrank_advi"``), the approximation's
 draws mapped through the model's transforms. Pathfinder lives in pymc-extras, which does not
@@ -48,7 +48,7 @@ def _log_density(pm_model: pm.Model, mode: str | None = None):
 
 
 def _negative_hessian(value_and_grad, x: np.ndarray, step: float) -> np.ndarray:
-    """:math:`-\\nabla^2 \\log p` at ``x`` by central differences of the exact gradient, symmetrised."""
+    r""":math:`-\nabla^2 \log p` at ``x`` by central differences of the exact gradient, symmetrised."""
     dim = x.size
     hessian = np.empty((dim, dim))
     for k in range(dim):
@@ -83,8 +83,9 @@ def _posterior_dataset(pm_model: pm.Model, bijection, draws: np.ndarray, mode: s
 def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any = None,
                       start: dict | None = None, step: float = 1e-5, mode: str | None = None,
                       max_newton: int = 20) -> xr.Dataset:
-    r"""Laplace approximation at the MAP (module docstring); ``attrs``: ``log_posterior_at_map``,
-    ``hessian_condition``, ``optimiser_iterations``, ``seconds``.
+    r"""Laplace approximation at the MAP (module docstring).
+
+    ``attrs``: ``log_posterior_at_map``, ``hessian_condition``, ``optimiser_iterations``, ``seconds``.
 
     ``start``: initial values of some free variables (on their own scale), as ``pm.sample``'s
     ``initvals``; the MAP search starts from the model's initial point otherwise. ``mode``: the
@@ -113,10 +114,11 @@ def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any
     # tolerance): polish with Newton steps on the difference Hessian, which the approximation needs anyway.
     x_map, hessian = result.x, _negative_hessian(value_and_grad, result.x, step)
     newton_steps = 0
-    for newton_steps in range(1, max_newton + 1):
+    for newton_steps in range(1, max_newton + 1):  # noqa: B007 (the count is reported after the loop)
         value, grad = value_and_grad(x_map)
         try:
-            direction = np.linalg.solve(np.linalg.cholesky(hessian).T, np.linalg.solve(np.linalg.cholesky(hessian), grad))
+            chol = np.linalg.cholesky(hessian)
+            direction = np.linalg.solve(chol.T, np.linalg.solve(chol, grad))
         except np.linalg.LinAlgError:
             break
         length = 1.0
@@ -151,8 +153,10 @@ def laplace_posterior(pm_model: pm.Model, *, draws: int = 1000, random_seed: Any
 
 def advi_posterior(pm_model: pm.Model, *, method: str = "advi", draws: int = 1000, n: int = 20000,
                    random_seed: Any = None, progressbar: bool = False, **fit_options: Any) -> xr.Dataset:
-    """ADVI (``pm.fit``, ``method`` ``"advi"`` or ``"fullrank_advi"``, ``n`` iterations) and ``draws``
-    draws from the fitted approximation; ``attrs``: ``final_loss`` (negative ELBO, last 10 % mean), ``seconds``."""
+    """ADVI (``pm.fit``, ``method`` ``"advi"`` or ``"fullrank_advi"``, ``n`` iterations) and ``draws`` draws from it.
+
+    ``attrs``: ``final_loss`` (negative ELBO, last 10 % mean), ``seconds``.
+    """
     if method not in ("advi", "fullrank_advi"):
         raise ValueError(f"method must be 'advi' or 'fullrank_advi', got {method!r}")
     begin = time.perf_counter()

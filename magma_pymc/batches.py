@@ -88,8 +88,10 @@ def padded_batches(data: TrainingData, buckets: list[np.ndarray] | None = None) 
 
 
 def padded_cost(n_points: np.ndarray, buckets: list[np.ndarray] | None = None) -> tuple[float, float]:
-    """``(sum_k B_k n_k^3, sum_k B_k n_k^2)``: factorisation work and stored numbers of the batches
-    (one batch padded to the longest when ``buckets`` is ``None``)."""
+    """``(sum_k B_k n_k^3, sum_k B_k n_k^2)``.
+
+    Factorisation work and stored numbers of the batches (one batch padded to the longest when ``buckets`` is ``None``).
+    """
     sizes = np.asarray(n_points, dtype=float)
     groups = [np.arange(len(sizes))] if buckets is None else buckets
     longest = [sizes[rows].max() for rows in groups]

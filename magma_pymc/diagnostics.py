@@ -1,4 +1,4 @@
-"""Post-sampling checks of a NUTS fit: divergences, :math:`\\hat R`, bulk ESS (ArviZ)."""
+r"""Post-sampling checks of a NUTS fit: divergences, :math:`\hat R`, bulk ESS (ArviZ)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ MAX_RHAT, MIN_ESS = 1.01, 100.0
 
 
 def check_diagnostics(tree: xr.DataTree) -> list[str]:
-    """Warn (:class:`ConvergenceWarning`) on divergences, max :math:`\\hat R` > ``MAX_RHAT`` or min
-    bulk ESS < ``MIN_ESS`` over every variable the sampler moved (the ``unconstrained_posterior``
-    group: log HP and, with a population layer, its mean, scale and offsets; else the log HP of
-    ``posterior``); returns the problems found (empty: none)."""
+    r"""Warn (:class:`ConvergenceWarning`) on divergences, a high :math:`\hat R` or a low bulk ESS.
+
+    Thresholds: max :math:`\hat R` > ``MAX_RHAT`` or min bulk ESS < ``MIN_ESS`` over every variable the sampler
+    moved (the ``unconstrained_posterior`` group: log HP and, with a population layer, its mean, scale and offsets;
+    else the log HP of ``posterior``); returns the problems found (empty: none).
+    """
     import arviz as az  # arviz-stats is slow to import: only when sampling
 
     if "unconstrained_posterior" in tree.children:

@@ -112,8 +112,11 @@ def estep(state: EMState, problem: Problem) -> tuple[EStepResult, EMState]:
 
 
 def _estep_at(state: EMState, problem: Problem, jitter: float) -> EStepResult:
-    """One E-step evaluation: the compiled graph on the padded batch, or on size buckets (then
-    ``deviations`` and ``cov_blocks`` are tuples with one array per bucket)."""
+    """One E-step evaluation.
+
+    The compiled graph on the padded batch, or on size buckets (then ``deviations`` and ``cov_blocks`` are tuples with
+    one array per bucket).
+    """
     if problem.batches is not None:
         mean, cov, factor, log_likelihood, blocks = bucketed_estep(
             problem.graphs, state.mean_log_params, state.log_params, problem.data_args.grid, problem.batches, jitter
@@ -214,8 +217,10 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
 
 def _bucketed_individual_step(state: EMState, problem: Problem, current: EStepResult,
                               individual_prior: Callable | None):
-    """The individual M-step of :func:`em_step` on size buckets (:mod:`magma_pymc.estep_buckets`);
-    ``individual_prior``: the log prior of the individual HP (``None``: flat)."""
+    """The individual M-step of :func:`em_step` on size buckets (:mod:`magma_pymc.estep_buckets`).
+
+    ``individual_prior``: the log prior of the individual HP (``None``: flat).
+    """
     graphs, batches = problem.graphs, problem.batches
     blocks = list(zip(current.deviations, current.cov_blocks, strict=True))
     if graphs.common_hp:
@@ -267,8 +272,10 @@ def run_em(
     tol: float = 1e-3,
     callback: Callable[[int, EMState, float], None] | None = None,
 ) -> EMTrace:
-    """Iterate E and M steps until the relative change of the log-likelihood is below ``tol``
-    (:func:`iterate_em` with this module's E-step and M-step)."""
+    """Iterate E and M steps until the relative change of the log-likelihood is below ``tol``.
+
+    This is :func:`iterate_em` with this module's E-step and M-step.
+    """
 
     def advance(state: EMState, current: EStepResult) -> tuple[EStepResult, EMState]:
         return estep(em_step(state, problem, current), problem)
@@ -287,8 +294,9 @@ def iterate_em(
     tol: float = 1e-3,
     callback: Callable[[int, EMState, float], None] | None = None,
 ) -> EMTrace:
-    r"""The EM loop of every backend (in process, distributed): ``start`` is the first E-step and
-    its state, ``advance`` one M-step followed by an E-step.
+    r"""The EM loop of every backend (in process, distributed).
+
+    ``start`` is the first E-step and its state, ``advance`` one M-step followed by an E-step.
 
     Stopping rule (as MagmaClustR): :math:`|J_k - J_{k-1}| < \mathrm{tol}\,|J_{k-1}|` on the
     objective :math:`J = \log p(y \mid \text{HP}) + \log p(\text{HP})` (the prior term is 0 for

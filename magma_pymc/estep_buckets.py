@@ -36,26 +36,33 @@ from magma_pymc.kernels import Kernel
 
 __all__ = [
     "build_estep_from_precision", "sum_summaries", "bucket_blocks", "estep_from_precision_function", "residual_batches",
-    "bucketed_estep", "bucketed_factors", "common_individual_objective", "separable_individual_objectives", "bucketed_precision",
+    "bucketed_estep", "bucketed_factors", "common_individual_objective", "separable_individual_objectives",
+    "bucketed_precision",
 ]
 
 
 def build_estep_from_precision(
     mean_kernel: Kernel, mean_log_params, grid, summary: DataPrecision, jitter
 ) -> EStep:
-    r"""Whitened E-step from the data's information form (module docstring); ``summary`` holds the
-    totals over all individuals. Returns the same :class:`~magma_pymc.hyperposterior.EStep` fields
-    (``loadings`` unset) and the exact marginal log-likelihood."""
+    r"""Whitened E-step from the data's information form (module docstring).
+
+    ``summary`` holds the totals over all individuals. Returns the same :class:`~magma_pymc.hyperposterior.EStep` fields
+    (``loadings`` unset) and the exact marginal log-likelihood.
+    """
     chol_prior = cholesky(with_jitter(mean_kernel.covariance(mean_log_params)(grid), jitter), lower=True)
     b_matrix = pt.eye(grid.shape[0]) + chol_prior.T @ summary.precision @ chol_prior
     c = chol_prior.T @ summary.shift
-    return finish_estep_matrices(chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi, summary.n_obs)
+    return finish_estep_matrices(chol_prior, b_matrix, c, summary.quad_residuals, summary.half_logdet_psi,
+                                 summary.n_obs)
 
 
 @functools.cache
 def estep_from_precision_function(mean_kernel: Kernel, mode: str):
-    """Compiled ``(mean_hp, grid, precision, shift, quad_residuals, half_logdet_psi, n_obs, jitter) ->
-    (mean, cov, cov_factor, log_likelihood, chol_prior, chol_b, alpha)`` of :func:`build_estep_from_precision` (one per kernel and mode)."""
+    """Compiled :func:`build_estep_from_precision` (one per kernel and mode).
+
+    ``(mean_hp, grid, precision, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (mean, cov, cov_factor,
+    log_likelihood, chol_prior, chol_b, alpha)``.
+    """
     from magma_pymc.compiled import _compile
 
     mean_hp = pt.vector("mean_log_params", dtype="float64")
@@ -67,7 +74,8 @@ def estep_from_precision_function(mean_kernel: Kernel, mode: str):
     )
     jitter = pt.scalar("jitter", dtype="float64")
     estep = build_estep_from_precision(mean_kernel, mean_hp, grid, summary, jitter)
-    outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, estep.chol_prior, estep.chol_b, estep.alpha]
+    outputs = [estep.mean, estep.cov, estep.cov_factor, estep.log_likelihood, estep.chol_prior, estep.chol_b,
+               estep.alpha]
     return _compile([mean_hp, grid, *summary, jitter], outputs, mode)
 
 
@@ -78,8 +86,11 @@ def sum_summaries(summaries: list) -> tuple:
 
 def bucket_blocks(mean: np.ndarray, cov: np.ndarray, residuals: np.ndarray, mask: np.ndarray,
                   index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""``(deviations, cov_blocks)`` of one bucket: :math:`(y_i - \hat m_i)` masked, ``(B, n)``, and
-    :math:`\hat K_i = \hat K[P_i, P_i]`, ``(B, n, n)``, zero in padded slots (index ``N``)."""
+    r"""``(deviations, cov_blocks)`` of one bucket.
+
+    :math:`(y_i - \hat m_i)` masked, ``(B, n)``, and :math:`\hat K_i = \hat K[P_i, P_i]`, ``(B, n, n)``, zero in padded
+    slots (index ``N``).
+    """
     inside = np.minimum(index, mean.shape[0] - 1)  # padded slots read any grid value, then masked
     deviations = (residuals - mean[inside]) * mask
     blocks = cov[inside[:, :, None], inside[:, None, :]]
@@ -132,8 +143,10 @@ def common_individual_objective(graphs, batches: tuple, blocks: list, jitter: fl
 
 
 def separable_individual_objectives(graphs, batches: tuple, blocks: list, jitter: float):
-    r"""``(log_params (B, P + 1), rows (B,)) -> (values (B,), grads)`` of :math:`-Q_i` (different HP),
-    each row evaluated in its bucket (:func:`magma_pymc.batched_lbfgsb.minimize_separable`)."""
+    r"""``(log_params (B, P + 1), rows (B,)) -> (values (B,), grads)`` of :math:`-Q_i` (different HP).
+
+    Each row evaluated in its bucket (:func:`magma_pymc.batched_lbfgsb.minimize_separable`).
+    """
     owner = np.empty(sum(len(b.rows) for b in batches), dtype=np.int64)
     local = np.empty_like(owner)
     for k, b in enumerate(batches):

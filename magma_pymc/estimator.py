@@ -404,10 +404,7 @@ class Magma:
         marginalised=False)``."""
         from magma_pymc.model import build_model
 
-        if data is None:
-            train = self.data_
-        else:
-            train = as_training_data(data, input_dim=self.mean_kernel.input_dim)
+        train = self.data_ if data is None else as_training_data(data, input_dim=self.mean_kernel.input_dim)
         spec = self._spec(train)
         return build_model(
             train, self.mean_kernel, self.kernel, resolve_prior_mean(self.prior_mean, train), common_hp=self.common_hp,

@@ -25,11 +25,15 @@ class PerformanceWarning(MagmaWarning):
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
-    """Emit ``message`` attributed to the first caller outside ``magma_pymc`` (the user's line),
-    however deep in the package it is raised."""
+    """Emit ``message`` attributed to the first caller outside ``magma_pymc`` (the user's line).
+
+    This holds however deep in the package it is raised.
+    """
     _warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
 
 
 class NotFittedError(RuntimeError, AttributeError):
-    """A fitted attribute or method was used before ``fit`` (an ``AttributeError`` too, so that
-    ``hasattr(model, "idata_")`` is ``False`` on an unfitted model)."""
+    """A fitted attribute or method was used before ``fit``.
+
+    An ``AttributeError`` too, so that ``hasattr(model, "idata_")`` is ``False`` on an unfitted model.
+    """

@@ -43,7 +43,10 @@ def _kernel_record(config: dict, role: str, path: Any, builtin: set[str]) -> dic
 
 def check_config(config: dict, path: Any, builtin: set[str]) -> None:
     """The estimator's settings as :func:`magma_pymc.persistence.settings_record` writes them."""
-    finite_non_negative = (lambda v: np.isfinite(v) and v >= 0)
+
+    def finite_non_negative(v):
+        return np.isfinite(v) and v >= 0
+
     config_value(config, "common_hp", (bool,), path)
     config_value(config, "max_iter", (int,), path, check=lambda v: v >= 0, expected="an integer >= 0")
     config_value(config, "tol", _NUMBER, path, check=finite_non_negative, expected="a finite number >= 0")
@@ -134,8 +137,10 @@ BOUND_MARGIN = 14.0
 
 
 def check_hp_in_bounds(point: Any, problem: Any, path: Any) -> None:
-    """Saved HP within the data's box constraints (``problem.mean_bounds``, ``problem.bounds``),
-    widened by :data:`BOUND_MARGIN`: values no fit of these data produces are refused."""
+    """Saved HP within the data's box constraints (``problem.mean_bounds``, ``problem.bounds``).
+
+    The bounds are widened by :data:`BOUND_MARGIN`: values no fit of these data produces are refused.
+    """
     for field, values, bounds in (("fit_state.mean_log_params", point.mean_log_params, problem.mean_bounds),
                                   ("fit_state.log_params", np.ravel(point.log_params), problem.bounds)):
         low, high = np.array(bounds, dtype=float).T

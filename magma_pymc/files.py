@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelFileError", "atomic_write", "read_datatree", "encode_ids", "decode_ids", "config_value", "kernel_values",
-           "check_kernel_values",
+__all__ = ["ModelFileError", "atomic_write", "read_datatree", "encode_ids", "decode_ids", "config_value",
+           "kernel_values", "check_kernel_values",
            "checked_array", "parse_json"]
 
 
@@ -65,8 +65,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def read_datatree(path: str | os.PathLike):
-    """The file's ``xarray.DataTree``, loaded into memory, the file closed; unreadable files raise
-    :class:`ModelFileError`."""
+    """The file's ``xarray.DataTree``, loaded into memory, the file closed.
+
+    Unreadable files raise :class:`ModelFileError`.
+    """
     import xarray as xr
 
     if not Path(path).is_file():
@@ -80,8 +82,10 @@ def read_datatree(path: str | os.PathLike):
 
 # ------------------------------------------------------------------------------------------- IDs
 def encode_ids(ids: Sequence[Hashable]) -> list[str | None]:
-    """``repr`` of each ID that :func:`ast.literal_eval` gives back equal and of the same type
-    (str, int, float, bool, tuples of them); ``None`` for others (they are restored as strings)."""
+    """``repr`` of each ID that :func:`ast.literal_eval` gives back equal and of the same type.
+
+    Such IDs are str, int, float, bool and tuples of them; ``None`` for others (they are restored as strings).
+    """
     encoded = []
     for ident in ids:
         text = repr(ident.item() if isinstance(ident, np.generic) else ident)
@@ -95,8 +99,10 @@ def encode_ids(ids: Sequence[Hashable]) -> list[str | None]:
 
 
 def decode_ids(encoded: Any, stored: Sequence[str], path: Any) -> list[Hashable]:
-    """IDs of their original type from :func:`encode_ids`'s list, checked against the IDs ``stored``
-    as strings in the file (one per individual, in order)."""
+    """IDs of their original type from :func:`encode_ids`'s list.
+
+    Checked against the IDs ``stored`` as strings in the file (one per individual, in order).
+    """
     if not isinstance(encoded, list) or len(encoded) != len(stored):
         raise ModelFileError(path, "config.ids", f"expected a list of {len(stored)} ID(s), got {_short(encoded)}")
     ids = []
@@ -150,19 +156,23 @@ def config_value(config: dict, key: str, kinds: tuple, path: Any, *, check: Call
 
 def checked_array(values: Any, path: Any, field: str, *, shape: tuple | None = None, finite: bool = True,
                   low: float | None = None, high: float | None = None) -> np.ndarray:
-    """A float64 array with the given ``shape`` (``None`` entries: any size), finite, within
-    ``[low, high]`` where given."""
+    """A checked float64 array with the given ``shape`` (``None`` entries: any size).
+
+    Its values must be finite, and within ``[low, high]`` where given.
+    """
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise ModelFileError(path, field, f"not numeric ({_short(values)})") from None
-    if shape is not None and (array.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape, strict=True))):
+    if shape is not None and (array.ndim != len(shape) or any(
+            s is not None and s != a for s, a in zip(shape, array.shape, strict=True))):
         want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
         raise ModelFileError(path, field, f"expected shape {want}, got {array.shape}")
     if finite and not np.all(np.isfinite(array)):
         raise ModelFileError(path, field, f"{int(np.sum(~np.isfinite(array)))} NaN/inf value(s)")
     if low is not None and np.any(array < low) or high is not None and np.any(array > high):
-        raise ModelFileError(path, field, f"values outside [{low}, {high}] (min {np.min(array):.3g}, max {np.max(array):.3g})")
+        raise ModelFileError(path, field,
+                             f"values outside [{low}, {high}] (min {np.min(array):.3g}, max {np.max(array):.3g})")
     return array
 
 
@@ -177,8 +187,11 @@ KERNEL_RTOL = 1e-8
 
 
 def kernel_values(kernel: Any, log_params: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``k(points, points)`` at the log HP ``log_params``: a fingerprint of the kernel saved with a fit,
-    so that a different kernel passed at load (same parameter names, other function) is detected."""
+    """``k(points, points)`` at the log HP ``log_params``.
+
+    A fingerprint of the kernel saved with a fit, so that a different kernel passed at load (same parameter names, other
+    function) is detected.
+    """
     return np.asarray(_kernel_function(kernel)(np.asarray(log_params, dtype=float), np.asarray(points, dtype=float)))
 
 
@@ -194,13 +207,15 @@ def _kernel_function(kernel: Any):
 
 
 def check_kernel_values(kernel: Any, record: Any, path: Any, role: str) -> None:
-    """Compare ``kernel`` with the values saved by :func:`kernel_values` (``record``: dict with
-    ``log_params``, ``points``, ``values``); a mismatch is a ``ValueError`` naming the role."""
+    """Compare ``kernel`` with the values saved by :func:`kernel_values`.
+
+    ``record``: dict with ``log_params``, ``points``, ``values``; a mismatch is a ``ValueError`` naming the role.
+    """
     if record is None:
         return  # files written before fingerprints were recorded
     try:
-        log_params = checked_array(record["log_params"], path, f"config.{role}_values.log_params", shape=(kernel.n_params,),
-                                   low=-700.0, high=700.0)
+        log_params = checked_array(record["log_params"], path, f"config.{role}_values.log_params",
+                                   shape=(kernel.n_params,), low=-700.0, high=700.0)
         points = checked_array(record["points"], path, f"config.{role}_values.points", shape=(None, kernel.input_dim))
         saved = checked_array(record["values"], path, f"config.{role}_values.values", shape=(len(points), len(points)))
     except (KeyError, TypeError):

@@ -36,9 +36,11 @@ SAMPLED_METHODS = ("nuts", "laplace", "advi", "fullrank_advi")
 
 
 def log_draws(tree: xr.DataTree, thin: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Thinned log-HP draws ``(C, D, P0)`` and ``(C, D, [M,] P + 1)`` of a sampled fit (variables
-    ``log_mu0_hp``, ``log_hp``: :mod:`magma_pymc.model`, in the ``unconstrained_posterior`` group,
-    or in ``posterior`` for trees saved before that group existed)."""
+    """Thinned log-HP draws ``(C, D, P0)`` and ``(C, D, [M,] P + 1)`` of a sampled fit.
+
+    Variables ``log_mu0_hp``, ``log_hp`` (:mod:`magma_pymc.model`), in the ``unconstrained_posterior`` group, or in
+    ``posterior`` for trees saved before that group existed.
+    """
     group = "unconstrained_posterior" if "unconstrained_posterior" in tree.children else "posterior"
     post = tree[group]
     mean_log = post[MEAN_LOG_HP].transpose("chain", "draw", "mean_hp").values[:, ::thin]
@@ -121,6 +123,7 @@ class FitResult:
 
     @property
     def jitter(self) -> float:
+        """The jitter of the point estimate."""
         return self.point.jitter
 
     def components(self) -> Iterator[tuple[float, EMState]]:

@@ -1,5 +1,6 @@
-r"""Guards before a fit that would be very costly or ill-posed: the per-iteration cost of the exact
-model, and inducing points that do not fit the data.
+r"""Guards before a fit that would be very costly or ill-posed.
+
+The per-iteration cost of the exact model, and inducing points that do not fit the data.
 
 Cost model of one EM iteration of the exact model on a union grid of :math:`N` inputs, with the
 individuals in size buckets (:mod:`magma_pymc.batches`, :math:`B_k` individuals padded to
@@ -37,16 +38,20 @@ WARN_BYTES = 4e9
 
 
 def iteration_cost(n_grid: int, bucket_sizes: list[tuple[int, int]]) -> tuple[float, float]:
-    """Estimated ``(seconds, bytes)`` of one EM iteration (module docstring); ``bucket_sizes`` lists
-    ``(B_k, n_k)``."""
+    """Estimated ``(seconds, bytes)`` of one EM iteration (module docstring).
+
+    ``bucket_sizes`` lists ``(B_k, n_k)``.
+    """
     cubes = float(n_grid) ** 3 + sum(b * float(n) ** 3 for b, n in bucket_sizes)
     squares = float(n_grid) ** 2 + sum(b * float(n) ** 2 for b, n in bucket_sizes)
     return SECONDS_PER_CUBE * cubes, BYTES_PER_SQUARE * squares
 
 
 def warn_if_costly(n_grid: int, bucket_sizes: list[tuple[int, int]], *, projected: bool) -> tuple[float, float]:
-    """:class:`PerformanceWarning` before an iteration estimated above :data:`WARN_SECONDS` or
-    :data:`WARN_BYTES`, naming the way out (``inducing=``); returns the estimate."""
+    """:class:`PerformanceWarning` before an iteration estimated above :data:`WARN_SECONDS` or :data:`WARN_BYTES`.
+
+    The warning names the way out (``inducing=``); returns the estimate.
+    """
     seconds, size = iteration_cost(n_grid, bucket_sizes)
     if seconds > WARN_SECONDS or size > WARN_BYTES:
         grid_part = (f"{n_grid} inducing points" if projected else f"an exact union grid of {n_grid} distinct inputs")
@@ -59,10 +64,11 @@ def warn_if_costly(n_grid: int, bucket_sizes: list[tuple[int, int]], *, projecte
 
 
 def check_inducing_points(inducing: int | np.ndarray, grid: np.ndarray) -> None:
-    """Refuse more inducing points than distinct training inputs (the exact model is then cheaper and
-    exact), and warn when many training inputs lie outside the inducing points' box: there the
-    projected mean process is near its prior and the data barely inform its HP (evenly spaced
-    points, an int, span the data by construction)."""
+    """Refuse more inducing points than distinct training inputs (the exact model is then cheaper and exact).
+
+    Also warn when many training inputs lie outside the inducing points' box: there the projected mean process is near
+    its prior and the data barely inform its HP (evenly spaced points, an int, span the data by construction).
+    """
     n_points, n_grid = (inducing if isinstance(inducing, int) else len(inducing)), len(grid)
     if n_points > n_grid:
         asked = f"inducing={inducing}" if isinstance(inducing, int) else f"{n_points} inducing points"

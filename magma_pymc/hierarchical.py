@@ -86,8 +86,10 @@ def hierarchical_log_hp(
 
 
 def hierarchical_prior(centre: np.ndarray, **options) -> Callable[[str, tuple[str, ...]], TensorVariable]:
-    """A prior factory ``(name, dims) -> variable`` for the individuals' log HP (``priors={"hp": ...}``)
-    declaring :func:`hierarchical_log_hp` with ``centre`` and ``options``."""
+    """A prior factory ``(name, dims) -> variable`` for the individuals' log HP (``priors={"hp": ...}``).
+
+    It declares :func:`hierarchical_log_hp` with ``centre`` and ``options``.
+    """
 
     def factory(name: str, dims: tuple[str, ...]) -> TensorVariable:
         if len(dims) != 2:

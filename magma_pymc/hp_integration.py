@@ -72,6 +72,7 @@ class PopulationPrior:
 
     @functools.cached_property
     def chol(self) -> np.ndarray:
+        """Lower Cholesky factor of the covariance."""
         return np.linalg.cholesky(self.cov)
 
     @classmethod
@@ -98,7 +99,7 @@ class PopulationPrior:
         return cls(log_params.mean(axis=0), cov + ridge * np.eye(p), diagonal)
 
     def log_density(self, x: np.ndarray) -> np.ndarray:
-        """:math:`\\log\\mathcal N(x; \\bar x, S)` for ``x`` ``(S, P + 1)``."""
+        r""":math:`\log\mathcal N(x; \bar x, S)` for ``x`` ``(S, P + 1)``."""
         white = np.linalg.solve(self.chol, (np.atleast_2d(x) - self.mean).T)
         return -0.5 * (white**2).sum(axis=0) - np.log(np.diag(self.chol)).sum() - 0.5 * len(self.mean) * _LOG_2PI
 
@@ -145,8 +146,11 @@ def log_likelihoods(
     kernel: Kernel, log_params: np.ndarray, obs_inputs: np.ndarray, obs_outputs: np.ndarray,
     obs_mean: np.ndarray, obs_cov: np.ndarray, jitter: float, mode: str = DEFAULT_MODE,
 ) -> np.ndarray:
-    r""":math:`\log\mathcal N(y_*; \hat m(t_*), \hat K(t_*,t_*) + C_{x_s} + (\sigma_s^2 + j) I)` for each row
-    :math:`x_s` of ``log_params`` ``(S, P + 1)``; ``-inf`` where the covariance does not factorise."""
+    r"""Log marginal likelihood of the new individual's points at each row of ``log_params``.
+
+    :math:`\log\mathcal N(y_*; \hat m(t_*), \hat K(t_*,t_*) + C_{x_s} + (\sigma_s^2 + j) I)` for each row :math:`x_s` of
+    ``log_params`` ``(S, P + 1)``; ``-inf`` where the covariance does not factorise.
+    """
     n = len(obs_outputs)
     gamma = obs_cov[None] + _covariances(kernel, obs_inputs, log_params, mode)
     gamma[:, np.arange(n), np.arange(n)] += (np.exp(log_params[:, -1]) + jitter)[:, None]
@@ -159,8 +163,10 @@ def log_likelihoods(
 
 # -------------------------------------------------------------------------------- draws
 def _hessian(log_density: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = 1e-3) -> np.ndarray:
-    r"""Hessian of :math:`-` ``log_density`` at ``x`` by central differences of values, all
-    :math:`1 + 2p^2` points in one batched call of ``log_density`` (rows in, values out)."""
+    r"""Hessian of :math:`-` ``log_density`` at ``x`` by central differences of values.
+
+    All :math:`1 + 2p^2` points in one batched call of ``log_density`` (rows in, values out).
+    """
     p = len(x)
     eye = step * np.eye(p)
     pairs = [(i, j) for i in range(p) for j in range(i + 1, p)]
@@ -176,8 +182,10 @@ def _hessian(log_density: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ste
 
 
 def _laplace_cov(hessian: np.ndarray, prior: PopulationPrior) -> np.ndarray:
-    """Inverse of the posterior Hessian with eigenvalues floored at the prior precision's smallest
-    (a likelihood that is locally convex the wrong way must not make the proposal wider than the prior)."""
+    """Inverse of the posterior Hessian with eigenvalues floored at the prior precision's smallest.
+
+    A likelihood that is locally convex the wrong way must not make the proposal wider than the prior.
+    """
     floor = 1.0 / np.linalg.eigvalsh(prior.cov).max()
     values, vectors = np.linalg.eigh(hessian)
     values = np.maximum(values, floor)
@@ -291,7 +299,8 @@ def conditional_predictions(
     gamma = joint_cov[None] + _covariances(kernel, joint_inputs, log_params, mode)
     noise = np.exp(log_params[:, -1])
     if n_obs == 0:
-        return ComponentPredictions(np.broadcast_to(joint_mean, (len(log_params), len(joint_mean))).copy(), gamma, noise)
+        means = np.broadcast_to(joint_mean, (len(log_params), len(joint_mean))).copy()
+        return ComponentPredictions(means, gamma, noise)
     g_oo = gamma[:, :n_obs, :n_obs].copy()
     g_oo[:, np.arange(n_obs), np.arange(n_obs)] += (noise + jitter)[:, None]
     chol, ok = _cholesky(g_oo)

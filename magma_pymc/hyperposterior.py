@@ -116,6 +116,7 @@ def log_diagonal_sum(chol: TensorVariable) -> TensorVariable:
 
 
 def with_jitter(matrix: TensorVariable, jitter: TensorVariable) -> TensorVariable:
+    """``matrix`` plus ``jitter`` on its (last two axes') diagonal."""
     return matrix + jitter * pt.eye(matrix.shape[-1])
 
 
@@ -284,6 +285,7 @@ def build_estep_common(
 
 
 def finish_estep_matrices(chol_prior, b_matrix, c, quad_residuals, half_logdet_psi, n_obs) -> EStep:
+    """The E-step's outputs from :math:`L_0`, :math:`B`, :math:`c` and the data terms (module docstring)."""
     chol_b = cholesky(b_matrix, lower=True)
     u = solve_triangular(chol_b, c, lower=True, b_ndim=1)
     alpha = solve_triangular(chol_b.T, u, lower=False, b_ndim=1)

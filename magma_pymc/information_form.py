@@ -58,7 +58,9 @@ class DataPrecision(NamedTuple):
 def build_data_precision(
     individual_kernel: Kernel, individual_log_params: TensorVariable, data: TrainingTensors
 ) -> DataPrecision:
-    r"""Information-form summary of the data about :math:`\mu_0` (:class:`DataPrecision`), cost :math:`O(\sum_i N_i^3 + N^2)`.
+    r"""Information-form summary of the data about :math:`\mu_0` (:class:`DataPrecision`).
+
+    Cost :math:`O(\sum_i N_i^3 + N^2)`.
 
     With :math:`A_i = L_{\Psi_i}^{-1}` (a triangular solve against the identity),
     :math:`\Psi_i^{-1} = A_i^\top A_i` is positive semi-definite by construction, and the blocks are

@@ -14,7 +14,6 @@ All values are relative to the output variance (the unit of every covariance), e
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 
@@ -22,8 +21,6 @@ from magma_pymc.exceptions import NumericalWarning
 from magma_pymc.exceptions import warn as _warn
 
 __all__ = ["JITTER_DEFAULT", "JITTER_MAX", "SAMPLING_JITTER", "MODEL_JITTER", "smallest_working_jitter"]
-
-Result = TypeVar("Result")
 
 #: Jitter, relative to the output variance, tried first on every factorised covariance.
 JITTER_DEFAULT = 1e-10
@@ -35,7 +32,7 @@ SAMPLING_JITTER = 1e-8
 MODEL_JITTER = 1e-8
 
 
-def smallest_working_jitter(
+def smallest_working_jitter[Result](
     attempt: Callable[[float], Result | None], jitter: float, output_scale: float, failure: Callable[[float], str]
 ) -> tuple[Result, float]:
     """``(attempt(j), j)`` for the smallest working ``j`` of ``jitter, 10 jitter, 100 jitter, ...``.

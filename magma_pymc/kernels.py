@@ -91,9 +91,11 @@ class Kernel:
         self._check_structure()
 
     def _check_structure(self) -> None:
-        """Call the factory on symbolic HP (nothing is compiled): it must return a ``pm.gp.cov``
-        covariance acting on exactly ``input_dim`` columns, every active dimension among them.
-        A mismatch would otherwise fail deep inside a graph or, worse, silently ignore columns."""
+        """Call the factory on symbolic HP (nothing is compiled).
+
+        It must return a ``pm.gp.cov`` covariance acting on exactly ``input_dim`` columns, every active dimension among
+        them. A mismatch would otherwise fail deep inside a graph or, worse, silently ignore columns.
+        """
         try:
             cov = self.factory(**{name: pt.scalar(name, dtype="float64") for name in self.names})
         except Exception as err:

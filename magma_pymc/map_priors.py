@@ -13,8 +13,10 @@ __all__ = ["compile_log_priors"]
 
 
 def compile_log_priors(spec: ModelSpec, priors: Mapping[str, LogPriorFactory] | None):
-    """``(mean_fn, individual_fn)``: each maps a block of log HP to (log prior density, gradient),
-    the priors of :func:`magma_pymc.model.log_hp_variables` (EM's MAP mode, ``fit(..., priors=...)``).
+    """``(mean_fn, individual_fn)``.
+
+    Each maps a block of log HP to (log prior density, gradient), the priors of
+    :func:`magma_pymc.model.log_hp_variables` (EM's MAP mode, ``fit(..., priors=...)``).
 
     The priors must be distributions on the log HP themselves (no PyMC transform), since EM
     optimises the log HP directly.

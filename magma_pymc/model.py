@@ -58,10 +58,12 @@ def hp_coords(spec: ModelSpec) -> dict:
 
 def log_hp_variables(spec: ModelSpec, priors: Mapping[str, LogPriorFactory] | None = None, *,
                      deterministics: bool = True):
-    r"""Declare (inside a ``pm.Model`` with :func:`hp_coords`) the log-HP variables ``log_mu0_hp``
-    and ``log_hp`` with ``priors``' factories or the default :math:`\mathcal N(c, 2^2)` around
-    ``spec.centres``, and (``deterministics``) the natural-scale HP ``mu0_<name>``, ``<name>``.
-    Shared by the declared model, the marginal model NUTS samples, and EM's MAP priors."""
+    r"""Declare (inside a ``pm.Model`` with :func:`hp_coords`) the log-HP variables ``log_mu0_hp`` and ``log_hp``.
+
+    Their priors are ``priors``' factories or the default :math:`\mathcal N(c, 2^2)` around ``spec.centres``; with
+    ``deterministics``, the natural-scale HP ``mu0_<name>``, ``<name>`` too. Shared by the declared model, the marginal
+    model NUTS samples, and EM's MAP priors.
+    """
     priors = dict(priors or {})
     mean_centre, centre = spec.centres
     default_mean = lambda name, dims: pm.Normal(name, mu=mean_centre, sigma=PRIOR_SD, dims=dims)  # noqa: E731

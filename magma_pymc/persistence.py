@@ -34,8 +34,8 @@ from magma_pymc.files import (
 from magma_pymc.fit_result import SAMPLED_METHODS, FitResult, flat_log_draws
 from magma_pymc.kernels import Kernel, Matern52, SquaredExponential
 
-__all__ = ["save_result", "read_result", "check_kernels", "SavedFit", "settings_record", "settings_from_record", "kernel_record",
-           "kernel_from_record", "FORMAT_VERSION"]
+__all__ = ["save_result", "read_result", "check_kernels", "SavedFit", "settings_record", "settings_from_record",
+           "kernel_record", "kernel_from_record", "FORMAT_VERSION"]
 
 #: Version of the file layout; files with another major version are refused.
 FORMAT_VERSION = "1.1"  # 1.1: IDs with their types, kernel values, checked on load
@@ -73,9 +73,11 @@ def kernel_from_record(record: dict, given: Kernel | None, role: str) -> Kernel:
 
 
 def settings_record(settings: dict[str, Any], prior_mean: Any, input_names: tuple[str, ...]) -> dict:
-    """JSON-serialisable record of an estimator's settings (``Magma.get_params()``): kernels by
-    :func:`kernel_record`, the prior mean by value (``None`` for a callable, which is code), the
-    inducing points as a list; ``compile_mode`` is left out (it belongs to the machine, not the model)."""
+    """JSON-serialisable record of an estimator's settings (``Magma.get_params()``).
+
+    Kernels by :func:`kernel_record`, the prior mean by value (``None`` for a callable, which is code), the inducing
+    points as a list; ``compile_mode`` is left out (it belongs to the machine, not the model).
+    """
     inducing = settings["inducing"]
     record = {k: v for k, v in settings.items() if k not in ("mean_kernel", "kernel", "prior_mean", "compile_mode")}
     record.update(
@@ -90,8 +92,10 @@ def settings_record(settings: dict[str, Any], prior_mean: Any, input_names: tupl
 
 def settings_from_record(record: dict, *, mean_kernel: Kernel | None = None, kernel: Kernel | None = None,
                          prior_mean: Any = None) -> dict[str, Any]:
-    """The estimator's keyword arguments from :func:`settings_record`'s record; custom kernels and a
-    callable prior mean, which a file cannot hold, must be given again."""
+    """The estimator's keyword arguments from :func:`settings_record`'s record.
+
+    Custom kernels and a callable prior mean, which a file cannot hold, must be given again.
+    """
     if record["prior_mean"] is None and prior_mean is None:
         raise ValueError("the saved model used a callable prior mean: pass it again, Magma.load(path, prior_mean=...)")
     return dict(
@@ -125,8 +129,9 @@ class SavedFit(NamedTuple):
 
 
 def save_result(result: FitResult, path: str | PathLike, config: dict) -> None:
-    """Write ``result`` and the JSON-serialisable ``config`` to netCDF (``h5netcdf`` engine), atomically:
-    a temporary file in the same folder renamed over ``path`` (:func:`magma_pymc.files.atomic_write`).
+    """Write ``result`` and the JSON-serialisable ``config`` to netCDF (``h5netcdf`` engine), atomically.
+
+    A temporary file in the same folder renamed over ``path`` (:func:`magma_pymc.files.atomic_write`).
 
     ``config`` gains the IDs with their types (:func:`magma_pymc.files.encode_ids`) and each kernel's
     values at the fitted HP on a few training inputs, which :func:`check_kernels` compares at load.
@@ -191,7 +196,8 @@ def read_result(path: str | PathLike) -> SavedFit:
         if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
             raise ModelFileError(
                 path, field,
-                f"file layout version {version!r} (written by magma_pymc {tree.attrs.get('magma_pymc_version', 'unknown')}) "
+                f"file layout version {version!r} "
+                f"(written by magma_pymc {tree.attrs.get('magma_pymc_version', 'unknown')}) "
                 f"is not compatible with this magma_pymc, which reads layout {FORMAT_VERSION}",
             )
         field = "config"

@@ -42,7 +42,7 @@ CHUNK = 2048
 
 
 class EStepFactors(NamedTuple):
-    """What the hyper-posterior at new inputs needs from an E-step: :math:`L_0`, :math:`L_B`, :math:`\\alpha`."""
+    r"""What the hyper-posterior at new inputs needs from an E-step: :math:`L_0`, :math:`L_B`, :math:`\alpha`."""
 
     chol_prior: np.ndarray
     chol_b: np.ndarray
@@ -50,7 +50,7 @@ class EStepFactors(NamedTuple):
 
 
 class MeanProcessParts(NamedTuple):
-    """Centred hyper-posterior of :math:`\\mu_0` at observed inputs (full) and prediction inputs (diagonal)."""
+    r"""Centred hyper-posterior of :math:`\mu_0` at observed inputs (full) and prediction inputs (diagonal)."""
 
     mean_obs: np.ndarray    # (n_*,)  mhat - m0 at t_*
     cov_obs: np.ndarray     # (n_*, n_*)
@@ -86,7 +86,8 @@ def mean_process_parts(mean_kernel: Kernel, mode: str, mean_log_params: np.ndarr
     """:class:`MeanProcessParts` (module docstring), prediction inputs in chunks of ``chunk``."""
     parts = _parts_function(mean_kernel, mode)
     starts = range(0, max(len(pred_inputs), 1), chunk)
-    pieces = [[np.asarray(v) for v in parts(mean_log_params, grid, *factors, obs_inputs, pred_inputs[s:s + chunk], jitter)]
+    pieces = [[np.asarray(v)
+               for v in parts(mean_log_params, grid, *factors, obs_inputs, pred_inputs[s:s + chunk], jitter)]
               for s in starts]
     mean_obs, cov_obs = pieces[0][0], pieces[0][1]
     return MeanProcessParts(mean_obs, cov_obs, *(np.concatenate([p[k] for p in pieces], axis=-1) for k in (2, 3, 4)))
@@ -117,8 +118,10 @@ def _predictive_function(kernel: Kernel, mode: str):
 def predictive_diagonal(kernel: Kernel, mode: str, log_params: np.ndarray, obs_inputs: np.ndarray,
                         obs_outputs: np.ndarray, pred_inputs: np.ndarray, mean_obs: np.ndarray,
                         parts: MeanProcessParts, jitter: float, *, chunk: int = CHUNK) -> tuple:
-    """``(mean, latent_variance, predictive_variance)`` at ``pred_inputs`` (module docstring);
-    ``mean_obs`` and the parts' means include the prior mean :math:`m_0`."""
+    """``(mean, latent_variance, predictive_variance)`` at ``pred_inputs`` (module docstring).
+
+    ``mean_obs`` and the parts' means include the prior mean :math:`m_0`.
+    """
     function = _predictive_function(kernel, mode)
     pieces = [
         [np.asarray(v) for v in function(log_params, obs_inputs, obs_outputs, pred_inputs[s:s + chunk], mean_obs,

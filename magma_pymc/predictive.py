@@ -58,14 +58,19 @@ def _factors(problem, state) -> EStepFactors:
 
 
 def _mean_process(problem, state, obs_inputs: np.ndarray, pred_inputs: np.ndarray):
-    r"""Centred :math:`\mu_0` hyper-posterior parts of one component (:class:`~magma_pymc.predict_diag.MeanProcessParts`)."""
+    r"""Centred :math:`\mu_0` hyper-posterior parts of one component.
+
+    The parts are :class:`~magma_pymc.predict_diag.MeanProcessParts`.
+    """
     return mean_process_parts(problem.graphs.mean_kernel, problem.graphs.mode, state.mean_log_params,
                               problem.data_args.grid, _factors(problem, state), obs_inputs, pred_inputs, state.jitter)
 
 
 def hyperposterior(result: FitResult, inputs: np.ndarray, *, prob: float = 0.95) -> xr.Dataset:
-    """Mixture hyper-posterior of :math:`\\mu_0` at ``(n, d)`` ``inputs``: ``mean``, ``variance``,
-    ``lower``/``upper`` (exact mixture quantiles), ``cov``; ``attrs["n_draws"]``."""
+    r"""Mixture hyper-posterior of :math:`\mu_0` at ``(n, d)`` ``inputs``.
+
+    ``mean``, ``variance``, ``lower``/``upper`` (exact mixture quantiles), ``cov``; ``attrs["n_draws"]``.
+    """
     probs = _interval_probs(prob)
     problem, m0 = result.problem, result.prior_mean(inputs)
     mixture = GaussianMixture()

@@ -1,7 +1,7 @@
-"""From validated training data to the :class:`~magma_pymc.em.Problem` every inference method solves.
+r"""From validated training data to the :class:`~magma_pymc.em.Problem` every inference method solves.
 
 The problem fixes the model structure (compiled graphs for common/different HP, common/uncommon
-grid, exact or projected :math:`\\mu_0`), the numeric arrays the graphs take
+grid, exact or projected :math:`\mu_0`), the numeric arrays the graphs take
 (:class:`~magma_pymc.em.TrainingArrays`, outputs centred on the prior mean :math:`m_0`) and the
 box constraints of the log HP, in units of the data (:func:`magma_pymc.settings.scales`).
 """
@@ -43,9 +43,11 @@ def build_problem(
     inducing: int | np.ndarray | None,
     mean_step: str,
 ) -> Problem:
-    """The problem of fitting ``train`` (module docstring): residuals :math:`y - m_0`, bounds of the
-    mean-process HP (``mean_kernel.log_bounds``), of each individual's HP (``kernel.log_bounds`` and
-    the noise in :math:`[10^{-8}, 10^4]` times the output variance)."""
+    """The problem of fitting ``train`` (module docstring).
+
+    Residuals :math:`y - m_0`, bounds of the mean-process HP (``mean_kernel.log_bounds``), of each individual's HP
+    (``kernel.log_bounds`` and the noise in :math:`[10^{-8}, 10^4]` times the output variance).
+    """
     projected = inducing is not None
     graphs = graphs_for(
         mean_kernel, kernel, common_hp=common_hp, common_grid=train.common_grid, mode=compile_mode, projected=projected

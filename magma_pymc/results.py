@@ -21,8 +21,8 @@ import xarray as xr
 from scipy import stats
 
 from magma_pymc.data import TrainingData
-from magma_pymc.validation import check_prob
 from magma_pymc.params import NOISE
+from magma_pymc.validation import check_prob
 
 __all__ = ["MEAN_PREFIX", "hp_dataset", "hyperposterior_dataset", "observed_dataset", "training_datatree",
            "input_coords", "gaussian_dataset", "latent_bounds", "em_datatree"]

@@ -1,4 +1,6 @@
-r"""Full-Bayesian MAGMA: NUTS over the hyper-parameters, :math:`\mu_0` integrated out (theory page, *Marginal likelihood*).
+r"""Full-Bayesian MAGMA: NUTS over the hyper-parameters, :math:`\mu_0` integrated out.
+
+See the theory page, *Marginal likelihood*.
 
 Target. With :math:`\Theta = (\theta_0, \theta_i, \sigma_i^2)` on the log scale,
 
@@ -87,8 +89,9 @@ def build_marginal_model(
     spec: ModelSpec, problem: Problem, jitter: float, priors: Mapping[str, LogPriorFactory] | None = None, *,
     hierarchical: bool | None = False, likelihood: str = "closed_form",
 ) -> pm.Model:
-    r"""PyMC model of the log HP with :math:`\mu_0` marginalised (module docstring;
-    :func:`magma_pymc.marginal_model.sampling_model`).
+    r"""PyMC model of the log HP with :math:`\mu_0` marginalised.
+
+    See the module docstring and :func:`magma_pymc.marginal_model.sampling_model`.
 
     Free variables ``log_mu0_hp`` (dims ``mean_hp``) and ``log_hp`` (dims ``hp``, or
     ``(individual, hp)`` for different HP; with the population layer, a Deterministic of
@@ -203,13 +206,14 @@ def fit_approximation(
     hierarchical: bool | None = None, likelihood: str = "closed_form", n: int = 20000, progressbar: bool = False,
     compile_mode: str | None = None,
 ) -> FitResult:
-    """A Laplace approximation at the MAP (``method="laplace"``) or ADVI (``"advi"``, ``"fullrank_advi"``,
-    ``n`` iterations) of the posterior NUTS samples (:mod:`magma_pymc.approximations`), as a
-    :class:`FitResult` of ``draws`` draws (one chain) with the same tree groups as :func:`fit_nuts`
-    except ``sample_stats``. The Laplace MAP search starts from ``state`` if ``initial``, else from
-    EM's optimum (the MAP under independent priors, the maximum likelihood under a population layer,
-    which EM cannot optimise): the posterior can have several modes, and the prior centre may sit in
-    the basin of a worse one."""
+    """A Laplace approximation at the MAP or ADVI of the posterior NUTS samples, as a :class:`FitResult`.
+
+    ``method="laplace"``, ``"advi"`` or ``"fullrank_advi"`` (``n`` iterations; :mod:`magma_pymc.approximations`);
+    ``draws`` draws (one chain) with the same tree groups as :func:`fit_nuts` except ``sample_stats``. The Laplace MAP
+    search starts from ``state`` if ``initial``, else from EM's optimum (the MAP under independent priors, the maximum
+    likelihood under a population layer, which EM cannot optimise): the posterior can have several modes, and the prior
+    centre may sit in the basin of a worse one.
+    """
     if method not in APPROXIMATIONS:
         raise ValueError(f"method must be one of {APPROXIMATIONS}, got {method!r}")
     if thin < 1 or int(thin) != thin:
@@ -239,7 +243,7 @@ def _hyperposterior_group(
     problem: Problem, data: TrainingData, prior_mean, tree: xr.DataTree, mean_log: np.ndarray,
     log_params: np.ndarray, thin: int, jitter: float,
 ) -> xr.Dataset:
-    """Per-draw E-step means of :math:`\\mu_0` on the grid and their mixture mean/covariance."""
+    r"""Per-draw E-step means of :math:`\mu_0` on the grid and their mixture mean/covariance."""
     grid = problem.data_args.grid  # the union grid, or the inducing points
     chains, draws = mean_log.shape[:2]
     mixture = GaussianMixture()

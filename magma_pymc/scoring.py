@@ -62,8 +62,10 @@ def mixture_cdf(y, weights, means, sds) -> np.ndarray:
 
 
 def central_interval(level: float, weights, means, sds) -> tuple[np.ndarray, np.ndarray]:
-    r"""Central interval of mass ``level`` of the marginal mixtures: :math:`F^{-1}((1 \mp \text{level})/2)`
-    (exact quantiles, :func:`magma_pymc.mixture.mixture_quantiles`)."""
+    r"""Central interval of mass ``level`` of the marginal mixtures.
+
+    :math:`F^{-1}((1 \mp \text{level})/2)` (exact quantiles, :func:`magma_pymc.mixture.mixture_quantiles`).
+    """
     level = check_level(level, "level")
     w, m, s = _as_mixture(weights, means, sds)
     lower, upper = mixture_quantiles(m, s**2, ((1 - level) / 2, (1 + level) / 2), w)

@@ -31,6 +31,7 @@ class Constant:
         self.value = value
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """The constant at each row of ``inputs``."""
         return np.full(np.shape(inputs)[0], self.value)
 
     def __repr__(self) -> str:
@@ -44,6 +45,7 @@ class CheckedPriorMean:
         self.function = function
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """The function at ``inputs`` (a copy), checked: one finite value per row."""
         n = np.shape(inputs)[0]
         # A copy: the function may modify its argument in place, which must not reach the data.
         values = np.asarray(self.function(np.array(inputs, dtype=float, copy=True)), dtype=float)
@@ -102,8 +104,11 @@ def check_kernels(mean_kernel: Kernel, kernel: Kernel, train: TrainingData) -> N
 
 def initial_log_params(mean_kernel: Kernel, kernel: Kernel, train: TrainingData,
                        common_hp: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Data-driven starting log HP: variances at the output variance (noise at a tenth of it),
-    lengthscales at a tenth of the input range, others at 1; a kernel's ``initial`` values first."""
+    """Data-driven starting log HP.
+
+    Variances at the output variance (noise at a tenth of it), lengthscales at a tenth of the input range, others at 1;
+    a kernel's ``initial`` values first.
+    """
     input_range, output_var = scales(train)
     mean_log = mean_kernel.initial_log_params(input_range, output_var)
     log_params = np.append(kernel.initial_log_params(input_range, output_var), np.log(0.1 * output_var))
@@ -152,7 +157,8 @@ def warn_far_inputs(inputs: np.ndarray, span: float, names: tuple[str, ...], whe
     far = size > FAR_INPUTS * span
     if far.any():
         _warn(
-            f"{where}: input(s) {[n for n, f in zip(names, far, strict=True) if f]} reach {float(np.max(size[far])):.3g}, more "
+            f"{where}: input(s) {[n for n, f in zip(names, far, strict=True) if f]} "
+            f"reach {float(np.max(size[far])):.3g}, more "
             f"than {FAR_INPUTS:g} times the training input range {span:.3g}: kernel distances lose precision "
             "(|x|^2 + |y|^2 - 2xy); shift the inputs towards 0 (e.g. subtract the first training input)",
             NumericalWarning,
@@ -177,8 +183,11 @@ def scales(train: TrainingData) -> tuple[float, float]:
 
 
 def resolve_prior_mean(prior_mean: Any, train: TrainingData) -> Callable[[np.ndarray], np.ndarray]:
-    """:math:`m_0` as a checked function: ``None`` -> the mean of all training outputs (a :class:`Constant`),
-    a number -> :class:`Constant`, a callable -> :class:`CheckedPriorMean`."""
+    """:math:`m_0` as a checked function.
+
+    ``None`` -> the mean of all training outputs (a :class:`Constant`), a number -> :class:`Constant`, a callable ->
+    :class:`CheckedPriorMean`.
+    """
     if prior_mean is None:
         return Constant(float(np.concatenate([ind.outputs for ind in train.individuals]).mean()))
     if callable(prior_mean):
@@ -198,10 +207,12 @@ _AT_BOUND = 1e-4
 
 def warn_hp_at_bounds(state: EMState, problem: Problem, mean_names: tuple[str, ...], names: tuple[str, ...],
                       ids: tuple | None) -> list[str]:
-    """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint (a
-    start far from any optimum, or HP the data do not identify); returns their descriptions.
-    ``names``: the individual HP (kernel parameters, then noise); ``ids``: the individuals' IDs
-    (``None`` for common HP)."""
+    """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint.
+
+    Such an HP hints at a start far from any optimum, or HP the data do not identify; returns their descriptions.
+    ``names``: the individual HP (kernel parameters, then noise); ``ids``: the individuals' IDs (``None`` for common
+    HP).
+    """
     blocks = [("", [f"mu0_{n}" for n in mean_names], state.mean_log_params, problem.mean_bounds)]
     rows = np.reshape(state.log_params, (-1, len(names)))
     bounds = np.reshape(problem.bounds, (len(rows), len(names), 2))

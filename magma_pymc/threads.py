@@ -44,6 +44,7 @@ class PerThreadFunction:
         return copy
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call this thread's copy of the function."""
         return self._for_this_thread()(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # maker, inputs, ... of the underlying function

@@ -1,5 +1,8 @@
-"""Checks of user arguments shared by several modules: probabilities, counts, ID kinds, column roles
-and data containers. Each raises early with a message naming the argument and the value."""
+"""Checks of user arguments shared by several modules.
+
+Probabilities, counts, ID kinds, column roles and data containers. Each raises early with a message naming the argument
+and the value.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ def check_count(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def id_kind(value: Any) -> str:
-    """``"bool"``, ``"number"``, ``"string"`` or the type's name: IDs of different kinds may compare
-    equal (``True == 1``) or print alike (``1`` and ``"1"``)."""
+    """``"bool"``, ``"number"``, ``"string"`` or the type's name.
+
+    IDs of different kinds may compare equal (``True == 1``) or print alike (``1`` and ``"1"``).
+    """
     if isinstance(value, (bool, np.bool_)):
         return "bool"
     if isinstance(value, numbers.Number):
@@ -37,8 +42,10 @@ def id_kind(value: Any) -> str:
 
 
 def check_id_kinds(ids: Iterable[Hashable], field: str, error: type[Exception] = ValueError) -> None:
-    """Refuse IDs of more than one kind (:func:`id_kind`), with one example of each, and string IDs
-    that are not valid Unicode."""
+    """Refuse IDs of more than one kind (:func:`id_kind`), and string IDs that are not valid Unicode.
+
+    The message gives one example of each kind.
+    """
     kinds: dict[str, Any] = {}
     for value in ids:
         kinds.setdefault(id_kind(value), value)
@@ -64,12 +71,15 @@ def check_column_roles(id_col: Any, input_cols: Sequence[Any] | None, output_col
     for col in input_cols or ():
         if col in (id_col, output_col):
             role = "ID" if col == id_col else "output"
-            raise error(f"input_cols includes {col!r}, the {role} column: a column is either an input, the ID or the output")
+            raise error(f"input_cols includes {col!r}, the {role} column: "
+                        "a column is either an input, the ID or the output")
 
 
 def check_container(data: Any, error: type[Exception] = ValueError) -> None:
-    """Refuse containers that look like data but would be misread (an xarray object is a Mapping of
-    variables, not of individuals; a bare array has no IDs), with the conversion to use."""
+    """Refuse containers that look like data but would be misread, naming the conversion to use.
+
+    An xarray object is a Mapping of variables, not of individuals; a bare array has no IDs.
+    """
     module = type(data).__module__.split(".")[0]
     if module == "xarray":
         raise error(

@@ -1,7 +1,8 @@
 """Write the example notebooks of ``magma_pymc`` (without outputs) from the cell sources below.
 
-Run ``python notebooks/build_notebooks.py`` after editing this file; the ``.ipynb`` files are
-generated, so edit the cells here rather than in Jupyter. Every notebook starts with a title, a
+Run ``python notebooks/build_notebooks.py --execute`` after editing this file (``--full`` for the
+full-size runs; without ``--execute`` the notebooks are written without outputs); the ``.ipynb``
+files are generated, so edit the cells here rather than in Jupyter. Every notebook starts with a title, a
 one-paragraph purpose and a ``SMOKE`` switch (set by ``CI`` or ``MAGMA_SMOKE=1``) that shrinks the
 problem sizes so that ``tests/test_notebooks.py`` can execute them quickly.
 """
@@ -43,8 +44,8 @@ hyper-parameters and the ArviZ-ready results (`idata_`), and draw every plot of
 `magma_pymc.plots` — the training data, the hyper-posterior of the mean process $\\mu_0$, Type I
 (some observed points) and Type II (no observed point) predictions of a new individual, the
 predictive-density heatmap, the EM trace and an animation of the prediction as points arrive.
-The first fit in a Python process compiles the model's PyTensor graphs (tens of seconds; cached
-on disk afterwards)."""),
+The first fit in a Python process builds the model's PyTensor graphs (a couple of seconds; nothing
+is compiled in the default mode, see the user guide's *Compilation and speed*)."""),
     ("code", SMOKE_CELL),
     ("code", '''import warnings
 
@@ -543,7 +544,7 @@ with warnings.catch_warnings():
     if SMOKE:
         warnings.simplefilter("ignore", mp.ConvergenceWarning)  # a short chain is expected to warn
     bayes = mp.Magma(common_hp=True).fit(sim.data, method="nuts", draws=DRAWS, tune=TUNE, chains=CHAINS,
-                                         random_seed=0, thin=max(1, DRAWS // 100))
+                                         random_seed=0, thin=max(1, DRAWS // 100), progressbar=False)
 print(f"EM: {em.fit_seconds_:.1f} s, NUTS: {bayes.fit_seconds_:.1f} s; diagnostics: {bayes.idata_.attrs['diagnostics']}")"""),
     ("md", """## Diagnostics with ArviZ
 
@@ -696,6 +697,7 @@ NOTEBOOKS = {
 
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """A notebook (without outputs) from ``(kind, source)`` pairs, kind ``"md"`` or ``"code"``."""
     nb = new_notebook(
         cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells],
         metadata={
@@ -710,10 +712,23 @@ def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 
 
 def main() -> None:
-    for name, cells in NOTEBOOKS.items():
+    """Write (and with ``--execute``, run) the notebooks named on the command line, or all."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the example notebooks from their cells (and run them).")
+    parser.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
+    parser.add_argument("--full", action="store_true", help="with --execute: full-size problems, not smoke mode")
+    parser.add_argument("names", nargs="*", choices=list(NOTEBOOKS), help="notebooks to write (default: all)")
+    args = parser.parse_args()
+    for name in args.names or NOTEBOOKS:
         path = HERE / f"{name}.ipynb"
-        nbformat.write(build(cells), path)
+        nbformat.write(build(NOTEBOOKS[name]), path)
         print(f"wrote {path}")
+        if args.execute:
+            from execute import execute  # notebooks/execute.py, beside this file
+
+            seconds = execute(path, smoke=not args.full)
+            print(f"executed {path} in {seconds:.0f} s ({'full' if args.full else 'smoke'} mode)")
 
 
 if __name__ == "__main__":

@@ -55,12 +55,20 @@ def test_optimum_is_the_dense_likelihoods_maximum(observed, fitted):
     t, y = observed
     m0, best = np.mean(y), fitted.hp_.log_params
     variance, span = np.var(y), np.ptp(t)
-    bounds = [(np.log(1e-8 * variance), np.log(1e4 * variance)), (np.log(1e-3 * span), np.log(1e2 * span)),
-              (np.log(1e-8 * variance), np.log(1e4 * variance))]
-    starts = [np.log([variance, 0.1 * span, 0.1 * variance]), np.log([0.3 * variance, 0.5 * span, 0.01 * variance]),
-              np.log([3 * variance, 0.03 * span, variance])]
-    dense = min((optimize.minimize(dense_nll, x0, args=(t, y, m0), method="L-BFGS-B", bounds=bounds) for x0 in starts),
-                key=lambda r: r.fun)
+    bounds = [
+        (np.log(1e-8 * variance), np.log(1e4 * variance)),
+        (np.log(1e-3 * span), np.log(1e2 * span)),
+        (np.log(1e-8 * variance), np.log(1e4 * variance)),
+    ]
+    starts = [
+        np.log([variance, 0.1 * span, 0.1 * variance]),
+        np.log([0.3 * variance, 0.5 * span, 0.01 * variance]),
+        np.log([3 * variance, 0.03 * span, variance]),
+    ]
+    dense = min(
+        (optimize.minimize(dense_nll, x0, args=(t, y, m0), method="L-BFGS-B", bounds=bounds) for x0 in starts),
+        key=lambda r: r.fun,
+    )
     at_best = dense_nll(best, t, y, m0)
     assert at_best <= dense.fun + 1e-6
     np.testing.assert_allclose(best, dense.x, atol=2e-3)
@@ -69,7 +77,9 @@ def test_optimum_is_the_dense_likelihoods_maximum(observed, fitted):
         assert dense_nll(best + rng.normal(0, 0.05, 3), t, y, m0) > at_best
     # Interior optimum: the dense gradient vanishes there.
     step = 1e-6
-    grad = [(dense_nll(best + step * e, t, y, m0) - dense_nll(best - step * e, t, y, m0)) / (2 * step) for e in np.eye(3)]
+    grad = [
+        (dense_nll(best + step * e, t, y, m0) - dense_nll(best - step * e, t, y, m0)) / (2 * step) for e in np.eye(3)
+    ]
     np.testing.assert_allclose(grad, 0.0, atol=1e-3)
 
 
@@ -99,8 +109,9 @@ def test_given_prior_mean_and_dataframe_input(observed):
     t, y = observed
     model = SingleGP(prior_mean=0.0, n_restarts=1).fit(pd.DataFrame({"Input": t[::-1], "Output": y[::-1]}))
     assert model.prior_mean_ == 0.0
-    np.testing.assert_allclose(model.hp_.neg_log_likelihood, dense_nll(model.hp_.log_params, t, y, 0.0, model.jitter_),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        model.hp_.neg_log_likelihood, dense_nll(model.hp_.log_params, t, y, 0.0, model.jitter_), rtol=1e-10
+    )
     mean, _ = dense_posterior(model.hp_.log_params, t, y, 0.0, T_PRED)
     np.testing.assert_allclose(model.predict(T_PRED)["mean"].values, mean, rtol=1e-9, atol=1e-9)
 

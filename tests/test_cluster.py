@@ -101,7 +101,8 @@ def test_elbo_equals_collapsed_bound(fixed_model):
             psi = se(ind.inputs[:, 0], ind.inputs[:, 0], v, l) + (s2 + state.jitter) * np.eye(n)
             cov[start:start + n, start:start + n] += psi / tau[i, k]
             # N(y; mu, Psi)^tau = N(y; mu, Psi / tau) (2 pi)^{n(1 - tau)/2} |Psi|^{(1 - tau)/2} tau^{-n/2}
-            correction += 0.5 * (1 - tau[i, k]) * (n * np.log(2 * np.pi) + np.linalg.slogdet(psi)[1]) - 0.5 * n * np.log(tau[i, k])
+            correction += (0.5 * (1 - tau[i, k]) * (n * np.log(2 * np.pi) + np.linalg.slogdet(psi)[1])
+                           - 0.5 * n * np.log(tau[i, k]))
             start += n
         total += stats.multivariate_normal(np.full(len(y_all), 1.0), cov).logpdf(y_all) + correction
     # The jitter enters K_k on the grid, not on every observation: compare with a tolerance above its effect.
@@ -150,7 +151,7 @@ def test_mixture_quantiles_against_root_finding():
     means, variances = rng.normal(0, 3, (3, 7)), rng.uniform(0.1, 2, (3, 7))
     lower, upper = mixture_interval(weights, means, variances, 0.9)
     for j in range(7):
-        cdf = lambda x, j=j: weights @ stats.norm.cdf(x, means[:, j], np.sqrt(variances[:, j]))
+        cdf = lambda x, j=j: weights @ stats.norm.cdf(x, means[:, j], np.sqrt(variances[:, j]))  # noqa: E731
         assert cdf(lower[j]) == pytest.approx(0.05, abs=1e-12)
         assert cdf(upper[j]) == pytest.approx(0.95, abs=1e-12)
     mean, variance = mixture_moments(weights, means, variances)
@@ -275,12 +276,16 @@ def test_selection_table_and_plots(fixed_model):
     from magma_pymc.cluster import plots, select_n_clusters
 
     data = make_long(two_groups(seed=3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", mp.ConvergenceWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         selection = select_n_clusters(data, [1, 2, 3], random_state=0, max_iter=10)
+    # short runs may stop early (ConvergenceWarning); K = 3 on two groups may empty a cluster (ClusterWarning)
+    assert all(issubclass(w.category, (mp.ConvergenceWarning, ClusterWarning)) for w in caught), caught
     table = selection.table
     assert list(table.index) == [1, 2, 3] and selection.best == 2
     assert table.loc[3, "n_clusters_kept"] in (2, 3)  # a fit that emptied a cluster does not compete
+    emptied = [w for w in caught if issubclass(w.category, ClusterWarning) and "emptied" in str(w.message)]
+    assert bool(emptied) == (table.loc[3, "n_clusters_kept"] < 3)
     log_n = np.log(8 * 6)
     np.testing.assert_allclose(table["vbic"], table["elbo"] - 0.5 * table["n_params"] * log_n)
     assert list(table["n_params"][: 2]) == [5, 8]  # (K - 1) + 2 K + 3, common individual HP
@@ -328,13 +333,15 @@ def test_pymc_declaration_marginal_likelihood_matches_dense_mixture():
     point["mu"] = rng.normal(0, 3, point["mu"].shape)
     point["log_hp"] = np.log([1.0, 1.5, 0.2])
     outputs = model.replace_rvs_by_values([model["y"], model["weights"]])
-    potential, pi = model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore", mode="FAST_COMPILE")(point)
+    potential, pi = model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore",
+                                     mode="FAST_COMPILE")(point)
     grid = np.unique(np.concatenate([t for t, _ in individuals]))
     total = 0.0
     for t, y in individuals:
         psi = se(t, t, 1.0, 1.5) + (0.2 + 1e-6) * np.eye(len(t))
         pos = np.searchsorted(grid, t)
-        total += logsumexp([np.log(pi[k]) + stats.multivariate_normal(point["mu"][k][pos], psi).logpdf(y) for k in range(2)])
+        total += logsumexp([np.log(pi[k]) + stats.multivariate_normal(point["mu"][k][pos], psi).logpdf(y)
+                            for k in range(2)])
     np.testing.assert_allclose(potential, total, rtol=1e-10)
     assert set(model.named_vars) >= {"weights", "mu", "log_mu_hp", "log_hp", "y"}
 

@@ -81,7 +81,7 @@ class Dense:
         return cross @ np.linalg.solve(stacked, y), prior - cross @ np.linalg.solve(stacked, cross.T)
 
     def log_likelihood(self):
-        """log N(y; m0, P K0 P' + blockdiag(Psi_i)) of the stacked observations (jitter on both, as the library)."""
+        """Log N(y; m0, P K0 P' + blockdiag(Psi_i)) of the stacked observations (jitter on both, as the library)."""
         idx = np.concatenate(self.where)
         cov = self.k0[np.ix_(idx, idx)] + linalg.block_diag(*self.psi)
         return stats.multivariate_normal(np.full(len(idx), M0), cov).logpdf(np.concatenate(self.y))
@@ -90,12 +90,10 @@ class Dense:
 def problem_args(individuals, common_hp):
     """(graphs, hp arguments, training arrays) as the library's problem builds them, written out here."""
     data = as_training_data(dict(enumerate(individuals)))
-    graphs = graphs_for(mp.SquaredExponential(), mp.SquaredExponential(), common_hp=common_hp,
-                        common_grid=data.common_grid)
-    if graphs.fast_path:
-        residuals = data.outputs - M0
-    else:
-        residuals = (data.outputs - M0) * data.mask
+    graphs = graphs_for(
+        mp.SquaredExponential(), mp.SquaredExponential(), common_hp=common_hp, common_grid=data.common_grid
+    )
+    residuals = data.outputs - M0 if graphs.fast_path else (data.outputs - M0) * data.mask
     hps = [COMMON] * len(individuals) if common_hp else DIFFERENT[: len(individuals)]
     log_params = np.log(COMMON) if common_hp else np.log(hps)
     args = (data.grid, data.inputs, residuals, data.mask, data.index, JITTER)
@@ -112,8 +110,9 @@ def test_estep_factors_and_likelihood_match_the_dense_formulas(small_problem, co
     np.testing.assert_allclose(chol_prior @ chol_prior.T, dense.k0, rtol=1e-12, atol=1e-12)
     # B = I + L0' (sum_i P_i' Psi_i^{-1} P_i) L0, and mhat - m0 = L0 alpha.
     precision, _ = dense.data_precision()
-    np.testing.assert_allclose(chol_b @ chol_b.T, np.eye(len(dense.grid)) + chol_prior.T @ precision @ chol_prior,
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        chol_b @ chol_b.T, np.eye(len(dense.grid)) + chol_prior.T @ precision @ chol_prior, rtol=1e-10, atol=1e-10
+    )
     mean, khat = dense.hyperposterior()
     np.testing.assert_allclose(chol_prior @ alpha, mean, rtol=0, atol=1e-10)
     out_mean, out_cov, cov_factor, log_likelihood, _, _ = graphs.estep(*hp, *args)
@@ -176,6 +175,10 @@ def test_log_likelihood_gradient_matches_finite_differences(small_problem, commo
             up, down = base.copy(), base.copy()
             up[k] += eps
             down[k] -= eps
-            pair = [(up, state.log_params), (down, state.log_params)] if which == 0 else [(state.mean_log_params, up), (state.mean_log_params, down)]
+            pair = (
+                [(up, state.log_params), (down, state.log_params)]
+                if which == 0
+                else [(state.mean_log_params, up), (state.mean_log_params, down)]
+            )
             fd = (f(*pair[0], *args, state.jitter)[0] - f(*pair[1], *args, state.jitter)[0]) / (2 * eps)
             np.testing.assert_allclose(grad[k], fd, rtol=1e-5, atol=1e-6)

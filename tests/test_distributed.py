@@ -75,7 +75,8 @@ def fits(client):
         key = (common_hp, inducing)
         if key not in cache:
             data = _data(common_hp)
-            reference = mp.Magma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER, mean_process_prior=None).fit(data)
+            reference = mp.Magma(common_hp=common_hp, inducing=inducing, max_iter=MAX_ITER,
+                                 mean_process_prior=None).fit(data)
             if inducing is None:
                 fitted = DistributedMagma(common_hp=common_hp, max_iter=MAX_ITER).fit(
                     data, client=client, n_partitions=3
@@ -97,7 +98,7 @@ def test_exact_fit_and_prediction_match_in_process(fits, common_hp):
     _, reference, fitted = fits(common_hp)
     _assert_same_fit(reference, fitted)
     new = _data(common_hp, seed=11)
-    observed = new[new.ID == new.ID.iloc[0]].iloc[:4]
+    observed = new[new.ID.iloc[0] == new.ID].iloc[:4]
     if common_hp:
         _assert_same_prediction(reference, fitted, observed)
     else:
@@ -130,11 +131,11 @@ def test_predict_partitions_equals_one_by_one(client, fits):
     from_dask = lazy.compute()
     assert list(pd.unique(table.ID)) == list(pd.unique(new.ID))
     for ident, rows in table.groupby("ID", sort=False):
-        one = fitted.predict(new[new.ID == ident], PRED_INPUTS)
+        one = fitted.predict(new[ident == new.ID], PRED_INPUTS)
         np.testing.assert_allclose(rows["Input"], PRED_INPUTS)
         for name in ("mean", "variance", "latent_lower", "upper"):
             np.testing.assert_allclose(rows[name], one[name], rtol=1e-12, err_msg=name)
-        np.testing.assert_allclose(from_dask[from_dask.ID == ident]["mean"], one["mean"], rtol=1e-12)
+        np.testing.assert_allclose(from_dask[ident == from_dask.ID]["mean"], one["mean"], rtol=1e-12)
 
 
 def test_bad_partition_raises_the_in_process_error(client):

@@ -11,16 +11,41 @@ from conftest import COMMON, HP0, fixed_model, make_long
 import magma_pymc as mp
 from magma_pymc.exceptions import NotFittedError
 
-TRAIN = pd.DataFrame({"ID": ["a"] * 3 + ["b"] * 3, "Input": [0.0, 1.0, 2.0] * 2, "Output": [1.0, 2.0, 1.5, 0.5, 1.0, 2.5]})
-GOOD = {"mean_process": {"variance": 1.0, "lengthscale": 1.0}, "individual": {"variance": 1.0, "lengthscale": 1.0, "noise": 0.1}}
-FITTED = ("result_", "hyperparameters_", "converged_", "n_iter_", "log_likelihood_", "idata_", "data_", "fit_seconds_",
-          "hp_at_bounds_")
+TRAIN = pd.DataFrame(
+    {"ID": ["a"] * 3 + ["b"] * 3, "Input": [0.0, 1.0, 2.0] * 2, "Output": [1.0, 2.0, 1.5, 0.5, 1.0, 2.5]}
+)
+GOOD = {
+    "mean_process": {"variance": 1.0, "lengthscale": 1.0},
+    "individual": {"variance": 1.0, "lengthscale": 1.0, "noise": 0.1},
+}
+FITTED = (
+    "result_",
+    "hyperparameters_",
+    "converged_",
+    "n_iter_",
+    "log_likelihood_",
+    "idata_",
+    "data_",
+    "fit_seconds_",
+    "hp_at_bounds_",
+)
 
 
 def test_get_params_names_every_init_argument_and_round_trips():
-    settings = {"common_hp": False, "mean_kernel": mp.Matern52(), "kernel": mp.SquaredExponential(lengthscale=2.0),
-                "prior_mean": 1.5, "max_iter": 7, "tol": 1e-4, "compile_mode": "FAST_COMPILE", "jitter": 1e-8,
-                "mean_step": "marginal", "inducing": 5, "new_individual_hp": "ml", "mean_process_prior": None}
+    settings = {
+        "common_hp": False,
+        "mean_kernel": mp.Matern52(),
+        "kernel": mp.SquaredExponential(lengthscale=2.0),
+        "prior_mean": 1.5,
+        "max_iter": 7,
+        "tol": 1e-4,
+        "compile_mode": "FAST_COMPILE",
+        "jitter": 1e-8,
+        "mean_step": "marginal",
+        "inducing": 5,
+        "new_individual_hp": "ml",
+        "mean_process_prior": None,
+    }
     model = mp.Magma(**settings)
     assert set(model.get_params()) == set(inspect.signature(mp.Magma).parameters)
     assert model.get_params() == settings
@@ -36,7 +61,9 @@ def test_fixed_fit_returns_self_keeps_the_hp_and_matches_the_dense_likelihood(sm
     np.testing.assert_allclose(model.log_likelihood_, reference.log_likelihood(), rtol=1e-9)
     assert model.idata_.attrs["method"] == "fixed"
     assert model.data_.n_individuals == len(small_problem)
-    np.testing.assert_array_equal(model.mean_process_grid[:, 0], np.unique(np.concatenate([t for t, _ in small_problem])))
+    np.testing.assert_array_equal(
+        model.mean_process_grid[:, 0], np.unique(np.concatenate([t for t, _ in small_problem]))
+    )
     refit = mp.Magma(prior_mean=0.7)
     assert refit.fit(make_long(small_problem), method="fixed", hyperparameters=model.hyperparameters_) is refit
     assert refit.log_likelihood_ == pytest.approx(model.log_likelihood_, rel=1e-12)
@@ -59,10 +86,14 @@ def test_initial_hyperparameters_are_the_documented_data_scales():
     variance, span = np.var(TRAIN["Output"]), np.ptp(TRAIN["Input"])
     hp = mp.Magma().initial_hyperparameters(TRAIN)
     np.testing.assert_allclose(hp.mean_process.to_numpy(), [variance, 0.1 * span], rtol=1e-14)
-    np.testing.assert_allclose(hp.individual.loc["common"].to_numpy(), [variance, 0.1 * span, 0.1 * variance], rtol=1e-14)
+    np.testing.assert_allclose(
+        hp.individual.loc["common"].to_numpy(), [variance, 0.1 * span, 0.1 * variance], rtol=1e-14
+    )
     different = mp.Magma(common_hp=False).initial_hyperparameters(TRAIN)
     assert list(different.individual.index) == ["a", "b"]
-    np.testing.assert_allclose(different.individual.to_numpy(), [[variance, 0.1 * span, 0.1 * variance]] * 2, rtol=1e-14)
+    np.testing.assert_allclose(
+        different.individual.to_numpy(), [[variance, 0.1 * span, 0.1 * variance]] * 2, rtol=1e-14
+    )
 
 
 def test_unfitted_model_raises_not_fitted_error_and_has_no_fitted_attributes():

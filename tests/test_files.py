@@ -21,7 +21,9 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["m.nc"]
 
 
-@pytest.mark.parametrize("error", [KeyboardInterrupt, UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogate"), OSError])
+@pytest.mark.parametrize(
+    "error", [KeyboardInterrupt, UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogate"), OSError]
+)
 def test_interrupted_write_keeps_the_old_file(tmp_path, error):
     path = tmp_path / "m.nc"
     atomic_write(path, lambda p: _tree(1.0).to_netcdf(p, engine="h5netcdf"))

@@ -36,20 +36,21 @@ def test_fit_warns_before_an_exact_iteration_of_minutes(monkeypatch):
     """The warning comes from fit itself, before EM runs (the threshold lowered to fit a test's budget)."""
     monkeypatch.setattr("magma_pymc.guards.WARN_SECONDS", 1e-6)
     sim = mp.simulate(n_individuals=3, n_points=5, seed=0, common_grid=False)
-    with pytest.warns(mp.PerformanceWarning, match=r"inducing=G"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", mp.ConvergenceWarning)
-            mp.Magma(max_iter=1).fit(sim.data)
+    with pytest.warns(mp.PerformanceWarning, match=r"inducing=G"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.ConvergenceWarning)
+        mp.Magma(max_iter=1).fit(sim.data)
 
 
 def test_more_inducing_points_than_distinct_inputs_are_refused():
     grid = np.linspace(0, 1, 39)[:, None]
-    with pytest.raises(ValueError, match=r"inducing=5000 but the training data have only 39 distinct input\(s\): the exact model"):
+    with pytest.raises(ValueError,
+                       match=r"inducing=5000 but the training data have only 39 distinct input\(s\): the exact model"):
         check_inducing_points(5000, grid)
     with pytest.raises(ValueError, match=r"40 inducing points but the training data have only 39"):
         check_inducing_points(np.linspace(0, 1, 40)[:, None], grid)
     rng = np.random.default_rng(0)
-    data = {f"i{k}": (np.sort(rng.choice(np.linspace(0, 10, 39), 6, replace=False)), rng.normal(size=6)) for k in range(8)}
+    data = {f"i{k}": (np.sort(rng.choice(np.linspace(0, 10, 39), 6, replace=False)), rng.normal(size=6))
+            for k in range(8)}
     n_inputs = len(np.unique(np.concatenate([t for t, _ in data.values()])))
     with pytest.raises(ValueError, match=rf"inducing=5000 but the training data have only {n_inputs} distinct"):
         mp.Magma(inducing=5000).fit(data)
@@ -57,7 +58,8 @@ def test_more_inducing_points_than_distinct_inputs_are_refused():
 
 def test_inducing_points_away_from_the_data_warn():
     grid = np.linspace(0, 10, 30)[:, None]
-    with pytest.warns(mp.MagmaWarning, match=r"30 of the 30 distinct training inputs lie outside the inducing points' range"):
+    with pytest.warns(mp.MagmaWarning,
+                      match=r"30 of the 30 distinct training inputs lie outside the inducing points' range"):
         check_inducing_points(np.linspace(100, 200, 5)[:, None], grid)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -11,7 +11,8 @@ import magma_pymc as mp
 from magma_pymc import hp_integration as hpi
 from magma_pymc.predict import mean_process_at
 
-PRIOR = hpi.PopulationPrior(np.log([1.0, 0.8, 0.25]), np.array([[0.09, 0.02, 0.0], [0.02, 0.09, 0.0], [0.0, 0.0, 0.16]]))
+PRIOR = hpi.PopulationPrior(np.log([1.0, 0.8, 0.25]),
+                            np.array([[0.09, 0.02, 0.0], [0.02, 0.09, 0.0], [0.0, 0.0, 0.16]]))
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ def test_batched_likelihood_and_conditionals_match_dense_reference(fitted):
     xs = np.log([[1.0, 0.8, 0.25], [0.3, 2.5, 0.05], [4.0, 0.2, 1.0]])
     values = hpi.log_likelihoods(model.kernel, xs, NEW_T[:, None], NEW_Y, joint_mean[:n], joint_cov[:n, :n], 0.0)
     np.testing.assert_allclose(values, [-reference.new_individual_nll(NEW_T, NEW_Y, x) for x in xs], rtol=1e-10)
-    comp = hpi.conditional_predictions(model.kernel, xs, NEW_T[:, None], NEW_Y, T_PRED[:, None], joint_mean, joint_cov, 0.0)
+    comp = hpi.conditional_predictions(model.kernel, xs, NEW_T[:, None], NEW_Y, T_PRED[:, None], joint_mean, joint_cov,
+                                       0.0)
     for k, x in enumerate(xs):
         mean, latent = reference.predict(NEW_T, NEW_Y, T_PRED, np.exp(x))
         np.testing.assert_allclose(comp.means[k], mean, atol=1e-8)

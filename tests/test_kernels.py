@@ -110,5 +110,6 @@ def test_bad_kernel_factories_are_refused_at_construction(name, factory, input_d
 
 
 def test_active_dims_within_the_inputs_are_accepted():
-    kernel = Kernel(lambda variance, lengthscale: variance * pm.gp.cov.ExpQuad(2, ls=lengthscale, active_dims=[1]), input_dim=2)
+    kernel = Kernel(lambda variance, lengthscale: variance * pm.gp.cov.ExpQuad(2, ls=lengthscale, active_dims=[1]),
+                    input_dim=2)
     assert kernel.names == ("variance", "lengthscale")

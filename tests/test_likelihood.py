@@ -56,7 +56,7 @@ def problems(small_problem):
 
 @pytest.mark.parametrize("setting", ["uncommon", "common_grid"])
 def test_value_and_gradient_match_dense_joint_gp(graphs, small_problem, setting):
-    """log p(y) = log N(y; m0, K) of the dense joint GP (tests/reference.py); its gradient w.r.t. every
+    """The value log p(y) = log N(y; m0, K) of the dense joint GP (tests/reference.py); its gradient w.r.t. every
     log HP matches central differences of that dense density, and the autodiff graph's gradient."""
     individuals = problems(small_problem)[setting]
     args = padded(individuals)
@@ -78,7 +78,7 @@ def test_value_and_gradient_match_dense_joint_gp(graphs, small_problem, setting)
 
 
 def test_op_gradients_are_directional_derivatives(small_problem):
-    """dK and dpsi of the NumPy kernel against central differences along random symmetric directions
+    """The derivatives dK and dpsi of the NumPy kernel against central differences along random symmetric directions
     (the factorisations read one triangle, so entrywise differences are not the symmetric gradient)."""
     from reference import se
 
@@ -96,8 +96,8 @@ def test_op_gradients_are_directional_derivatives(small_problem):
         e_prior = 0.05 * (e_prior + e_prior.T)
         e_psi = rng.normal(size=psi.shape)
         e_psi = 0.05 * (e_psi + e_psi.mT) * mask[:, :, None] * mask[:, None, :]
-        along = lambda h: marginal_log_likelihood(prior + h * e_prior, psi + h * e_psi, residuals, index)[0]  # noqa: E731
-        numeric = central_differences(lambda h: along(h[0]), np.zeros(1), eps=1e-5)[0]
+        along = lambda h: marginal_log_likelihood(prior + h * e_prior, psi + h * e_psi, residuals, index)[0]  # noqa: E731, B023
+        numeric = central_differences(lambda h: along(h[0]), np.zeros(1), eps=1e-5)[0]  # noqa: B023
         analytic = (d_prior * e_prior).sum() + (d_psi * e_psi).sum()
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
 

@@ -11,8 +11,8 @@ from magma_pymc.compiled import DEFAULT_MODE, graphs_for
 from magma_pymc.data import as_training_data
 from magma_pymc.hierarchical import POPULATION_MEAN, POPULATION_OFFSET, POPULATION_SCALE
 from magma_pymc.kernels import SquaredExponential
-from magma_pymc.model import ModelSpec
 from magma_pymc.marginal_model import POPULATION_MEDIAN, POPULATION_SPREAD, organise_posterior, sampling_model
+from magma_pymc.model import ModelSpec
 
 DIFFERENT = [(1.0, 0.8, 0.25), (2.0, 1.5, 0.1), (0.5, 0.5, 0.3), (1.5, 1.0, 0.2)]
 

@@ -24,7 +24,7 @@ def test_mixture_quantiles_against_root_finding():
         q = mixture_quantiles(means, variances, (0.025, 0.5, 0.975), w)
         for j in range(3):
             for k, p in enumerate((0.025, 0.5, 0.975)):
-                cdf = lambda x: ww @ stats.norm(means[:, j], np.sqrt(variances[:, j])).cdf(x) - p  # noqa: E731
+                cdf = lambda x: ww @ stats.norm(means[:, j], np.sqrt(variances[:, j])).cdf(x) - p  # noqa: E731, B023
                 np.testing.assert_allclose(q[k, j], optimize.brentq(cdf, -20, 20, xtol=1e-14), atol=1e-10)
     one = mixture_quantiles(means[:1], variances[:1], (0.025, 0.975))
     np.testing.assert_allclose(one, means[0] + stats.norm.ppf([[0.025], [0.975]]) * np.sqrt(variances[0]), rtol=1e-12)

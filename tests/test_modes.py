@@ -39,7 +39,9 @@ def test_numpy_mode_rewrites_clip_only_where_equivalent():
     values = np.array([-2.0, 0.5, 3.0])
     for hi in (np.inf, 1.0):
         fn = pytensor.function([x], pt.clip(x, 0.0, hi), mode="NUMPY")
-        ops = {type(node.op.scalar_op).__name__ for node in fn.maker.fgraph.apply_nodes if hasattr(node.op, "scalar_op")}
+        ops = {
+            type(node.op.scalar_op).__name__ for node in fn.maker.fgraph.apply_nodes if hasattr(node.op, "scalar_op")
+        }
         assert "Clip" not in ops
         np.testing.assert_array_equal(fn(values), np.clip(values, 0.0, hi))
     # A symbolic bound could exceed hi: clip is kept, with PyTensor's semantics.
@@ -108,8 +110,10 @@ def test_numpy_mode_runs_magmas_step_graphs_like_the_python_mode():
     for mode in ("NUMPY", "FAST_COMPILE"):
         graphs = graphs_for(kernel, kernel, common_hp=False, common_grid=False, mode=mode)
         steps, new = graphs.individual_steps, graphs.new_individual_step
-        values[mode] = (*steps(log_params, inputs, deviations, blocks, mask, 1e-10),
-                        *new(log_params[1], t_obs, y_obs, mean, cov, 1e-10))
+        values[mode] = (
+            *steps(log_params, inputs, deviations, blocks, mask, 1e-10),
+            *new(log_params[1], t_obs, y_obs, mean, cov, 1e-10),
+        )
         if mode == "NUMPY":
             nodes = [*steps.maker.fgraph.apply_nodes, *new.maker.fgraph.apply_nodes]
             assert any(isinstance(node.op, NumpyFusedElemwise) for node in nodes)

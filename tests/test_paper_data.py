@@ -102,7 +102,7 @@ def test_experiment_scores_follow_the_protocol():
     x, y = one.test["Input"].to_numpy()[20:], one.test["Output"].to_numpy()[20:]
     for n, row in zip((5, 20), runs.iloc[1:].itertuples(), strict=True):
         pred = model.predict(one.test.iloc[:n], x)
-        assert row.N == n
+        assert n == row.N
         np.testing.assert_allclose(row.MSE, np.mean((pred["mean"].to_numpy() - y) ** 2), rtol=1e-6)
     inputs = np.unique(one.training["Input"])
     truth = one.mean_process.set_index(np.round(one.mean_process["Input"], 2)).loc[np.round(inputs, 2), "Output"]

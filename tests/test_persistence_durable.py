@@ -163,7 +163,8 @@ def test_failed_save_keeps_the_old_file(tmp_path, fitted, monkeypatch):
 def test_an_id_that_is_not_valid_unicode_is_refused_at_fit():
     rng = np.random.default_rng(1)
     with pytest.raises(mp.MagmaInputError, match=r"individual '\\ud800x': the ID is not valid Unicode"):
-        mp.Magma(max_iter=1).fit({"ok": (np.arange(4.0), rng.normal(size=4)), "\ud800x": (np.arange(4.0), rng.normal(size=4))})
+        mp.Magma(max_iter=1).fit({"ok": (np.arange(4.0), rng.normal(size=4)),
+                                  "\ud800x": (np.arange(4.0), rng.normal(size=4))})
 
 
 def _write_calls():

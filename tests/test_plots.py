@@ -55,6 +55,23 @@ def _labels(ax):
     return ax.get_legend_handles_labels()[1]
 
 
+def _tick_labels(ax, which="x"):
+    """The drawn (non-empty, in view) major and minor tick labels of one axis, with their extents in pixels."""
+    ax.figure.canvas.draw()
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    renderer = ax.figure.canvas.get_renderer()
+    return [
+        (tick.label1.get_text(), tick.label1.get_window_extent(renderer))
+        for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]
+        if tick.label1.get_visible() and tick.label1.get_text() and lo <= tick.get_loc() <= hi
+    ]
+
+
+def _overlaps(labels):
+    return [(a, b) for k, (a, box_a) in enumerate(labels) for b, box_b in labels[k + 1:] if box_a.overlaps(box_b)]
+
+
 def test_plot_data(fitted, tmp_path):
     data = fitted["sim"].data
     ax = plots.plot_data(data)
@@ -169,6 +186,12 @@ def test_plot_em_trace_common(fitted, tmp_path):
     assert truth["mu0_variance"] == pytest.approx(sim.hyperparameters["mean_process"]["variance"])
     assert truth["noise"] == pytest.approx(sim.hyperparameters["individual"]["noise"].iloc[0])
     assert len(axes[0].get_lines()) == 1  # no truth for the log-likelihood
+    for ax in axes:  # iterations are whole numbers: integer ticks only, labelled plainly, not overlapping
+        ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
+        assert len(ticks) >= 2 and np.allclose(ticks, np.round(ticks)), ticks
+        labels = _tick_labels(ax, "x")
+        assert [text for text, _ in labels] == [str(int(t)) for t in ticks]
+        assert not _overlaps(labels) and not _overlaps(_tick_labels(ax, "y"))
     # also from the DataTree, on given axes
     fig, grid = plt.subplots(2, 4)
     out = plots.plot_em_trace(model.idata_, grid)
@@ -235,8 +258,12 @@ def test_plot_hp_posterior(fitted, tmp_path):
     sim, model = fitted["sim"], fitted["model"]
     axes = plots.plot_hp_posterior(tree, {"EM": model}, truth=sim.hyperparameters, bins=20)
     assert [ax.get_title() for ax in axes] == names
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         assert len(ax.patches) == 20 and ax.get_xscale() == "log"
+        assert ax.get_xlabel() == f"{name} (log scale)"
+        labels = _tick_labels(ax, "x")  # a few plain labels (0.5, 1, 2), none overlapping another
+        assert 2 <= len(labels) <= 4 and not _overlaps(labels), [text for text, _ in labels]
+        assert all(float(text) > 0 for text, _ in labels)
         em_value = float(model.idata_["posterior"][name].values.ravel()[0])
         xs = [line.get_xdata()[0] for line in ax.get_lines()]
         assert np.isclose(xs[0], em_value)
@@ -244,3 +271,22 @@ def test_plot_hp_posterior(fitted, tmp_path):
     assert np.isclose(truth_lines[0].get_xdata()[0], sim.hyperparameters["mean_process"]["variance"])
     assert {"NUTS draws", "EM", "truth"} <= set(_labels(axes[0]))
     _save(axes[0], tmp_path, "hp_posterior")
+
+
+@pytest.mark.parametrize(
+    "span", [(5, 40), (1.5, 80), (0.13, 0.23), (4.6, 7.5), (0.17, 4), (1e-6, 1e3), (35, 45), (0.01, 10)], ids=str
+)
+def test_log_axis_ticks_plain_and_few(span):
+    """On a log axis of any span, 2 to 4 plainly labelled ticks in view (e.g. 5, 10, 20), none overlapping."""
+    from magma_pymc.hp_plots import _plain_log_ticks
+
+    fig, ax = plt.subplots(figsize=(3.2, 2.8))
+    ax.set_xscale("log")
+    ax.set_xlim(*span)
+    _plain_log_ticks(ax.xaxis)
+    labels = _tick_labels(ax, "x")
+    values = [float(text) for text, _ in labels]  # plain numbers, not mathtext such as 2 x 10^1
+    assert 2 <= len(values) <= 4 and all(span[0] <= v <= span[1] for v in values), values
+    if span[1] / span[0] > 10:  # over a decade or more the ticks are 1, 2, 3 or 5 times a power of ten
+        assert all(round(v / 10 ** np.floor(np.log10(v)), 6) in (1, 2, 3, 5) for v in values), values
+    assert not _overlaps(labels)

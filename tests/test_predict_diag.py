@@ -14,7 +14,8 @@ def sim():
     return mp.simulate(n_individuals=6, n_points=10, seed=3, n_new=1)
 
 
-@pytest.mark.parametrize("settings", [{}, {"common_hp": False}, {"inducing": 7}], ids=["commonHP", "differentHP", "inducing"])
+@pytest.mark.parametrize("settings", [{}, {"common_hp": False}, {"inducing": 7}],
+                         ids=["commonHP", "differentHP", "inducing"])
 def test_diagonal_path_equals_the_full_covariance_path(sim, settings):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mp.MagmaWarning)

@@ -27,7 +27,8 @@ def flat_mean_data(seed=0, n_individuals=20):
     for i in range(n_individuals):
         t = np.sort(rng.uniform(0, 10, 25))
         cov = 4.0 * np.exp(-0.5 * (t[:, None] - t[None, :]) ** 2 / 2.0**2) + 0.3 * np.eye(25)
-        frames.append(pd.DataFrame({"ID": f"i{i:02d}", "Input": t, "Output": 5.0 + np.linalg.cholesky(cov) @ rng.standard_normal(25)}))
+        outputs = 5.0 + np.linalg.cholesky(cov) @ rng.standard_normal(25)
+        frames.append(pd.DataFrame({"ID": f"i{i:02d}", "Input": t, "Output": outputs}))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -91,7 +91,9 @@ def test_hp_dataset_dims_names_and_natural_scale(ids):
     rng = np.random.default_rng(3)
     mean_log = rng.normal(size=(2, 5, 2))
     log_params = rng.normal(size=(2, 5, 3) if ids is None else (2, 5, 3, 3))
-    ds = hp_dataset(("variance", "lengthscale"), ("variance", "lengthscale"), mean_log, log_params, ("chain", "draw"), ids)
+    ds = hp_dataset(
+        ("variance", "lengthscale"), ("variance", "lengthscale"), mean_log, log_params, ("chain", "draw"), ids
+    )
     assert set(ds.data_vars) == {"mu0_variance", "mu0_lengthscale", "variance", "lengthscale", "noise"}
     assert ds["mu0_lengthscale"].dims == ("chain", "draw")
     np.testing.assert_array_equal(ds["mu0_lengthscale"].values, np.exp(mean_log[..., 1]))
@@ -148,11 +150,14 @@ def test_em_datatree_of_an_em_fit_records_every_iteration():
     assert trace.attrs["converged"] == 0 and trace.attrs["tol"] == 1e-12
     initial = model.initial_hyperparameters(model.data_)
     np.testing.assert_allclose(trace["mu0_lengthscale"].values[0], initial.mean_process["lengthscale"], rtol=1e-12)
-    np.testing.assert_allclose(trace["noise"].values[-1], model.hyperparameters_.individual["noise"].iloc[0], rtol=1e-12)
+    np.testing.assert_allclose(
+        trace["noise"].values[-1], model.hyperparameters_.individual["noise"].iloc[0], rtol=1e-12
+    )
     assert model.log_likelihood_ == trace["log_likelihood"].values[-1]
     # The weak mean-process prior (independent N(log initial HP, 2^2) on the log HP) makes EM a MAP
     # fit: log_posterior - log_likelihood is that log prior at each iteration's HP.
     log_hp = np.log(np.stack([trace["mu0_variance"].values, trace["mu0_lengthscale"].values], axis=1))
     log_prior = stats.norm(np.log(initial.mean_process.to_numpy()), 2.0).logpdf(log_hp).sum(axis=1)
-    np.testing.assert_allclose(trace["log_posterior"].values - trace["log_likelihood"].values, log_prior,
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        trace["log_posterior"].values - trace["log_likelihood"].values, log_prior, rtol=1e-9, atol=1e-9
+    )

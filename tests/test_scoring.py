@@ -22,7 +22,7 @@ def test_cdf_and_quantiles_match_scipy_root_finding():
         lower, upper = scoring.central_interval(level, WEIGHTS, MEANS, SDS)
         for j in range(2):
             for bound, p in ((lower, (1 - level) / 2), (upper, (1 + level) / 2)):
-                root = optimize.brentq(lambda x: cdf(x, j) - p, -50, 50, xtol=1e-14)
+                root = optimize.brentq(lambda x: cdf(x, j) - p, -50, 50, xtol=1e-14)  # noqa: B023 (called here)
                 assert bound[j] == pytest.approx(root, abs=1e-10)
 
 
@@ -36,8 +36,8 @@ def test_crps_matches_numerical_integral_of_squared_cdf_difference():
     y = np.array([0.7, 3.0])
     crps = scoring.crps_mixture(y, WEIGHTS, MEANS, SDS)
     for j in range(2):
-        left = integrate.quad(lambda x: cdf(x, j) ** 2, -np.inf, y[j], epsabs=1e-12)[0]
-        right = integrate.quad(lambda x: (1 - cdf(x, j)) ** 2, y[j], np.inf, epsabs=1e-12)[0]
+        left = integrate.quad(lambda x: cdf(x, j) ** 2, -np.inf, y[j], epsabs=1e-12)[0]  # noqa: B023 (called here)
+        right = integrate.quad(lambda x: (1 - cdf(x, j)) ** 2, y[j], np.inf, epsabs=1e-12)[0]  # noqa: B023 (called here)
         assert crps[j] == pytest.approx(left + right, rel=1e-8)
 
 

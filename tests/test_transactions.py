@@ -74,7 +74,7 @@ def test_failed_first_fit_leaves_the_model_unfitted(sims, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         model.fit(sims[0].data)
     with pytest.raises(RuntimeError, match="not fitted"):
-        model.result_
+        _ = model.result_
     assert not hasattr(model, "hyperparameters_")
 
 

@@ -137,11 +137,13 @@ class MagmaClust:
     @blas_limited
     def fit(self, data: Any, *, responsibilities: Any = None, hyperparameters: Any = None,
             **data_options: Any) -> MagmaClust:
-        """Fit by variational EM from k-means initialisations (``n_init`` runs), or from given
-        initial ``responsibilities`` (an ``(M, K)`` array, rows summing to 1). ``hyperparameters``
-        (as for :meth:`magma_pymc.Magma.fit`; the mean-process values start every cluster) replace the
-        data-driven initial values; with ``max_iter=0`` they are kept, with the given responsibilities.
-        ``data`` and ``data_options`` as :meth:`magma_pymc.Magma.fit`."""
+        """Fit by variational EM from k-means initialisations (``n_init`` runs) or given responsibilities.
+
+        Given ``responsibilities``: an ``(M, K)`` array, rows summing to 1. ``hyperparameters`` (as for
+        :meth:`magma_pymc.Magma.fit`; the mean-process values start every cluster) replace the data-driven initial
+        values; with ``max_iter=0`` they are kept, with the given responsibilities. ``data`` and ``data_options`` as
+        :meth:`magma_pymc.Magma.fit`.
+        """
         start = time.perf_counter()
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
         check_n_clusters(self.n_clusters, train.n_individuals)
@@ -269,14 +271,17 @@ class MagmaClust:
 
     @blas_limited
     def hyperposterior(self, inputs: Any | None = None, *, prob: float = 0.95) -> xr.Dataset:
-        """:math:`q(\\mu_k)` at ``inputs`` (default: the training grid): ``mean``, ``variance``, ``lower``,
-        ``upper`` on dims ``(cluster, input)``, ``cov`` on ``(cluster, input, input_bis)``, ``weight``."""
+        r""":math:`q(\mu_k)` at ``inputs`` (default: the training grid).
+
+        ``mean``, ``variance``, ``lower``, ``upper`` on dims ``(cluster, input)``, ``cov`` on ``(cluster, input,
+        input_bis)``, ``weight``.
+        """
         self._check_fitted()
         x = self.mean_process_grid if inputs is None else as_inputs(inputs, input_dim=self.data_.input_dim)
         means, covs = cluster_means_at(self._problem_, self._state, self._estep, x, self._prior_mean_value(x))
         variances = np.diagonal(covs, axis1=1, axis2=2).copy()
-        lower, upper = zip(*(mixture_interval(np.ones(1), m[None], v[None], prob) for m, v in zip(means, variances, strict=True)),
-                           strict=True)
+        lower, upper = zip(*(mixture_interval(np.ones(1), m[None], v[None], prob)
+                             for m, v in zip(means, variances, strict=True)), strict=True)
         coords = input_coords(x, self.data_.input_names)
         clusters = np.arange(len(means))
         return xr.Dataset(
@@ -289,13 +294,14 @@ class MagmaClust:
     @blas_limited
     def predict(self, new_data: Any, inputs: Any, *, prob: float = 0.95, full_cov: bool = False,
                 **data_options: Any) -> xr.Dataset:
-        """Mixture prediction of a new individual at ``inputs`` from its observed points ``new_data``
-        (``None``: Type II), as :meth:`magma_pymc.Magma.predict`.
+        r"""Mixture prediction of a new individual at ``inputs`` from its observed points ``new_data``.
+
+        ``None``: Type II; as :meth:`magma_pymc.Magma.predict`.
 
         Returns ``mean``, ``variance``, ``lower``, ``upper`` (exact quantiles of the predictive
         mixture, noise included), ``latent_variance``, ``latent_lower``, ``latent_upper`` (without
         noise), each cluster's ``cluster_mean``, ``cluster_variance`` (dims ``cluster, input``) and
-        ``cluster_probability`` :math:`\\tau_{*k}`; with ``full_cov`` the mixture covariance ``cov``.
+        ``cluster_probability`` :math:`\tau_{*k}`; with ``full_cov`` the mixture covariance ``cov``.
         """
         self._check_fitted()
         d = self.data_.input_dim
@@ -333,8 +339,10 @@ class MagmaClust:
         return ds
 
     def build_model(self, data: Any | None = None, *, jitter: float = 1e-8):
-        """The model declared in PyMC (:func:`magma_pymc.cluster.model.build_cluster_model`) for ``data``
-        (default: the training data), priors centred on the data-driven initial HP."""
+        """The model declared in PyMC (:func:`magma_pymc.cluster.model.build_cluster_model`) for ``data``.
+
+        By default the training data; priors centred on the data-driven initial HP.
+        """
         from magma_pymc.cluster.model import build_cluster_model
 
         if data is None:

@@ -66,15 +66,18 @@ def initial_responsibilities(train: TrainingData, n_clusters: int, rng: np.rando
 
 
 def canonical_order(grid_means: np.ndarray) -> np.ndarray:
-    """Permutation sorting clusters by the average of their mean process on the grid (``(K, N)``), ties
-    broken by the first grid value, so that labels do not depend on the initialisation."""
+    """Permutation sorting clusters by the average of their mean process on the grid (``(K, N)``).
+
+    Ties broken by the first grid value, so that labels do not depend on the initialisation.
+    """
     return np.lexsort((grid_means[:, 0], grid_means.mean(axis=1)))
 
 
 def initial_log_params(mean_kernel, kernel, tau: np.ndarray, residuals: np.ndarray, mask: np.ndarray,
                        input_range: float, output_variance: float, common_hp: bool):
-    r"""Data-driven starting HP given the initial responsibilities ``tau`` (M, K): ``(K, P0)`` and the
-    individual log HP (``(P + 1,)``, or ``(M, P + 1)`` with different HP).
+    r"""Data-driven starting HP given the initial responsibilities ``tau`` (M, K).
+
+    ``(K, P0)`` and the individual log HP (``(P + 1,)``, or ``(M, P + 1)`` with different HP).
 
     MAGMA starts every variance at the variance of all outputs. With clusters that variance includes
     the spread *between* clusters, which the individual processes would then claim (measured: a

@@ -53,7 +53,7 @@ class IndividualTerms(NamedTuple):
 
 
 class ClusterPosterior(NamedTuple):
-    """:math:`q(\\mu_k) = N(\\hat m_k, \\hat K_k)` on the grid, for all clusters."""
+    r""":math:`q(\mu_k) = N(\hat m_k, \hat K_k)` on the grid, for all clusters."""
 
     mean: np.ndarray        # (K, N) mhat_k - m on the grid
     cov: np.ndarray         # (K, N, N)
@@ -65,7 +65,7 @@ class ClusterPosterior(NamedTuple):
 
 
 def individual_terms(psi: np.ndarray, residuals: np.ndarray, mask: np.ndarray) -> IndividualTerms:
-    """Batched factorisation of the padded :math:`\\Psi_i` (raises ``LinAlgError`` if one is not PD)."""
+    r"""Batched factorisation of the padded :math:`\Psi_i` (raises ``LinAlgError`` if one is not PD)."""
     chol = np.linalg.cholesky(psi)
     inverse_factor = np.linalg.inv(chol)                      # a C loop over the blocks
     precision = inverse_factor.mT @ inverse_factor
@@ -120,8 +120,10 @@ def cluster_posteriors(prior_covs: np.ndarray, precision: np.ndarray, shift: np.
 def expected_log_likelihoods(
     terms: IndividualTerms, posterior: ClusterPosterior, residuals: np.ndarray, mask: np.ndarray, index: np.ndarray
 ):
-    r""":math:`E_{ik} = \mathbb E_{q(\mu_k)} \log\mathcal N(y_i; \mu_k(t_i), \Psi_i)`, shape (M, K), with the
-    deviations :math:`y_i - \hat m_k(t_i)` (K, M, n) and blocks :math:`\hat K_k(t_i, t_i)` (K, M, n, n):
+    r""":math:`E_{ik} = \mathbb E_{q(\mu_k)} \log\mathcal N(y_i; \mu_k(t_i), \Psi_i)`.
+
+    Shape (M, K), with the deviations :math:`y_i - \hat m_k(t_i)` (K, M, n) and blocks :math:`\hat K_k(t_i, t_i)` (K, M,
+    n, n):
 
     .. math:: E_{ik} = \log\mathcal N(y_i; \hat m_k(t_i), \Psi_i) - \tfrac12\mathrm{tr}(\Psi_i^{-1}\hat K_k(t_i,t_i)).
     """

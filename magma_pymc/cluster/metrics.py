@@ -12,9 +12,11 @@ def _pairs(counts: np.ndarray) -> float:
 
 
 def adjusted_rand_index(labels_true, labels_pred) -> float:
-    r"""ARI :math:`= (\sum_{ij}\binom{n_{ij}}2 - E) / (\tfrac12[\sum_i\binom{a_i}2 + \sum_j\binom{b_j}2] - E)`,
-    :math:`E = \sum_i\binom{a_i}2\sum_j\binom{b_j}2 / \binom n2`, from the contingency table :math:`n_{ij}`;
-    1 for identical partitions (up to label names), about 0 for independent ones."""
+    r"""ARI :math:`= (\sum_{ij}\binom{n_{ij}}2 - E) / (\tfrac12[\sum_i\binom{a_i}2 + \sum_j\binom{b_j}2] - E)`.
+
+    :math:`E = \sum_i\binom{a_i}2\sum_j\binom{b_j}2 / \binom n2`, from the contingency table :math:`n_{ij}`; 1 for
+    identical partitions (up to label names), about 0 for independent ones.
+    """
     true_codes = np.unique(np.asarray(labels_true), return_inverse=True)[1]
     pred_codes = np.unique(np.asarray(labels_pred), return_inverse=True)[1]
     if len(true_codes) != len(pred_codes):

@@ -45,10 +45,13 @@ def build_cluster_model(
     common_hp: bool = True,
     jitter: float = 1e-8,
 ) -> pm.Model:
-    """Declare the model of the module docstring for ``data``; ``centres`` are the prior centres of the
-    log HP (``(P0,)``, ``(P + 1,)``), e.g. the data-driven initial values."""
+    """Declare the model of the module docstring for ``data``.
+
+    ``centres`` are the prior centres of the log HP (``(P0,)``, ``(P + 1,)``), e.g. the data-driven initial values.
+    """
     coords = {"cluster": np.arange(n_clusters), "input": np.arange(data.n_inputs),
-              "individual": [str(i) for i in data.ids], "mean_hp": list(mean_kernel.names), "hp": [*kernel.names, NOISE]}
+              "individual": [str(i) for i in data.ids], "mean_hp": list(mean_kernel.names),
+              "hp": [*kernel.names, NOISE]}
     grid = data.grid
     mask = pt.as_tensor(data.mask)
     with pm.Model(coords=coords) as model:
@@ -56,7 +59,8 @@ def build_cluster_model(
         mean_log = pm.Normal("log_mu_hp", mu=centres[0], sigma=PRIOR_SD, dims=("cluster", "mean_hp"))
         log_hp = pm.Normal("log_hp", mu=centres[1], sigma=PRIOR_SD, dims=("hp",) if common_hp else ("individual", "hp"))
         covs = pt.stack([mean_kernel.covariance(mean_log[k])(grid) for k in range(n_clusters)])
-        mu = pm.MvNormal("mu", mu=prior_mean(grid), cov=covs + jitter * pt.eye(data.n_inputs), dims=("cluster", "input"))
+        mu = pm.MvNormal("mu", mu=prior_mean(grid), cov=covs + jitter * pt.eye(data.n_inputs),
+                         dims=("cluster", "input"))
         psi = individual_covariances(kernel, log_hp, pt.as_tensor(data.inputs), mask, jitter)
         chol = cholesky(psi, lower=True)                                                     # (M, n, n)
         mu_padded = pt.concatenate([mu, pt.zeros((n_clusters, 1))], axis=1)[:, data.index]  # (K, M, n)

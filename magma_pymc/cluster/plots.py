@@ -28,8 +28,10 @@ __all__ = ["plot_cluster_prediction", "plot_clusters", "plot_vbic"]
 
 def plot_clusters(model: MagmaClust, ax: Axes | None = None, *, inputs: Any = None, prob: float = 0.95,
                   lines: bool = True) -> Axes:
-    """Each cluster's mean process (mean and central ``prob`` band of :math:`q(\\mu_k)`) over the training
-    data, every individual coloured by its most probable cluster (line opacity: that probability)."""
+    r"""Each cluster's mean process (mean and central ``prob`` band of :math:`q(\mu_k)`) over the training data.
+
+    Every individual coloured by its most probable cluster (line opacity: that probability).
+    """
     ax = _axes(ax)
     grid = model.mean_process_grid[:, 0]
     x = np.linspace(grid.min(), grid.max(), 200) if inputs is None else np.asarray(inputs, dtype=float)
@@ -52,8 +54,11 @@ def plot_clusters(model: MagmaClust, ax: Axes | None = None, *, inputs: Any = No
 
 def plot_cluster_prediction(prediction: xr.Dataset, ax: Axes | None = None, *, observed: Any = None,
                             target: Any = None, components: bool = True) -> Axes:
-    """The mixture prediction (mean and quantile interval), each cluster's prediction mean (dashed, opacity
-    by its probability), the observed points and optionally held-out ``target`` points."""
+    """The mixture prediction (mean and quantile interval).
+
+    Also drawn: each cluster's prediction mean (dashed, opacity by its probability), the observed points and
+    optionally held-out ``target`` points.
+    """
     ax = _axes(ax)
     x = prediction["input"].values
     order = np.argsort(x)

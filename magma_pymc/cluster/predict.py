@@ -29,6 +29,8 @@ __all__ = ["ClusterPrediction", "cluster_means_at", "predict_clusters"]
 
 
 class ClusterPrediction(NamedTuple):
+    """A new individual's cluster probabilities, per-cluster predictions and log HP (and where they came from)."""
+
     probabilities: np.ndarray   # (K,) tau_*k
     components: list            # K magma_pymc.predict.Prediction, one per cluster
     log_params: np.ndarray      # (P + 1,) the new individual's log HP
@@ -82,7 +84,8 @@ def predict_clusters(problem: ClusterProblem, state: VEMState, current: VEMEStep
         problem.bounds[: graphs.individual_kernel.n_params + 1], jitter, empirical_prior=empirical_prior,
     )
     if n_obs:
-        values, _ = likelihood.components(hp.log_params, individual.inputs, individual.outputs, obs_means, obs_covs, jitter)
+        values, _ = likelihood.components(hp.log_params, individual.inputs, individual.outputs, obs_means, obs_covs,
+                                          jitter)
         logits = state.log_weights - values
         probabilities = np.exp(logits - logsumexp(logits))
     else:

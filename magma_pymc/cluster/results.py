@@ -1,4 +1,4 @@
-"""MagmaClust results as an ``xarray.DataTree``, and saving/loading through its netCDF file.
+r"""MagmaClust results as an ``xarray.DataTree``, and saving/loading through its netCDF file.
 
 Groups (named dims ``individual``, ``cluster``, ``input``, ``vem_iteration``):
 
@@ -9,7 +9,7 @@ Groups (named dims ``individual``, ``cluster``, ``input``, ``vem_iteration``):
 - ``vem_trace``: the ``elbo`` and the number of clusters per iteration (0 = initial values) and the
   individual HP;
 - ``hyperposterior``: ``mu_mean`` (``cluster, input``) and ``mu_cov`` (``cluster, input, input_bis``)
-  of :math:`q(\\mu_k)` on the training grid;
+  of :math:`q(\mu_k)` on the training grid;
 - ``observed_data``: the training data in long format.
 
 Root attributes: ``elbo``, ``vbic``, ``n_clusters``, ``n_params``, the jitter and the settings.

@@ -29,8 +29,10 @@ __all__ = ["ClusterSelection", "select_n_clusters"]
 
 @dataclass(frozen=True)
 class ClusterSelection:
-    """``table`` (one row per K: ``elbo``, ``n_params``, ``vbic``, ``n_clusters_kept``, ``seconds``),
-    the ``best`` K (highest V-BIC) and the fitted ``models`` keyed by K."""
+    """``table`` (one row per K: ``elbo``, ``n_params``, ``vbic``, ``n_clusters_kept``, ``seconds``).
+
+    The ``best`` K (highest V-BIC) and the fitted ``models`` keyed by K.
+    """
 
     table: pd.DataFrame
     best: int
@@ -38,6 +40,7 @@ class ClusterSelection:
 
     @property
     def best_model(self) -> MagmaClust:
+        """The model of the selected number of clusters."""
         return self.models[self.best]
 
     def plot(self, ax=None):
@@ -48,8 +51,10 @@ class ClusterSelection:
 
 
 def select_n_clusters(data: Any, k_range: Iterable[int] = range(1, 6), **options: Any) -> ClusterSelection:
-    """Fit :class:`MagmaClust` for every K in ``k_range`` (``options`` passed to it, e.g. ``common_hp``,
-    ``n_init``, ``random_state``) and tabulate the V-BIC of the module docstring."""
+    """Fit :class:`MagmaClust` for every K in ``k_range`` and tabulate the V-BIC of the module docstring.
+
+    ``options`` are passed to :class:`MagmaClust`, e.g. ``common_hp``, ``n_init``, ``random_state``.
+    """
     train = as_training_data(data)
     values = sorted({check_n_clusters(k, train.n_individuals) for k in k_range})
     if not values:

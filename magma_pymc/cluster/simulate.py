@@ -35,10 +35,12 @@ def _factor(grid: np.ndarray, variance: float, lengthscale: float) -> np.ndarray
 
 @dataclass(frozen=True, eq=False)
 class ClusteredSimulation:
-    """``data`` (training, long format ``ID``, ``Input``, ``Output``), ``new`` (extra individuals with all
-    their points), the true ``labels`` (a Series indexed by ID, training and new), the cluster ``weights``,
-    the mean processes on ``grid`` (``mean_processes``, ``(K, G)``), the noise-free curves
-    (``latent``: ID -> ``(G,)``) and the true ``hyperparameters``."""
+    """``data`` (training, long format ``ID``, ``Input``, ``Output``).
+
+    ``new`` (extra individuals with all their points), the true ``labels`` (a Series indexed by ID, training and new),
+    the cluster ``weights``, the mean processes on ``grid`` (``mean_processes``, ``(K, G)``), the noise-free curves
+    (``latent``: ID -> ``(G,)``) and the true ``hyperparameters``.
+    """
 
     data: pd.DataFrame
     new: pd.DataFrame
@@ -100,8 +102,8 @@ def simulate_clustered(
     width = len(str(max(n_total - 1, 0)))
     ids = [f"i{i:0{width}d}" for i in range(n_individuals)] + [f"new{i:0{width}d}" for i in range(n_new)]
     # Every cluster has at least one training individual, the rest drawn from the weights.
-    labels = np.concatenate([rng.permutation(np.concatenate([np.arange(n_clusters),
-                                                              rng.choice(n_clusters, n_individuals - n_clusters, p=weights)])),
+    extra = rng.choice(n_clusters, n_individuals - n_clusters, p=weights)
+    labels = np.concatenate([rng.permutation(np.concatenate([np.arange(n_clusters), extra])),
                              rng.choice(n_clusters, n_new, p=weights)])
     hp_rows = np.exp(rng.uniform(*np.transpose([variance_range, lengthscale_range, noise_range]),
                                  (1 if common_hp else n_total, 3)))

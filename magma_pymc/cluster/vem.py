@@ -107,11 +107,14 @@ class ClusterProblem:
         return np.stack([function(row, left, right) for row in mean_log_params])   # K is small
 
     def psi(self, log_params: np.ndarray, jitter: float) -> np.ndarray:
+        r"""Padded :math:`\Psi_i = C_{\theta_i}(t_i, t_i) + (\sigma_i^2 + j) I`, shape ``(M, n, n)``."""
         function = _psi_function(self.graphs.individual_kernel, self.graphs.common_hp, self.graphs.mode)
         return function(log_params, self.inputs, self.mask, jitter)
 
 
 class VEMState(NamedTuple):
+    """The variational EM's parameters: mean-process and individual log HP, log mixing weights, responsibilities."""
+
     mean_log_params: np.ndarray  # (K, P0)
     log_params: np.ndarray       # (P + 1,) common HP or (M, P + 1)
     log_weights: np.ndarray      # (K,) log pi
@@ -120,6 +123,8 @@ class VEMState(NamedTuple):
 
 
 class VEMEStep(NamedTuple):
+    """The E-step at a state: the clusters' mean-process posteriors and the terms the M-step and the bound use."""
+
     posterior: ClusterPosterior
     terms: IndividualTerms
     information: tuple           # weighted_information(...) at the state's tau
@@ -136,7 +141,7 @@ def elbo(tau: np.ndarray, log_weights: np.ndarray, expected: np.ndarray, kl: np.
 
 
 def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | None = None) -> tuple[VEMEStep, VEMState]:
-    """:math:`q(\\mu_k)` at the state's HP and responsibilities, :math:`E_{ik}` and the bound.
+    r""":math:`q(\mu_k)` at the state's HP and responsibilities, :math:`E_{ik}` and the bound.
 
     ``terms``: the individuals' factorisations at the state's HP and jitter, when already computed.
     As MAGMA's E-step, the jitter grows tenfold while a factorisation fails, up to
@@ -162,7 +167,8 @@ def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | Non
                 f"singular covariances (mean processes {np.exp(state.mean_log_params)}, individuals "
                 f"{np.exp(state.log_params)})")
 
-    (terms, information, posterior), jitter = smallest_working_jitter(attempt, state.jitter, problem.output_scale, failure)
+    (terms, information, posterior), jitter = smallest_working_jitter(attempt, state.jitter, problem.output_scale,
+                                                                      failure)
     state = state._replace(jitter=jitter)
     expected, deviations, blocks = expected_log_likelihoods(
         terms, posterior, problem.residuals, problem.mask, problem.index
@@ -172,7 +178,7 @@ def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | Non
 
 
 def update_responsibilities(log_weights: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """:math:`\\tau_{ik} = \\pi_k e^{E_{ik}} / \\sum_l \\pi_l e^{E_{il}}` by log-sum-exp."""
+    r""":math:`\tau_{ik} = \pi_k e^{E_{ik}} / \sum_l \pi_l e^{E_{il}}` by log-sum-exp."""
     logits = log_weights[None] + expected
     return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
 
@@ -229,8 +235,10 @@ def _individual_step(state: VEMState, problem: ClusterProblem, current: VEMEStep
 
 
 def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep, terms: IndividualTerms | None):
-    """One ``(value, grad)`` function per cluster for the mean-process step (module docstring, step 3);
-    ``terms`` are the individuals' factorisations at the new individual HP (ECME)."""
+    """One ``(value, grad)`` function per cluster for the mean-process step (module docstring, step 3).
+
+    ``terms`` are the individuals' factorisations at the new individual HP (ECME).
+    """
     graphs, jitter = problem.graphs, state.jitter
     if problem.mean_step == "expected":
         post = current.posterior
@@ -243,7 +251,9 @@ def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep
     for summary in summaries:
         pseudo = graphs.pseudo_observations(*summary)
         if np.isfinite(pseudo[2]):
-            functions.append(lambda lp, pseudo=pseudo: graphs.mean_process_pseudo_step(lp, problem.grid, *pseudo, jitter))
+            functions.append(
+                lambda lp, pseudo=pseudo: graphs.mean_process_pseudo_step(lp, problem.grid, *pseudo, jitter)
+            )
         else:  # a grid point no member of the cluster observes: the information form needs no inverse
             functions.append(
                 lambda lp, summary=summary: graphs.mean_process_precision_step(lp, problem.grid, *summary, jitter)
@@ -252,8 +262,11 @@ def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep
 
 
 def vem_step(state: VEMState, problem: ClusterProblem, current: VEMEStep) -> tuple[VEMState, IndividualTerms | None]:
-    """Steps 1-3 of the module docstring; the caller runs the E-step (step 4) with the returned
-    individual factorisations at the new HP (``None`` when the mean step did not need them)."""
+    """Steps 1-3 of the module docstring.
+
+    The caller runs the E-step (step 4) with the returned individual factorisations at the new HP (``None`` when the
+    mean step did not need them).
+    """
     state, keep = _drop_empty(state, current)
     log_params = _individual_step(state, problem, current, keep)
     terms = None
@@ -278,6 +291,8 @@ def vem_step(state: VEMState, problem: ClusterProblem, current: VEMEStep) -> tup
 
 
 class VEMTrace(NamedTuple):
+    """The final state and E-step of a variational EM run, and its bound, cluster count and HP per iteration."""
+
     state: VEMState
     estep: VEMEStep
     elbo: np.ndarray              # (iterations + 1,)

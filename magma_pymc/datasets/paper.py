@@ -1,4 +1,4 @@
-"""The MAGMA paper's own simulated data sets and the authors' per-run results (read offline).
+r"""The MAGMA paper's own simulated data sets and the authors' per-run results (read offline).
 
 Leroy, Latouche, Guedj and Gey (2022), "MAGMA: inference and prediction using multi-task
 Gaussian processes with common mean", Machine Learning 111, section 5 and Table 1. The files in
@@ -6,7 +6,7 @@ Gaussian processes with common mean", Machine Learning 111, section 5 and Table 
 ``Simulations/`` at commit dc106db (see ``data/README.md``).
 
 Each setting (``"TT"``, ``"TF"``, ``"FT"``, ``"FF"``: common inputs T/F, common hyper-parameters
-T/F) holds 100 data sets. In each, ID 0 is the true mean process :math:`\\mu_0` on the grid
+T/F) holds 100 data sets. In each, ID 0 is the true mean process :math:`\mu_0` on the grid
 0, 0.05, ..., 10 (201 noise-free values), ID 1 the test individual and IDs 2..21 the 20 training
 individuals, 30 points each. The authors' protocol: train on IDs 2..21 with prior mean 0, observe
 the first 20 points of ID 1 and forecast its last 10.
@@ -92,7 +92,7 @@ def load_paper_simulations(setting: str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class PaperDataSet:
-    """One data set of the paper: training individuals, test individual and true mean process.
+    r"""One data set of the paper: training individuals, test individual and true mean process.
 
     Attributes
     ----------
@@ -101,9 +101,9 @@ class PaperDataSet:
     test : pd.DataFrame
         ID ``"1"``, its 30 points sorted by input (same columns).
     mean_process : pd.DataFrame
-        The true :math:`\\mu_0` on the 201-point grid, columns ``Input``, ``Output``.
+        The true :math:`\mu_0` on the 201-point grid, columns ``Input``, ``Output``.
     hyperparameters : pd.DataFrame
-        Generating HP per ID (``"0"`` for :math:`\\mu_0`), columns ``variance``,
+        Generating HP per ID (``"0"`` for :math:`\mu_0`), columns ``variance``,
         ``lengthscale``, ``noise``.
     """
 

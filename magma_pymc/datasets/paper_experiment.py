@@ -1,11 +1,11 @@
-"""The MAGMA paper's simulation experiment, run with :class:`magma_pymc.Magma` on the paper's data.
+r"""The MAGMA paper's simulation experiment, run with :class:`magma_pymc.Magma` on the paper's data.
 
 Protocol of Leroy et al. (2022, section 5; the authors' ``simulation_study.R``): for each data set
 of :func:`~magma_pymc.datasets.load_paper_simulations`, fit MAGMA on the 20 training individuals
 with prior mean 0, observe the first ``N`` points of the test individual and forecast its last
 10; score the forecast by its MSE and by the percentage of the 10 points inside the 95 %
 predictive interval (CI95). The mean process's hyper-posterior is scored likewise against the
-true :math:`\\mu_0` at the training inputs.
+true :math:`\mu_0` at the training inputs.
 """
 
 from __future__ import annotations

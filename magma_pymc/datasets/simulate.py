@@ -193,7 +193,8 @@ def _clustered(arguments: dict) -> ClusteredSimulation:
     given = sorted(name for name, default in defaults.items()
                    if (arguments[name] is not None if default is None else arguments[name] != default))
     if given:
-        raise ValueError(f"simulate(n_clusters=...) follows the MagmaClust scheme and does not take {', '.join(given)}; "
+        raise ValueError(f"simulate(n_clusters=...) follows the MagmaClust scheme and does not take "
+                         f"{', '.join(given)}; "
                          "use magma_pymc.cluster.simulate_clustered for its own options")
     return simulate_clustered(arguments["n_clusters"], arguments["n_individuals"], arguments["n_points"],
                               common_grid=arguments["common_grid"], common_hp=arguments["common_hp"],

@@ -1,5 +1,7 @@
-r"""Client side of the partitioned EM: the same iterations as :func:`magma_pymc.em.run_em`, with every
-sum over individuals computed partition by partition on a Dask cluster.
+r"""Client side of the partitioned EM.
+
+The same iterations as :func:`magma_pymc.em.run_em`, with every sum over individuals computed partition by partition on
+a Dask cluster.
 
 One iteration, with P partitions (:mod:`magma_pymc.distributed.partition` runs the tasks):
 
@@ -40,19 +42,23 @@ __all__ = ["PartitionedProblem", "DistributedEStep", "run_distributed_em", "Comm
 
 @dataclass
 class Communication:
-    """Bytes of the arrays sent to and received from the partitions (task arguments and results),
-    per EM iteration (entry 0: the first E-step)."""
+    """Bytes of the arrays sent to and received from the partitions (task arguments and results).
+
+    Per EM iteration (entry 0: the first E-step).
+    """
 
     sent: list = field(default_factory=lambda: [0])
     received: list = field(default_factory=lambda: [0])
     round_trips: list = field(default_factory=lambda: [0])
 
     def next_iteration(self) -> None:
+        """Start counting a new EM iteration."""
         self.sent.append(0)
         self.received.append(0)
         self.round_trips.append(0)
 
     def count(self, sent, received) -> None:
+        """Add the bytes of one round trip's arguments and results to the current iteration."""
         self.sent[-1] += _nbytes(sent)
         self.received[-1] += _nbytes(received)
 
@@ -99,7 +105,8 @@ class PartitionedProblem:
     def map_gather(self, task: Callable, *args, per_partition: Callable | None = None, shared=()) -> list:
         """Run ``task(partition, *args, *per_partition(p))`` on every partition; results in partition order.
 
-        ``shared`` arrays travel once as a task of their own (recomputable, unlike scattered data)."""
+        ``shared`` arrays travel once as a task of their own (recomputable, unlike scattered data).
+        """
         client = self.client
         shared_futures = [client.submit(tasks.identity, value) for value in shared]
         futures = []
@@ -115,7 +122,10 @@ class PartitionedProblem:
 
 
 class DistributedEStep(NamedTuple):
-    """The E-step on the client, and the futures of the partitions' :class:`~magma_pymc.distributed.partition.EStepBlocks`."""
+    """The E-step on the client, and the futures of the partitions' blocks.
+
+    The blocks are :class:`~magma_pymc.distributed.partition.EStepBlocks`.
+    """
 
     result: EStepResult          # deviations / cov_blocks: None (they stay on the workers)
     alpha: np.ndarray
@@ -231,8 +241,10 @@ def run_distributed_em(
     tol: float = 1e-3,
     callback: Callable[[int, EMState, float], None] | None = None,
 ) -> tuple[EMTrace, DistributedEStep]:
-    """Iterate as :func:`magma_pymc.em.run_em` (same stopping rule and warnings); returns the trace
-    (its ``estep`` without the per-individual blocks, which stay on the workers) and the last E-step."""
+    """Iterate as :func:`magma_pymc.em.run_em` (same stopping rule and warnings).
+
+    Returns the trace (its ``estep`` without the per-individual blocks, which stay on the workers) and the last E-step.
+    """
     problem.seconds = [0.0]
 
     def advance(state: EMState, current: DistributedEStep) -> tuple[DistributedEStep, EMState]:

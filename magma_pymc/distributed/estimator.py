@@ -34,7 +34,7 @@ __all__ = ["DistributedMagma"]
 
 
 class DistributedMagma(Magma):
-    """MAGMA fitted by EM over partitions of the individuals on a Dask cluster.
+    r"""MAGMA fitted by EM over partitions of the individuals on a Dask cluster.
 
     Configuration as :class:`~magma_pymc.Magma` (``common_hp``, kernels, ``prior_mean``,
     ``inducing``, ...); :meth:`fit` takes a long ``dask.dataframe`` (each partition holding whole
@@ -42,7 +42,7 @@ class DistributedMagma(Magma):
     :func:`magma_pymc.em.run_em` (:mod:`magma_pymc.distributed.em`) and gives the same
     hyper-parameters, hyper-posterior and predictions as ``Magma.fit`` on the same data, up to the
     rounding of sums taken in another order. The individuals' data stay on the workers; the client
-    keeps the hyper-parameters and the hyper-posterior of :math:`\\mu_0` on the grid, which is all
+    keeps the hyper-parameters and the hyper-posterior of :math:`\mu_0` on the grid, which is all
     that prediction needs.
 
     Besides :class:`~magma_pymc.Magma`'s ``hyperparameters_``, ``idata_`` (without the
@@ -164,7 +164,8 @@ class DistributedMagma(Magma):
         ids = None if self.common_hp else np.array([str(i) for i in self.ids_])
         hp_names = (self.mean_kernel.names, self.kernel.names)
         posterior = hp_dataset(
-            *hp_names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"), ids
+            *hp_names, trace.state.mean_log_params[None, None], trace.state.log_params[None, None], ("chain", "draw"),
+            ids,
         )
         em_trace = hp_dataset(*hp_names, trace.mean_log_params, trace.log_params, ("em_iteration",), ids)
         em_trace["log_likelihood"] = ("em_iteration", trace.log_likelihood)
@@ -192,8 +193,10 @@ class DistributedMagma(Magma):
 
     def predict(self, new_data: Any, inputs: Any, *, prob: float = 0.95, full_cov: bool = False,
                 **data_options: Any) -> xr.Dataset:
-        """As :meth:`magma_pymc.Magma.predict` (same arguments, same result); for many new
-        individuals at once, on the cluster, see :func:`magma_pymc.distributed.predict_partitions`."""
+        """As :meth:`magma_pymc.Magma.predict` (same arguments, same result).
+
+        For many new individuals at once, on the cluster, see :func:`magma_pymc.distributed.predict_partitions`.
+        """
         with WORKER_LOCK:
             return self.predictor.predict(new_data, inputs, prob=prob, full_cov=full_cov, result=self.result_,
                                           **data_options)
@@ -205,6 +208,7 @@ class DistributedMagma(Magma):
         return self._predictor
 
     def save(self, path) -> None:
+        """Not supported: the training data stay on the workers (save ``idata_`` instead)."""
         raise NotImplementedError(
             "saving a distributed fit is not supported: its training data stay on the workers; save "
             "model.idata_ (hyper-parameters, hyper-posterior, EM trace) with idata_.to_netcdf(path)"

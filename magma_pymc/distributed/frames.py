@@ -22,6 +22,7 @@ __all__ = ["split_by_individual", "validated_partitions", "is_dask_frame"]
 
 
 def is_dask_frame(data: Any) -> bool:
+    """Whether ``data`` is a dask DataFrame (checked without importing dask)."""
     return type(data).__module__.startswith("dask") and hasattr(data, "to_delayed")
 
 
@@ -40,8 +41,10 @@ def split_by_individual(frame: pd.DataFrame, n_partitions: int, id_col: str = "I
 
 
 def validated_partitions(client, data: Any, n_partitions: int | None, input_dim: int, options: dict) -> list:
-    """Futures of each partition's validated :class:`~magma_pymc.data.TrainingData` (``None`` for an
-    empty partition of a dask frame)."""
+    """Futures of each partition's validated :class:`~magma_pymc.data.TrainingData`.
+
+    ``None`` for an empty partition of a dask frame.
+    """
     if is_dask_frame(data):
         import dask
 

@@ -42,8 +42,8 @@ from magma_pymc.compiled import DEFAULT_MODE, ModelGraphs, _compile, graphs_for
 from magma_pymc.hyperposterior import (
     EStepTerms,
     TrainingTensors,
-    build_loadings,
     build_estep_terms,
+    build_loadings,
     finish_estep,
 )
 from magma_pymc.kernels import Kernel
@@ -83,7 +83,7 @@ _WORKER_CACHE: dict[str, tuple[ModelGraphs, DistributedGraphs]] = {}
 
 
 def worker_graphs(structure: Structure) -> tuple[ModelGraphs, DistributedGraphs]:
-    """This process's compiled graphs of ``structure`` (compiled on first use, cached by token)."""
+    """The compiled graphs of ``structure`` in this process (compiled on first use, cached by token)."""
     if structure.token not in _WORKER_CACHE:
         # The process-wide core graphs: workers in the client's process share them with in-process fits.
         _WORKER_CACHE[structure.token] = (structure.model_graphs(), DistributedGraphs(structure))
@@ -91,15 +91,20 @@ def worker_graphs(structure: Structure) -> tuple[ModelGraphs, DistributedGraphs]
 
 
 def client_graphs(structure: Structure) -> DistributedGraphs:
-    """The client's graphs of ``structure``: the same cache as the workers' (the client and the
-    workers call different functions of it: the E-step's finish and the projected loss here, the
-    partitions' tasks there; prediction holds :data:`WORKER_LOCK`)."""
+    """The client's graphs of ``structure``.
+
+    The same cache as the workers' (the client and the workers call different functions of it: the E-step's finish and
+    the projected loss here, the partitions' tasks there; prediction holds :data:`WORKER_LOCK`).
+    """
     return worker_graphs(structure)[1]
 
 
 def structure_token(mean_kernel: Kernel, kernel: Kernel, common_hp: bool, projected: bool, mode: str) -> str:
-    """A name for a structure, equal for equal kernels (their pickled factories), so that fits of one
-    structure share each worker's compiled graphs."""
+    """A name for a structure.
+
+    Equal for equal kernels (their pickled factories), so that fits of one structure share each worker's compiled
+    graphs.
+    """
     import cloudpickle
 
     parts = [(k.factory, k.names, k.input_dim) for k in (mean_kernel, kernel)]
@@ -137,8 +142,11 @@ class DistributedGraphs:
 
     @cached_property
     def finish(self) -> Function:
-        """``(mean_hp, grid, gram, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (mean, cov,
-        cov_factor, log_likelihood, alpha, chol_b)`` from the summed terms (client side)."""
+        """The E-step's finish from the summed terms (client side).
+
+        ``(mean_hp, grid, gram, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (mean, cov, cov_factor,
+        log_likelihood, alpha, chol_b)``.
+        """
         mean_hp = pt.vector("mean_log_params", dtype="float64")
         grid = pt.matrix("grid", dtype="float64")
         jitter = pt.scalar("jitter", dtype="float64")
@@ -150,9 +158,11 @@ class DistributedGraphs:
 
     @cached_property
     def estep_blocks(self) -> Function:
-        """``(mean_hp, grid, inputs, residuals, mask, index, jitter, mean, cov, alpha, chol_b) ->
-        (deviations, cov_blocks)``: what the individual M-step needs of one partition, as the core
-        E-step computes them (:attr:`magma_pymc.compiled.ModelGraphs.estep`)."""
+        """What the individual M-step needs of one partition, as the core E-step computes them.
+
+        ``(mean_hp, grid, inputs, residuals, mask, index, jitter, mean, cov, alpha, chol_b) -> (deviations,
+        cov_blocks)``, as :attr:`magma_pymc.compiled.ModelGraphs.estep`.
+        """
         mean_hp, _ = _hp(True)
         data = TrainingTensors.symbolic()
         mean = pt.vector("mean", dtype="float64")
@@ -176,8 +186,10 @@ class DistributedGraphs:
 
     @cached_property
     def projected_loss(self) -> Function:
-        """``(gram, shift, quad_residuals, half_logdet_psi, n_obs) -> (-log p(y), d/d gram, d/d shift)``
-        (client side; module docstring)."""
+        """The projected loss and its gradient from the summed terms (client side; module docstring).
+
+        ``(gram, shift, quad_residuals, half_logdet_psi, n_obs) -> (-log p(y), d/d gram, d/d shift)``.
+        """
         terms = _symbolic_terms()
         n_grid = terms.gram.shape[0]
         # The E-step's log-likelihood without L0: it depends on the loadings through the terms only.
@@ -188,8 +200,10 @@ class DistributedGraphs:
 
     @cached_property
     def projected_vjp(self) -> Function:
-        """``(mean_hp, hp, grid, inputs, residuals, mask, index, jitter, gram_bar, shift_bar) -> grad``
-        of one partition (module docstring)."""
+        """One partition's vector-Jacobian product (module docstring).
+
+        ``(mean_hp, hp, grid, inputs, residuals, mask, index, jitter, gram_bar, shift_bar) -> grad``.
+        """
         mean_hp, ind_hp = _hp(self.structure.common_hp)
         data = TrainingTensors.symbolic()
         gram_bar = pt.matrix("gram_bar", dtype="float64")
@@ -202,7 +216,7 @@ class DistributedGraphs:
 
     @cached_property
     def prior_factor(self) -> Function:
-        """``(mean_hp, grid, jitter) -> L_0``, the Cholesky factor of :math:`K_{\\theta_0}` on the grid."""
+        r"""``(mean_hp, grid, jitter) -> L_0``, the Cholesky factor of :math:`K_{\theta_0}` on the grid."""
         mean_hp = pt.vector("mean_log_params", dtype="float64")
         grid = pt.matrix("grid", dtype="float64")
         jitter = pt.scalar("jitter", dtype="float64")

@@ -42,20 +42,25 @@ class PartitionSummary(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """A partition's individuals as the compiled graphs take them (``arrays``: grid, inputs,
-    residuals, mask, index; ``index`` points into the global union grid)."""
+    """A partition's individuals as the compiled graphs take them.
+
+    ``arrays``: grid, inputs, residuals, mask, index; ``index`` points into the global union grid.
+    """
 
     ids: np.ndarray
     arrays: tuple
 
     @property
     def n_individuals(self) -> int:
+        """Number of individuals in the partition."""
         return len(self.ids)
 
 
 def on_worker(task: Callable) -> Callable:
-    """Run a task with one BLAS thread and the process's graph lock (see :data:`WORKER_LOCK`), on
-    aligned arrays (Dask may deserialise arrays into unaligned buffers, which PyTensor refuses)."""
+    """Run a task with one BLAS thread and the process's graph lock (see :data:`WORKER_LOCK`).
+
+    On aligned arrays (Dask may deserialise arrays into unaligned buffers, which PyTensor refuses).
+    """
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
@@ -84,6 +89,7 @@ def validate(frame: pd.DataFrame, input_dim: int, options: dict) -> TrainingData
 
 
 def summarise(train: TrainingData | None, with_grid: bool) -> PartitionSummary | None:
+    """The partition's :class:`PartitionSummary` (distinct inputs only if ``with_grid``); ``None`` if it is empty."""
     if train is None:  # an empty partition of a dask frame
         return None
     outputs = np.concatenate([ind.outputs for ind in train.individuals])
@@ -94,7 +100,7 @@ def summarise(train: TrainingData | None, with_grid: bool) -> PartitionSummary |
 
 
 def output_square_deviation(train: TrainingData, centre: float) -> float:
-    """:math:`\\sum (y - c)^2` over the partition's outputs (the output variance, in two passes)."""
+    r""":math:`\sum (y - c)^2` over the partition's outputs (the output variance, in two passes)."""
     outputs = np.concatenate([ind.outputs for ind in train.individuals])
     return float(((outputs - centre) ** 2).sum())
 
@@ -113,7 +119,7 @@ def prepare(train: TrainingData, grid: np.ndarray, prior_mean: Callable, project
 
 
 class EStepBlocks(NamedTuple):
-    """What the individual M-step needs of a partition: :math:`y_i - \\hat m_i` and :math:`\\hat K_i` (padded)."""
+    r"""What the individual M-step needs of a partition: :math:`y_i - \hat m_i` and :math:`\hat K_i` (padded)."""
 
     deviations: np.ndarray
     cov_blocks: np.ndarray
@@ -138,7 +144,7 @@ def _individual_args(part: Partition, blocks: EStepBlocks) -> tuple:
 
 @on_worker
 def individual_value_grad(part: Partition, blocks: EStepBlocks, structure: Structure, hp, jitter: float) -> tuple:
-    """:math:`-\\sum_{i\\in p} Q_i` and its gradient w.r.t. the common individual HP."""
+    r""":math:`-\sum_{i\in p} Q_i` and its gradient w.r.t. the common individual HP."""
     core, _ = worker_graphs(structure)
     value, grad = core.individual_step(hp, *_individual_args(part, blocks), jitter)
     return float(value), np.asarray(grad)
@@ -160,7 +166,10 @@ def fit_individuals(part: Partition, blocks: EStepBlocks, structure: Structure, 
 
 @on_worker
 def data_precision(part: Partition, structure: Structure, hp, jitter: float) -> tuple:
-    """The partition's share of the data's information form (:func:`magma_pymc.information_form.build_data_precision`)."""
+    """The partition's share of the data's information form.
+
+    As :func:`magma_pymc.information_form.build_data_precision`.
+    """
     core, _ = worker_graphs(structure)
     return tuple(np.asarray(x) for x in core.data_precision(hp, *part.arrays, jitter))
 

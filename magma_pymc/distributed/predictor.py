@@ -37,8 +37,10 @@ PREDICTION_COLUMNS = ("mean", "variance", "lower", "upper", "latent_variance", "
 
 @dataclass(frozen=True, eq=False)
 class Predictor:
-    """What prediction needs of a distributed fit: small and picklable (no compiled graph, no data);
-    :meth:`result` rebuilds the fit's record in each process with that process's graphs."""
+    """What prediction needs of a distributed fit: small and picklable (no compiled graph, no data).
+
+    :meth:`result` rebuilds the fit's record in each process with that process's graphs.
+    """
 
     structure: Structure
     method: str
@@ -51,6 +53,7 @@ class Predictor:
 
     @property
     def grid(self) -> np.ndarray:
+        """The inputs of the mean-process hyper-posterior."""
         return self.arrays.grid
 
     def result(self, tree: xr.DataTree | None = None) -> FitResult:

@@ -25,7 +25,7 @@ __all__ = ["SummaryArrays", "SummaryGraphs", "PartitionedData", "summary_result"
 
 
 class SummaryArrays(NamedTuple):
-    """What stands for the training arrays: the grid (union grid or inducing points), :math:`\\alpha`, :math:`L_B`."""
+    r"""What stands for the training arrays: the grid (union grid or inducing points), :math:`\alpha`, :math:`L_B`."""
 
     grid: np.ndarray
     alpha: np.ndarray
@@ -33,7 +33,7 @@ class SummaryArrays(NamedTuple):
 
 
 class SummaryGraphs:
-    """The model's compiled graphs, with :math:`\\mu_0` at new inputs computed from :class:`SummaryArrays`."""
+    r"""The model's compiled graphs, with :math:`\mu_0` at new inputs computed from :class:`SummaryArrays`."""
 
     def __init__(self, core: ModelGraphs, distributed: DistributedGraphs) -> None:
         self._core, self._distributed = core, distributed
@@ -58,10 +58,12 @@ class PartitionedData:
 
     @property
     def input_dim(self) -> int:
+        """Number of input columns."""
         return len(self.input_names)
 
     @property
     def n_individuals(self) -> int:
+        """Number of training individuals."""
         return len(self.ids)
 
 
@@ -79,10 +81,12 @@ def summary_result(
     """The :class:`~magma_pymc.fit_result.FitResult` of a distributed point fit (module docstring).
 
     ``bounds``: the mean-process HP's and one individual's log bounds (the new individual's HP are
-    fitted within the latter)."""
+    fitted within the latter).
+    """
     mean_bounds, row_bounds = bounds
     n_rows = 1 if np.ndim(state.log_params) == 1 else len(state.log_params)
-    problem = Problem(SummaryGraphs(*graphs), arrays, list(mean_bounds), list(row_bounds) * n_rows, data.output_variance)
+    problem = Problem(SummaryGraphs(*graphs), arrays, list(mean_bounds), list(row_bounds) * n_rows,
+                      data.output_variance)
     return FitResult.from_point(
         method, state, problem=problem, data=data, prior_mean=prior_mean, hp_names=hp_names,
         tree=xr.DataTree() if tree is None else tree,
