@@ -35,10 +35,14 @@ from pytensor.tensor.linalg import cholesky, solve_triangular
 
 from magma_pymc.kernels import Kernel
 
-__all__ = ["CHUNK", "EStepFactors", "MeanProcessParts", "mean_process_parts", "predictive_diagonal"]
+__all__ = ["CHUNK", "OBSERVED_CHUNK_ENTRIES", "EStepFactors", "MeanProcessParts", "mean_process_parts", "predictive_diagonal"]
 
 #: Prediction inputs per chunk (memory of the diagonal path: a few N x CHUNK matrices).
 CHUNK = 2048
+#: Entries of the n_* x chunk matrices of :func:`predictive_diagonal` per chunk (32 MiB each): with
+#: few observed points a chunk covers many prediction inputs, so that a prediction mixing many HP
+#: draws makes few calls (each call has a fixed cost of about a millisecond).
+OBSERVED_CHUNK_ENTRIES = 2**22
 
 
 class EStepFactors(NamedTuple):
@@ -117,11 +121,14 @@ def _predictive_function(kernel: Kernel, mode: str):
 
 def predictive_diagonal(kernel: Kernel, mode: str, log_params: np.ndarray, obs_inputs: np.ndarray,
                         obs_outputs: np.ndarray, pred_inputs: np.ndarray, mean_obs: np.ndarray,
-                        parts: MeanProcessParts, jitter: float, *, chunk: int = CHUNK) -> tuple:
+                        parts: MeanProcessParts, jitter: float, *, chunk: int | None = None) -> tuple:
     """``(mean, latent_variance, predictive_variance)`` at ``pred_inputs`` (module docstring).
 
-    ``mean_obs`` and the parts' means include the prior mean :math:`m_0`.
+    ``mean_obs`` and the parts' means include the prior mean :math:`m_0`. ``chunk`` (default: the
+    larger of :data:`CHUNK` and :data:`OBSERVED_CHUNK_ENTRIES` / n_*) prediction inputs per call.
     """
+    if chunk is None:
+        chunk = max(CHUNK, OBSERVED_CHUNK_ENTRIES // max(len(obs_inputs), 1))
     function = _predictive_function(kernel, mode)
     pieces = [
         [np.asarray(v) for v in function(log_params, obs_inputs, obs_outputs, pred_inputs[s:s + chunk], mean_obs,
