@@ -35,7 +35,8 @@ from pytensor.tensor.linalg import cholesky, solve_triangular
 
 from magma_pymc.kernels import Kernel
 
-__all__ = ["CHUNK", "OBSERVED_CHUNK_ENTRIES", "EStepFactors", "MeanProcessParts", "mean_process_parts", "predictive_diagonal"]
+__all__ = ["CHUNK", "OBSERVED_CHUNK_ENTRIES", "EStepFactors", "MeanProcessParts", "mean_process_parts",
+           "predictive_diagonal"]
 
 #: Prediction inputs per chunk (memory of the diagonal path: a few N x CHUNK matrices).
 CHUNK = 2048
