@@ -267,7 +267,8 @@ class Magma:
             problem = dataclasses.replace(
                 problem, log_priors=(normal_log_prior(self._spec(train).centres[0], PRIOR_SD), None))
         names = (self.mean_kernel.names, (*self.kernel.names, NOISE), None if self.common_hp else train.ids)
-        runs = run_em_with_restarts(state, problem, self.mean_kernel, self.kernel, tol=self.tol,
+        data_driven = EMState(*initial_log_params(self.mean_kernel, self.kernel, train, self.common_hp), state.jitter)
+        runs = run_em_with_restarts(state, problem, self.mean_kernel, self.kernel, tol=self.tol, data_driven=data_driven,
                                     restarts=self.restarts if method == "em" else 0,
                                     max_iter=self.max_iter if method == "em" else 0,
                                     bound_hits=lambda fitted: hp_at_bounds(fitted, problem, *names))

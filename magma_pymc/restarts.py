@@ -11,8 +11,10 @@ runs EM again from alternative starts and keeps the run with the highest final o
 
     \hat\theta = \arg\max_{s} \; \Big[\log p(y \mid \theta^{(s)}) + \log p(\theta^{(s)})\Big],
 
+
 :math:`\theta^{(s)}` the HP EM ends at from start :math:`s`. The alternative starts are
-deterministic shifts of the given start (data-driven by default), on the log scale and per
+deterministic shifts of the data-driven start (:meth:`magma_pymc.Magma.initial_hyperparameters`;
+when EM was given another start, the data-driven start itself is tried first), on the log scale and per
 parameter kind (:attr:`magma_pymc.kernels.Kernel.kinds`), tried in the order of
 :data:`ALTERNATIVE_STARTS`: every lengthscale (mean process and individuals) divided by 3, then
 multiplied by 3 (the scale of variation, the HP whose likelihood is most often multimodal), then
@@ -50,8 +52,9 @@ ALTERNATIVE_STARTS: tuple[tuple[str, float, float, float], ...] = (
 )
 #: Most restarts the ``"on_bound"`` policy runs.
 ON_BOUND_RESTARTS = 2
-#: Label of the start EM was given.
+#: Label of the start EM was given, and of the data-driven start when it is another one.
 GIVEN_START = "given start"
+DATA_DRIVEN_START = ("data-driven start", 1.0, 1.0, 1.0)
 
 
 class RestartedFit(NamedTuple):
@@ -112,10 +115,11 @@ def shifted_start(state: EMState, problem: Problem, mean_kernel: Kernel, kernel:
 
 
 def run_em_with_restarts(state: EMState, problem: Problem, mean_kernel: Kernel, kernel: Kernel, *,
-                         restarts: str | int, max_iter: int, tol: float,
+                         data_driven: EMState, restarts: str | int, max_iter: int, tol: float,
                          bound_hits: Callable[[EMState], list]) -> RestartedFit:
-    """EM from ``state``, then from the alternative starts the ``restarts`` policy calls for
-    (module docstring); ``bound_hits(state)`` lists the HP of a fitted state on their bounds.
+    """EM from ``state``, then from the alternative starts around ``data_driven`` (the data-driven
+    start) the ``restarts`` policy calls for (module docstring); ``bound_hits(state)`` lists the HP
+    of a fitted state on their bounds.
 
     Only the kept run's non-convergence is reported (:class:`~magma_pymc.exceptions.ConvergenceWarning`).
     An alternative start whose E-step fails is recorded with objective ``-inf``; a ``KeyboardInterrupt``
@@ -125,13 +129,17 @@ def run_em_with_restarts(state: EMState, problem: Problem, mean_kernel: Kernel, 
     traces = [run_em(state, problem, max_iter=max_iter, tol=tol, warn=False)]
     hits, labels = [bound_hits(traces[0].state)], [GIVEN_START]
     objectives = [float(traces[0].log_posterior[-1])]
-    planned = ALTERNATIVE_STARTS[:ON_BOUND_RESTARTS if restarts == "on_bound" else restarts]
+    # Up to rounding: the default start reaches EM through exp and log (HyperParameters).
+    given_is_data_driven = (np.allclose(state.mean_log_params, data_driven.mean_log_params, rtol=0, atol=1e-9)
+                            and np.allclose(state.log_params, data_driven.log_params, rtol=0, atol=1e-9))
+    design = ALTERNATIVE_STARTS if given_is_data_driven else (DATA_DRIVEN_START, *ALTERNATIVE_STARTS)
+    planned = design[:ON_BOUND_RESTARTS if restarts == "on_bound" else restarts]
     interrupted = traces[0].interrupted
     for label, *factors in planned:
         best = int(np.argmax(objectives))
         if interrupted or (restarts == "on_bound" and not hits[best]):
             break
-        start = shifted_start(state, problem, mean_kernel, kernel, tuple(factors))
+        start = shifted_start(data_driven, problem, mean_kernel, kernel, tuple(factors))
         labels.append(label)
         try:
             trace = run_em(start, problem, max_iter=max_iter, tol=tol, warn=False)
