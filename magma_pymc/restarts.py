@@ -25,9 +25,7 @@ into the box constraints. No randomness: the same data give the same fit.
 Policies (``Magma(restarts=...)``): ``"on_bound"`` restarts only while the best run so far ends
 with a HP on its box constraint (at most :data:`ON_BOUND_RESTARTS` restarts), so a fit with no
 HP on a bound costs and returns exactly what a single start does; an int ``k`` always runs the
-first ``k`` alternative starts (``k + 1`` EM runs in all). A later run is kept only when its
-objective is higher by more than EM's stopping tolerance (``tol`` times its magnitude): the
-given start wins ties, so a restart that reaches the same optimum changes nothing.
+first ``k`` alternative starts (``k + 1`` EM runs in all). The given start wins exact ties.
 """
 
 from __future__ import annotations
@@ -80,17 +78,6 @@ def check_restarts(restarts: object) -> None:
             0 <= restarts <= len(ALTERNATIVE_STARTS)):
         raise ValueError(f"restarts must be 'on_bound' or an int from 0 to {len(ALTERNATIVE_STARTS)} (the number of "
                          f"alternative EM starts), got {restarts!r}")
-
-
-def _best(objectives: Sequence[float], tol: float) -> int:
-    """Index of the kept run: a later run replaces the best so far only when its objective is higher
-    by more than ``tol`` times the best's magnitude, EM's stopping tolerance (below it EM does not
-    resolve objectives, and a restart reaching the same optimum changes nothing)."""
-    best = 0
-    for k, value in enumerate(objectives[1:], start=1):
-        if value - objectives[best] > tol * abs(objectives[best]) or not np.isfinite(objectives[best]):
-            best = k
-    return best
 
 
 def _log_shift(kinds: Sequence[str], lengthscale: float, variance: float) -> np.ndarray:
@@ -152,6 +139,6 @@ def run_em_with_restarts(state: EMState, problem: Problem, mean_kernel: Kernel, 
         traces.append(trace)
         hits.append(bound_hits(trace.state))
         objectives.append(float(trace.log_posterior[-1]) if np.isfinite(trace.log_posterior[-1]) else -np.inf)
-    best = _best(objectives, tol)
+    best = int(np.argmax(objectives))  # the first of equal maxima: the given start wins exact ties
     warn_not_converged(traces[best], max_iter, tol)
     return RestartedFit(traces[best], hits[best], tuple(labels), np.array(objectives), best)
