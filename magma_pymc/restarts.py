@@ -38,8 +38,14 @@ import numpy as np
 from magma_pymc.em import EMState, EMTrace, Problem, run_em, warn_not_converged
 from magma_pymc.kernels import Kernel
 
-__all__ = ["ALTERNATIVE_STARTS", "ON_BOUND_RESTARTS", "RestartedFit", "shifted_start", "run_em_with_restarts",
-           "check_restarts"]
+__all__ = [
+    "ALTERNATIVE_STARTS",
+    "ON_BOUND_RESTARTS",
+    "RestartedFit",
+    "check_restarts",
+    "run_em_with_restarts",
+    "shifted_start",
+]
 
 #: ``(label, lengthscale factor, mean-process variance factor, individual variance factor)``, in the order tried.
 ALTERNATIVE_STARTS: tuple[tuple[str, float, float, float], ...] = (
