@@ -165,8 +165,8 @@ class Magma:
         self.mean_step = mean_step
         self.new_individual_hp = new_individual_hp
         self.mean_process_prior = mean_process_prior
-        self.restarts = restarts
         check_restarts(restarts)
+        self.restarts = restarts if isinstance(restarts, str) else int(restarts)  # a NumPy int would not save
         check_settings(common_hp, max_iter, tol, jitter, mean_step, new_individual_hp, inducing, mean_process_prior)
         self.inducing = check_inducing(inducing, self.mean_kernel.input_dim)
 
