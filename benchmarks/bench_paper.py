@@ -17,6 +17,7 @@ Run (from the repository root)::
     python benchmarks/bench_paper.py --settings TT --n-observed 1-20
     python benchmarks/bench_paper.py --runs runs.csv               # also save the per-run rows
     python benchmarks/bench_paper.py --load runs.csv               # tables from saved rows
+    python benchmarks/bench_paper.py --restarts 2                  # Magma(restarts=2)
 """
 
 from __future__ import annotations
@@ -74,13 +75,16 @@ def main() -> None:
     parser.add_argument("--runs", help="save the per-run rows to this CSV")
     parser.add_argument("--load", help="print the tables of saved rows instead of fitting")
     parser.add_argument("--worst", type=int, default=10)
+    parser.add_argument("--restarts", help="Magma(restarts=...): 'on_bound' (the default) or a number of EM restarts")
     args = parser.parse_args()
     if args.load:
         runs = pd.read_csv(args.load)
     else:
         start = time.perf_counter()
+        options = {} if args.restarts is None else {"restarts": int(args.restarts) if args.restarts.isdigit()
+                                                    else args.restarts}
         runs = run_paper_experiment(args.settings.split(","), _numbers(args.datasets),
-                                    n_observed=_numbers(args.n_observed), progress=True)
+                                    n_observed=_numbers(args.n_observed), progress=True, **options)
         print(f"{time.perf_counter() - start:.0f} s")
         if args.runs:
             runs.to_csv(args.runs, index=False)

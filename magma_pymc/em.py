@@ -27,7 +27,8 @@ from magma_pymc.exceptions import warn as _warn
 from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.mstep import minimize_log_params
 
-__all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "iterate_em", "EMTrace"]
+__all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "iterate_em", "EMTrace",
+           "warn_not_converged"]
 
 
 
@@ -271,17 +272,19 @@ def run_em(
     max_iter: int = 25,
     tol: float = 1e-3,
     callback: Callable[[int, EMState, float], None] | None = None,
+    warn: bool = True,
 ) -> EMTrace:
     """Iterate E and M steps until the relative change of the log-likelihood is below ``tol``.
 
-    This is :func:`iterate_em` with this module's E-step and M-step.
+    This is :func:`iterate_em` with this module's E-step and M-step; ``warn=False`` leaves the
+    non-convergence warning to the caller (:func:`warn_not_converged`).
     """
 
     def advance(state: EMState, current: EStepResult) -> tuple[EStepResult, EMState]:
         return estep(em_step(state, problem, current), problem)
 
     return iterate_em(estep(state, problem), advance, log_likelihood=lambda current: current.log_likelihood,
-                      log_prior=problem.log_prior, max_iter=max_iter, tol=tol, callback=callback)
+                      log_prior=problem.log_prior, max_iter=max_iter, tol=tol, callback=callback, warn=warn)
 
 
 def iterate_em(
@@ -293,6 +296,7 @@ def iterate_em(
     max_iter: int = 25,
     tol: float = 1e-3,
     callback: Callable[[int, EMState, float], None] | None = None,
+    warn: bool = True,
 ) -> EMTrace:
     r"""The EM loop of every backend (in process, distributed).
 
@@ -301,7 +305,7 @@ def iterate_em(
     Stopping rule (as MagmaClustR): :math:`|J_k - J_{k-1}| < \mathrm{tol}\,|J_{k-1}|` on the
     objective :math:`J = \log p(y \mid \text{HP}) + \log p(\text{HP})` (the prior term is 0 for
     maximum likelihood). A :class:`ConvergenceWarning` is emitted after ``max_iter`` iterations
-    without convergence. A ``KeyboardInterrupt`` stops the loop and keeps the last completed iteration.
+    without convergence (unless ``warn=False``). A ``KeyboardInterrupt`` stops the loop and keeps the last completed iteration.
     """
     current, state = start
     means, individuals, lls = [state.mean_log_params], [state.log_params], [log_likelihood(current)]
@@ -322,13 +326,21 @@ def iterate_em(
     except KeyboardInterrupt:
         interrupted = True
         _warn(f"EM interrupted; keeping the last completed iteration ({len(lls) - 1})", ConvergenceWarning)
-    if not converged and not interrupted and len(lls) > 1:
+    trace = EMTrace(
+        state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted, np.array(objectives)
+    )
+    if warn:
+        warn_not_converged(trace, max_iter, tol)
+    return trace
+
+
+def warn_not_converged(trace: EMTrace, max_iter: int, tol: float) -> None:
+    """The :class:`ConvergenceWarning` of a run stopped by ``max_iter`` (none if it converged or was interrupted)."""
+    objectives = trace.log_posterior
+    if not trace.converged and not trace.interrupted and len(objectives) > 1:
         _warn(
             f"EM did not converge in {max_iter} iterations (last relative change "
             f"{abs(objectives[-1] - objectives[-2]) / abs(objectives[-2]):.2e} >= tol={tol:g}); increase max_iter",
             ConvergenceWarning,
         )
-    return EMTrace(
-        state, current, np.array(means), np.array(individuals), np.array(lls), converged, interrupted, np.array(objectives)
-    )
 

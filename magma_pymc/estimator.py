@@ -22,7 +22,7 @@ import xarray as xr
 from magma_pymc import predictive
 from magma_pymc.compiled import DEFAULT_MODE, blas_limited
 from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
-from magma_pymc.em import EMState, Problem, run_em
+from magma_pymc.em import EMState, Problem
 from magma_pymc.exceptions import NotFittedError
 from magma_pymc.file_checks import check_hp_in_bounds
 from magma_pymc.fit_result import FitResult
@@ -33,11 +33,13 @@ from magma_pymc.model import PRIOR_SD, ModelSpec
 from magma_pymc.params import NOISE, HyperParameters
 from magma_pymc.priors import normal_log_prior
 from magma_pymc.problem import bucket_sizes, build_problem
+from magma_pymc.restarts import check_restarts, run_em_with_restarts
 from magma_pymc.results import em_datatree
 from magma_pymc.settings import (
     check_inducing,
     check_kernels,
     check_settings,
+    hp_at_bounds,
     initial_log_params,
     resolve_prior_mean,
     scales,
@@ -54,7 +56,7 @@ __all__ = ["Magma"]
 PriorMean = float | Callable[[np.ndarray], np.ndarray] | None
 #: The configuration of ``Magma.__init__`` (what :meth:`Magma.get_params` returns and a saved file records).
 _PARAMS = ("common_hp", "mean_kernel", "kernel", "prior_mean", "max_iter", "tol", "compile_mode", "jitter",
-           "mean_step", "inducing", "new_individual_hp", "mean_process_prior")
+           "mean_step", "inducing", "new_individual_hp", "mean_process_prior", "restarts")
 
 
 class Magma:
@@ -113,6 +115,10 @@ class Magma:
         prior on the mean-process log HP (:mod:`magma_pymc.priors`), so that a variance cannot
         collapse to 0 nor a lengthscale stop on its bound without cause; ``None``: maximum
         likelihood (as the MAGMA paper). ``fit(..., priors=...)`` replaces it by the given priors on all HP.
+    restarts
+        EM from other deterministic starts, keeping the highest objective (:mod:`magma_pymc.restarts`):
+        ``"on_bound"`` (default) only when a HP ends on its bound (a fit without costs nothing more), an
+        int ``k`` (0 to 4) always ``k`` more starts. The starts run are recorded in ``idata_.attrs``.
 
     Attributes
     ----------
@@ -146,6 +152,7 @@ class Magma:
         inducing: int | np.ndarray | None = None,
         new_individual_hp: Literal["integrated", "map", "ml"] = "integrated",
         mean_process_prior: Literal["weak"] | None = "weak",
+        restarts: Literal["on_bound"] | int = "on_bound",
     ) -> None:
         self.common_hp = common_hp
         self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
@@ -158,6 +165,8 @@ class Magma:
         self.mean_step = mean_step
         self.new_individual_hp = new_individual_hp
         self.mean_process_prior = mean_process_prior
+        check_restarts(restarts)
+        self.restarts = restarts if isinstance(restarts, str) else int(restarts)  # a NumPy int would not save
         check_settings(common_hp, max_iter, tol, jitter, mean_step, new_individual_hp, inducing, mean_process_prior)
         self.inducing = check_inducing(inducing, self.mean_kernel.input_dim)
 
@@ -257,13 +266,18 @@ class Magma:
         elif self.mean_process_prior == "weak" and method == "em":  # magma_pymc.priors
             problem = dataclasses.replace(
                 problem, log_priors=(normal_log_prior(self._spec(train).centres[0], PRIOR_SD), None))
-        trace = run_em(state, problem, max_iter=self.max_iter if method == "em" else 0, tol=self.tol)
-        self.hp_at_bounds_ = []
+        names = (self.mean_kernel.names, (*self.kernel.names, NOISE), None if self.common_hp else train.ids)
+        data_driven = EMState(*initial_log_params(self.mean_kernel, self.kernel, train, self.common_hp), state.jitter)
+        runs = run_em_with_restarts(state, problem, self.mean_kernel, self.kernel, tol=self.tol, data_driven=data_driven,
+                                    restarts=self.restarts if method == "em" else 0,
+                                    max_iter=self.max_iter if method == "em" else 0,
+                                    bound_hits=lambda fitted: hp_at_bounds(fitted, problem, *names))
+        trace, self.hp_at_bounds_ = runs.trace, []
         if method == "em":
-            self.hp_at_bounds_ = warn_hp_at_bounds(trace.state, problem, self.mean_kernel.names,
-                                                   (*self.kernel.names, NOISE), None if self.common_hp else train.ids)
+            self.hp_at_bounds_ = warn_hp_at_bounds(trace.state, problem, *names, starts=len(runs.labels))
         tree = em_datatree(trace, problem, train, prior_mean, (self.mean_kernel.names, self.kernel.names),
                            method=method, tol=self.tol)
+        tree.attrs.update(runs.attrs())
         result = FitResult.from_point(method, trace.state, problem=problem, data=train, prior_mean=prior_mean,
                                       hp_names=(*self.kernel.names, NOISE), tree=tree)
         # An HP stopped on its box constraint is not a converged estimate, whatever the likelihood did.

@@ -110,6 +110,7 @@ def settings_from_record(record: dict, *, mean_kernel: Kernel | None = None, ker
         inducing=record.get("inducing"),  # absent from files written before inducing points existed
         new_individual_hp=record.get("new_individual_hp", "ml"),  # older files: the likelihood alone
         mean_process_prior=record.get("mean_process_prior"),  # older files: maximum likelihood
+        restarts=record.get("restarts", "on_bound"),
     )
 
 

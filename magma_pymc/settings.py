@@ -21,7 +21,7 @@ from magma_pymc.kernels import Kernel
 
 __all__ = ["Constant", "CheckedPriorMean", "resolve_prior_mean", "check_settings", "check_inducing", "check_kernels",
            "initial_log_params",
-           "warn_far_inputs", "warn_hp_at_bounds", "scales", "FAR_INPUTS"]
+           "warn_far_inputs", "warn_hp_at_bounds", "hp_at_bounds", "scales", "FAR_INPUTS"]
 
 
 class Constant:
@@ -206,12 +206,31 @@ _AT_BOUND = 1e-4
 
 
 def warn_hp_at_bounds(state: EMState, problem: Problem, mean_names: tuple[str, ...], names: tuple[str, ...],
-                      ids: tuple | None) -> list[str]:
+                      ids: tuple | None, *, starts: int = 1) -> list[str]:
     """:class:`ConvergenceWarning` naming every fitted HP that ended on its box constraint.
 
-    Such an HP hints at a start far from any optimum, or HP the data do not identify; returns their descriptions.
-    ``names``: the individual HP (kernel parameters, then noise); ``ids``: the individuals' IDs (``None`` for common
-    HP).
+    Such an HP hints at a start far from any optimum, or HP the data do not identify; returns their
+    descriptions (:func:`hp_at_bounds`). ``starts``: the number of EM starts tried (:mod:`magma_pymc.restarts`).
+    """
+    hits = hp_at_bounds(state, problem, mean_names, names, ids)
+    if hits:
+        more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+        tried = f" (the best of {starts} EM starts)" if starts > 1 else ""
+        _warn(
+            f"EM ended with hyper-parameter(s) on their bounds{tried}: {'; '.join(hits[:5])}{more}. The data may not "
+            "identify them, or EM started far from an optimum: try other starting values "
+            "(fit(..., hyperparameters=...)) or check the data's scale (bounds: Kernel.log_bounds)",
+            ConvergenceWarning,
+        )
+    return hits
+
+
+def hp_at_bounds(state: EMState, problem: Problem, mean_names: tuple[str, ...], names: tuple[str, ...],
+                 ids: tuple | None) -> list[str]:
+    """Descriptions of the fitted HP within ``_AT_BOUND`` (log scale) of their box constraint.
+
+    ``names``: the individual HP (kernel parameters, then noise); ``ids``: the individuals' IDs
+    (``None`` for common HP).
     """
     blocks = [("", [f"mu0_{n}" for n in mean_names], state.mean_log_params, problem.mean_bounds)]
     rows = np.reshape(state.log_params, (-1, len(names)))
@@ -224,12 +243,4 @@ def warn_hp_at_bounds(state: EMState, problem: Problem, mean_names: tuple[str, .
         for name, value, (low, high) in zip(block_names, values, block_bounds, strict=True)
         if min(value - low, high - value) < _AT_BOUND
     ]
-    if hits:
-        more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
-        _warn(
-            f"EM ended with hyper-parameter(s) on their bounds: {'; '.join(hits[:5])}{more}. The data may not "
-            "identify them, or EM started far from an optimum: try other starting values "
-            "(fit(..., hyperparameters=...)) or check the data's scale (bounds: Kernel.log_bounds)",
-            ConvergenceWarning,
-        )
     return hits

@@ -21,11 +21,14 @@ def test_em_log_likelihood_never_decreases(common_grid, common_hp):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mp.ConvergenceWarning)
         model = mp.Magma(common_hp=common_hp, max_iter=15, tol=1e-6).fit(sim.data)
+    # EM's objective: the marginal log-likelihood plus the log prior of the default weak
+    # mean-process prior (the likelihood alone may dip by ~1e-4 near a MAP optimum).
+    objective = model.idata_["em_trace"]["log_posterior"].values
     ll = model.idata_["em_trace"]["log_likelihood"].values
     assert len(ll) >= 3
     # Each M-step starts from the current HP and L-BFGS-B only accepts descent steps, so the
-    # marginal likelihood can only decrease by rounding.
-    assert np.all(np.diff(ll) >= -1e-8 * np.abs(ll[:-1])), np.diff(ll)
+    # objective can only decrease by rounding.
+    assert np.all(np.diff(objective) >= -1e-8 * np.abs(objective[:-1])), np.diff(objective)
     assert ll[-1] > ll[0]
     assert model.idata_["posterior"]["mu0_variance"].dims == ("chain", "draw")
     noise = model.idata_["posterior"]["noise"]

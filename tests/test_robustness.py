@@ -279,7 +279,7 @@ def test_hp_ending_on_a_bound_is_reported(small):
     start = {"mean_process": {"variance": 1.0, "lengthscale": 1e-6},
              "individual": {"variance": 1.0, "lengthscale": 1e-6, "noise": 0.1}}
     with pytest.warns(mp.ConvergenceWarning, match=r"on their bounds: lengthscale = \S+ \(lower\)"):
-        model = mp.Magma(max_iter=3).fit(sim.data, hyperparameters=start)
+        model = mp.Magma(max_iter=3, restarts=0).fit(sim.data, hyperparameters=start)
     lower = np.log(1e-3 * np.ptp(model.data_.grid))
     assert np.log(model.hyperparameters_.individual["lengthscale"].iloc[0]) == pytest.approx(lower, abs=1e-4)
     with warnings.catch_warnings():

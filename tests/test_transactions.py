@@ -51,7 +51,7 @@ def test_failed_refit_leaves_the_model_as_it_was(sims, monkeypatch, where):
     if where == "em":
         def failing_run_em(*args, **kwargs):
             raise np.linalg.LinAlgError("E-step failed")
-        monkeypatch.setattr("magma_pymc.estimator.run_em", failing_run_em)
+        monkeypatch.setattr("magma_pymc.restarts.run_em", failing_run_em)
         with pytest.raises(np.linalg.LinAlgError):
             model.fit(second.data)
     elif where == "prior_mean":
@@ -69,7 +69,7 @@ def test_failed_first_fit_leaves_the_model_unfitted(sims, monkeypatch):
     def failing_run_em(*args, **kwargs):
         raise KeyboardInterrupt  # even an interrupt outside EM's own loop
 
-    monkeypatch.setattr("magma_pymc.estimator.run_em", failing_run_em)
+    monkeypatch.setattr("magma_pymc.restarts.run_em", failing_run_em)
     model = mp.Magma(max_iter=1)
     with pytest.raises(KeyboardInterrupt):
         model.fit(sims[0].data)
