@@ -159,7 +159,7 @@ def marginal_log_likelihood(
     cov = np.zeros((size, size))
     cov[:n_grid, :n_grid] = factor.T @ factor                                # Khat = V'V
     deviations = residuals - np.append(centred_mean, 0.0)[index]
-    scatter = deviations[:, :, None] * deviations[:, None, :] + cov[index[:, :, None], index[:, None, :]]
+    scatter = deviations[:, :, None] * deviations[:, None, :] + cov.take(flat).reshape(psi.shape)
     d_psi = -block_gradient(precision, scatter)
     return float(value), d_prior, d_psi
 
