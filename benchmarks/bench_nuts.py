@@ -8,7 +8,8 @@ bundled weight data, 11 ages). Different HP are sampled under the population lay
 unless ``--independent``. Columns: wall time of ``fit`` (NUTS: ``chains`` x ``draws`` after ``tune``, the
 chains in parallel on ``--cores`` processes; compilation included, warm PyTensor cache), the smallest bulk
 ESS over every free variable the sampler moved (the ``unconstrained_posterior`` group) and that ESS per
-second of fit, the largest r_hat, the number of divergences, the mean number of leapfrog steps per draw
+second of fit, the CPU time of the fit (its process and the chains' processes: ``cpu_s``), the largest
+r_hat, the number of divergences, the mean number of leapfrog steps per draw
 and the machine's one-minute load average before and after the fit (the timings scale with it on a shared
 machine), and the single-thread speed of a 187 x 187 matrix product before and after (``gflops``; about
 32 GFlop/s on an idle core: the share of a core the benchmark got). Each case runs in its own subprocess with a
@@ -32,6 +33,14 @@ import sys
 import time
 
 MARKER = "BENCH_RESULT "
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished children (the sampler's chains)."""
+    import resource
+
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 def load_average() -> float:
@@ -75,7 +84,7 @@ def worker(case: dict) -> None:
     data = training_data(case)
     model = mp.Magma(common_hp=case["common_hp"], inducing=case.get("inducing"))
     load_before, speed_before = load_average(), gemm_gflops()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if case["method"] == "em":
@@ -86,8 +95,8 @@ def worker(case: dict) -> None:
                       cores=case["cores"], random_seed=case["seed"], compile_mode=case["mode"],
                       nuts_sampler=case["sampler"], thin=max(1, case["draws"] // 50), progressbar=False,
                       likelihood=case["likelihood"], init=case["init"], **options)
-    seconds = time.perf_counter() - start
-    result = dict(case, fit_s=round(seconds, 2), n_grid=len(model.mean_process_grid),
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    result = dict(case, fit_s=round(seconds, 2), cpu_s=round(cpu, 1), n_grid=len(model.mean_process_grid),
                   load=f"{load_before}-{load_average()}", gflops=f"{speed_before}-{gemm_gflops()}")
     if case["method"] == "nuts":
         tree = model.idata_
@@ -115,8 +124,8 @@ def run(case: dict, timeout: float) -> dict:
     return json.loads(lines[-1][len(MARKER):])
 
 
-COLUMNS = ["grid", "M", "N", "hp", "method", "sampler", "mode", "chains x draws", "fit_s", "min_ess", "min_ess_per_s",
-           "max_rhat", "divergences", "mean steps", "load", "gflops"]
+COLUMNS = ["grid", "M", "N", "hp", "method", "sampler", "mode", "chains x (tune + draws)", "fit_s", "cpu_s", "min_ess",
+           "min_ess_per_s", "max_rhat", "divergences", "mean steps", "load", "gflops"]
 
 
 def row(r: dict) -> list[str]:
@@ -125,7 +134,8 @@ def row(r: dict) -> list[str]:
     hp = "common" if r["common_hp"] else ("different, population" if r.get("hierarchical") else "different")
     return [grid, str(r["m"]), str(r.get("n_grid", "-")), hp, r["method"],
             r["sampler"] if nuts else "-", r["mode"] if nuts else "CVM",
-            f"{r['chains']} x {r['draws']}" if nuts else "-", str(r["fit_s"]),
+            f"{r['chains']} x ({r['tune']} + {r['draws']})" if nuts else "-", str(r["fit_s"]),
+            str(r.get("cpu_s", "-")),
             *(str(r.get(k, "-")) for k in ("min_ess", "min_ess_per_s", "max_rhat", "divergences", "mean_steps",
                                             "load", "gflops"))]
 

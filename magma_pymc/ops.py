@@ -62,6 +62,8 @@ from pytensor.gradient import DisconnectedType, grad_undefined
 from pytensor.graph import Apply, Op
 from scipy.linalg import lapack, solve_triangular
 
+from magma_pymc.small_blocks import small_block_precisions
+
 __all__ = [
     "GaussianBlockLoss",
     "gaussian_block_loss",
@@ -132,13 +134,20 @@ class GaussianBlockLoss(Op):
 #: :math:`4N^3`): a long individual's block dominates its bucket's work (measured at N = 2000, one
 #: BLAS thread on a loaded 2-core machine: 4.1 s instead of 5.4 s per evaluation with its gradient).
 LARGE_BLOCK = 128
+#: Blocks smaller than this go through the compiled kernel of :mod:`magma_pymc.small_blocks` (no
+#: per-block set-up: 0.2-0.3 ms instead of 0.7-1.0 ms for 20 blocks of 30 or 100 blocks of 11, one
+#: thread); from here to :data:`LARGE_BLOCK` NumPy's batched LAPACK calls are as fast.
+SMALL_BLOCK = 64
 
 
 def block_precisions(psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(Psi_i^{-1}, 1/2 log|Psi_i|)`` for a batch of blocks from their Cholesky factors (raises
-    ``LinAlgError`` if any block is not positive definite)."""
+    ``LinAlgError`` if any block is not positive definite): small blocks through the compiled kernel
+    of :mod:`magma_pymc.small_blocks`, large ones with LAPACK's ``potri`` one by one."""
     if psi.shape[-1] >= LARGE_BLOCK:
         return _large_block_precisions(psi)
+    if psi.shape[-1] < SMALL_BLOCK:
+        return small_block_precisions(psi)
     chol = np.linalg.cholesky(psi)
     # L_i^{-1}: NumPy's batched solve against the identity (a C loop over the blocks, no Python
     # loop over individuals); its accuracy is governed by cond(L_i) = cond(Psi_i)^{1/2}.
