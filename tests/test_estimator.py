@@ -45,6 +45,7 @@ def test_get_params_names_every_init_argument_and_round_trips():
         "inducing": 5,
         "new_individual_hp": "ml",
         "mean_process_prior": None,
+        "restarts": 2,
     }
     model = mp.Magma(**settings)
     assert set(model.get_params()) == set(inspect.signature(mp.Magma).parameters)
