@@ -42,7 +42,10 @@ def _assert_same_fit(reference: mp.Magma, fitted: DistributedMagma) -> None:
     )
     ref_ind, ind = reference.hyperparameters_.individual, fitted.hyperparameters_.individual
     assert list(ind.index) == list(ref_ind.index)
-    np.testing.assert_allclose(ind.to_numpy(), ref_ind.to_numpy(), rtol=RTOL)
+    # atol: a noise variance driven to ~1e-6 (outputs of variance ~10) lies on a flat direction of the
+    # likelihood, where the two code paths' rounding (batched NumPy vs the compiled small-block kernel)
+    # moves it by ~1e-13 in absolute terms, 5e-8 relative.
+    np.testing.assert_allclose(ind.to_numpy(), ref_ind.to_numpy(), rtol=RTOL, atol=1e-12)
     assert fitted.n_iter_ == reference.n_iter_
     np.testing.assert_allclose(fitted.log_likelihood_, reference.log_likelihood_, rtol=RTOL)
     np.testing.assert_allclose(
@@ -102,8 +105,9 @@ def test_exact_fit_and_prediction_match_in_process(fits, common_hp):
     if common_hp:
         _assert_same_prediction(reference, fitted, observed)
     else:
-        # Type II: the new individual takes the training individuals' median HP.
-        _assert_same_prediction(reference, fitted, None)
+        # Type II: the new individual's HP are drawn from the training individuals' population, which
+        # carries the ~5e-8 relative difference of a noise variance on a flat direction (see _assert_same_fit).
+        _assert_same_prediction(reference, fitted, None, rtol=1e-6)
         # Type I fits the new individual's HP (L-BFGS-B, ftol 1e-8): inputs equal to 1e-9 give
         # optima equal to that optimiser's precision only.
         _assert_same_prediction(reference, fitted, observed, rtol=1e-5)
