@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import time
@@ -23,28 +22,25 @@ from magma_pymc import predictive
 from magma_pymc.compiled import DEFAULT_MODE, blas_limited
 from magma_pymc.data import TrainingData, as_individual, as_inputs, as_training_data
 from magma_pymc.em import EMState, Problem
+from magma_pymc.em_fit import fit_em
 from magma_pymc.exceptions import NotFittedError
-from magma_pymc.file_checks import check_hp_in_bounds
 from magma_pymc.fit_result import FitResult
 from magma_pymc.guards import warn_if_costly
 from magma_pymc.jitter import JITTER_DEFAULT, MODEL_JITTER
 from magma_pymc.kernels import Kernel, SquaredExponential
-from magma_pymc.model import PRIOR_SD, ModelSpec
-from magma_pymc.params import NOISE, HyperParameters
-from magma_pymc.priors import normal_log_prior
+from magma_pymc.model import ModelSpec
+from magma_pymc.params import HyperParameters
 from magma_pymc.problem import bucket_sizes, build_problem
-from magma_pymc.restarts import check_restarts, run_em_with_restarts
-from magma_pymc.results import em_datatree
+from magma_pymc.restarts import check_restarts
+from magma_pymc.sampler_options import split_fit_options
 from magma_pymc.settings import (
     check_inducing,
     check_kernels,
     check_settings,
-    hp_at_bounds,
     initial_log_params,
     resolve_prior_mean,
     scales,
     warn_far_inputs,
-    warn_hp_at_bounds,
 )
 
 #: Keywords of ``Magma.fit`` that go to :func:`magma_pymc.data.as_training_data`.
@@ -212,31 +208,11 @@ class Magma:
             EM find the MAP under those priors, the mode of the posterior NUTS samples; ``em_trace``
             then also holds ``log_posterior`` (``log_likelihood`` plus the log prior).
         """
-        from magma_pymc.sampling import APPROXIMATIONS, is_sampler_option  # sampler options travel in **data_options
-
-        methods = ("em", "fixed", "nuts", *APPROXIMATIONS)
-        if method not in methods:
-            raise ValueError(f"method must be one of {methods}, got {method!r}")
-        nuts_options = {k: data_options.pop(k) for k in list(data_options) if k not in _DATA_OPTIONS}
-        unknown = sorted(k for k in nuts_options
-                         if not (k == "priors" or is_sampler_option(k, "nuts") or is_sampler_option(k, method)))
-        if unknown:
-            raise TypeError(f"Magma.fit() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                            f"it takes the data options {', '.join(sorted(_DATA_OPTIONS))} and the inference "
-                            "options of help(Magma.fit)")
-        sampled = method == "nuts" or method in APPROXIMATIONS
-        map_priors = nuts_options.pop("priors", None) if method == "em" else None
-        if nuts_options and not sampled:
-            raise ValueError(f"sampler options {sorted(nuts_options)} need method='nuts' (or an approximation)")
-        if method in APPROXIMATIONS:
-            wrong = sorted(k for k in nuts_options if not is_sampler_option(k, method))
-            if wrong:
-                raise TypeError(f"Magma.fit(method={method!r}) does not take {', '.join(map(repr, wrong))} "
-                                f"(sampler options of method='nuts')")
+        options = split_fit_options(method, data_options, _DATA_OPTIONS)
         start = time.perf_counter()
         if method == "fixed" and hyperparameters is None:
             raise ValueError("method='fixed' needs hyperparameters=")
-        train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
+        train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **options.data)
         check_kernels(self.mean_kernel, self.kernel, train)
         prior_mean = resolve_prior_mean(self.prior_mean, train)
         prior_mean(train.grid)  # checks a callable prior mean early, on the distinct inputs
@@ -249,40 +225,18 @@ class Magma:
             hp = HyperParameters.coerce(hyperparameters, self.mean_kernel, self.kernel)
         mean_log, log_params = hp.to_log(self.mean_kernel, self.kernel, None if self.common_hp else train.ids)
         state = EMState(mean_log, log_params, self.jitter * problem.output_scale)
-        if sampled:
+        if options.sampled:
             from magma_pymc.sampling import fit_approximation, fit_nuts
 
             fit_draws = fit_nuts if method == "nuts" else functools.partial(fit_approximation, method)
             result = fit_draws(self._spec(train), problem, state, train, prior_mean,
                                initial=hyperparameters is not None, model_compile_mode=self.compile_mode,
-                               **nuts_options)
+                               **options.sampler)
             self._set_result(result, converged=result.tree.attrs["diagnostics"] == "ok", n_iter=0)
-            self.fit_seconds_ = time.perf_counter() - start
-            return self
-        if map_priors is not None:  # EM-MAP under the priors NUTS would use
-            from magma_pymc.map_priors import compile_log_priors
-
-            problem = dataclasses.replace(problem, log_priors=compile_log_priors(self._spec(train), map_priors))
-        elif self.mean_process_prior == "weak" and method == "em":  # magma_pymc.priors
-            problem = dataclasses.replace(
-                problem, log_priors=(normal_log_prior(self._spec(train).centres[0], PRIOR_SD), None))
-        names = (self.mean_kernel.names, (*self.kernel.names, NOISE), None if self.common_hp else train.ids)
-        data_driven = EMState(*initial_log_params(self.mean_kernel, self.kernel, train, self.common_hp), state.jitter)
-        runs = run_em_with_restarts(state, problem, self.mean_kernel, self.kernel, tol=self.tol, data_driven=data_driven,
-                                    restarts=self.restarts if method == "em" else 0,
-                                    max_iter=self.max_iter if method == "em" else 0,
-                                    bound_hits=lambda fitted: hp_at_bounds(fitted, problem, *names))
-        trace, self.hp_at_bounds_ = runs.trace, []
-        if method == "em":
-            self.hp_at_bounds_ = warn_hp_at_bounds(trace.state, problem, *names, starts=len(runs.labels))
-        tree = em_datatree(trace, problem, train, prior_mean, (self.mean_kernel.names, self.kernel.names),
-                           method=method, tol=self.tol)
-        tree.attrs.update(runs.attrs())
-        result = FitResult.from_point(method, trace.state, problem=problem, data=train, prior_mean=prior_mean,
-                                      hp_names=(*self.kernel.names, NOISE), tree=tree)
-        # An HP stopped on its box constraint is not a converged estimate, whatever the likelihood did.
-        self._set_result(result, converged=trace.converged and not self.hp_at_bounds_,
-                         n_iter=len(trace.log_likelihood) - 1)
+        else:
+            fitted = fit_em(self, train, problem, state, prior_mean, method=method, map_priors=options.map_priors)
+            self.hp_at_bounds_ = fitted.hp_at_bounds
+            self._set_result(fitted.result, converged=fitted.converged, n_iter=fitted.n_iter)
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
@@ -386,18 +340,11 @@ class Magma:
         ``prior_mean=``); they are checked against the saved model's kernels. A malformed or tampered
         file raises :class:`~magma_pymc.files.ModelFileError` (a ``ValueError``) naming the file and
         the field; a file of an incompatible layout names the versions."""
-        from magma_pymc.persistence import check_kernels, read_result, settings_from_record
+        from magma_pymc.persistence import read_result, restored_result, settings_from_record
 
         saved = read_result(path)
         model = cls(**settings_from_record(saved.config, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean))
-        check_kernels(saved.config, model.mean_kernel, model.kernel, path)
-        m0 = resolve_prior_mean(model.prior_mean, saved.data)
-        problem = model._problem(saved.data, m0)
-        check_hp_in_bounds(saved.point, problem, path)
-        result = FitResult(
-            saved.method, saved.mean_log_draws, saved.log_param_draws, saved.cluster_weights, saved.point,
-            problem, saved.data, m0, (*model.kernel.names, NOISE), saved.tree,
-        )
+        result = restored_result(saved, model, path)
         model._set_result(result, converged=saved.converged, n_iter=saved.n_iter,
                           log_likelihood=float(saved.tree.attrs.get("log_likelihood", np.nan)))
         return model

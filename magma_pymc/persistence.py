@@ -236,3 +236,21 @@ def read_result(path: str | PathLike) -> SavedFit:
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:  # anything else malformed
         raise ModelFileError(path, field, f"{type(err).__name__}: {err}") from None
     return SavedFit(method, mean_draws, draws, weights, point, data, tree, config, converged, n_iter)
+
+
+def restored_result(saved: SavedFit, model: Any, path: Any) -> FitResult:
+    """``saved`` as the fit of ``model`` (a :class:`~magma_pymc.estimator.Magma` built from its settings).
+
+    The kernels are checked against the saved ones, the problem is rebuilt from the saved data and
+    the HP are checked within its bounds (a :class:`~magma_pymc.files.ModelFileError` otherwise).
+    """
+    from magma_pymc.file_checks import check_hp_in_bounds
+    from magma_pymc.params import NOISE
+    from magma_pymc.settings import resolve_prior_mean
+
+    check_kernels(saved.config, model.mean_kernel, model.kernel, path)
+    m0 = resolve_prior_mean(model.prior_mean, saved.data)
+    problem = model._problem(saved.data, m0)
+    check_hp_in_bounds(saved.point, problem, path)
+    return FitResult(saved.method, saved.mean_log_draws, saved.log_param_draws, saved.cluster_weights, saved.point,
+                     problem, saved.data, m0, (*model.kernel.names, NOISE), saved.tree)

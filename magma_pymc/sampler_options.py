@@ -15,13 +15,13 @@ import inspect
 import os
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import pymc as pm
 
 from magma_pymc.validation import check_count, check_prob
 
-__all__ = ["SAMPLE_DEFAULTS", "accepted_options", "available_cpus", "sample_options"]
+__all__ = ["SAMPLE_DEFAULTS", "FitOptions", "accepted_options", "available_cpus", "sample_options", "split_fit_options"]
 
 #: Defaults of ``pm.sample`` options that the library chooses (``cores``: see :func:`sample_options`).
 SAMPLE_DEFAULTS: dict[str, Any] = dict(draws=1000, tune=1000, chains=4, random_seed=None, nuts_sampler="pymc",
@@ -71,3 +71,44 @@ def sample_options(options: Mapping[str, Any], *, public: str = "Magma.fit(metho
     if kwargs.get("cores") is None:
         kwargs["cores"] = max(1, min(int(kwargs["chains"]), available_cpus()))
     return kwargs
+
+
+class FitOptions(NamedTuple):
+    """The keywords of ``Magma.fit``, sorted by :func:`split_fit_options`."""
+
+    data: dict[str, Any]        # for magma_pymc.data.as_training_data
+    sampler: dict[str, Any]     # for NUTS or an approximation of the posterior
+    map_priors: Any             # priors of an EM-MAP fit (None: none)
+    sampled: bool               # NUTS or an approximation (not EM)
+
+
+def split_fit_options(method: str, options: Mapping[str, Any], data_options: frozenset[str]) -> FitOptions:
+    """Sort the keywords of ``Magma.fit(method=...)``.
+
+    ``data_options`` go to the data, the rest to the inference; ``ValueError`` for an unknown
+    method or sampler options without a sampler, ``TypeError`` naming ``Magma.fit`` for an unknown
+    keyword, before any work is done.
+    """
+    from magma_pymc.sampling import APPROXIMATIONS, is_sampler_option  # imports PyMC's samplers
+
+    methods = ("em", "fixed", "nuts", *APPROXIMATIONS)
+    if method not in methods:
+        raise ValueError(f"method must be one of {methods}, got {method!r}")
+    data = {k: v for k, v in options.items() if k in data_options}
+    sampler = {k: v for k, v in options.items() if k not in data_options}
+    unknown = sorted(k for k in sampler
+                     if not (k == "priors" or is_sampler_option(k, "nuts") or is_sampler_option(k, method)))
+    if unknown:
+        raise TypeError(f"Magma.fit() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"it takes the data options {', '.join(sorted(data_options))} and the inference "
+                        "options of help(Magma.fit)")
+    sampled = method == "nuts" or method in APPROXIMATIONS
+    map_priors = sampler.pop("priors", None) if method == "em" else None
+    if sampler and not sampled:
+        raise ValueError(f"sampler options {sorted(sampler)} need method='nuts' (or an approximation)")
+    if method in APPROXIMATIONS:
+        wrong = sorted(k for k in sampler if not is_sampler_option(k, method))
+        if wrong:
+            raise TypeError(f"Magma.fit(method={method!r}) does not take {', '.join(map(repr, wrong))} "
+                            f"(sampler options of method='nuts')")
+    return FitOptions(data, sampler, map_priors, sampled)
