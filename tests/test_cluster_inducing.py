@@ -11,6 +11,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 import magma_pymc as mp
+from magma_pymc import guards
 from magma_pymc.cluster import MagmaClust
 from magma_pymc.cluster.inducing import projected_estep, projected_mean_objectives
 from magma_pymc.cluster.linalg import individual_terms
@@ -271,6 +272,13 @@ def test_more_inducing_points_than_inputs_and_points_off_the_data():
     with pytest.warns(mp.MagmaWarning, match="outside the inducing points' range"):
         MagmaClust(2, max_iter=0, inducing=np.linspace(0.0, 2.0, 4)).fit(data, responsibilities=soft_tau(),
                                                                           hyperparameters=HP)
+
+
+def test_costly_inducing_points_warn_as_magma(monkeypatch):
+    """MAGMA's cost guard (magma_pymc.guards), here with its threshold lowered so that a small fit crosses it."""
+    monkeypatch.setattr(guards, "WARN_SECONDS", -1.0)
+    with pytest.warns(mp.PerformanceWarning, match="7 inducing points"):
+        fixed_fit(7)
 
 
 @pytest.mark.parametrize("inducing", [7, G7], ids=["int", "array"])

@@ -120,7 +120,7 @@ def projected_estep(problem, mean_log_params: np.ndarray, terms: IndividualTerms
     chol_prior, chol_b, alpha, loadings, bounds = (np.stack([np.asarray(p[j]) for p in parts]) for j in range(5))
     posterior = posterior_from_factors(chol_prior, chol_b, alpha)
     deviations = (problem.residuals[None] - (loadings @ alpha[:, None, :, None])[..., 0]) * problem.mask[None]
-    n_clusters, n_individuals, n_max, n_grid = loadings.shape
+    n_clusters, n_grid = loadings.shape[0], loadings.shape[-1]
     # S_ik L_Bk^{-T}: one triangular solve per cluster for all individuals' rows
     reduced = solve_triangular(chol_b, loadings.reshape(n_clusters, -1, n_grid).mT, lower=True, check_finite=False)
     reduced = reduced.mT.reshape(loadings.shape)
