@@ -36,10 +36,11 @@ from magma_pymc.data import (
 from magma_pymc.estimator import Magma
 from magma_pymc.exceptions import ConvergenceWarning, NotFittedError
 from magma_pymc.exceptions import warn as _warn
+from magma_pymc.guards import warn_if_costly
 from magma_pymc.jitter import JITTER_DEFAULT
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import HyperParameters
-from magma_pymc.problem import build_problem
+from magma_pymc.problem import bucket_sizes, build_problem
 from magma_pymc.results import input_coords
 from magma_pymc.settings import _AT_BOUND, check_kernels, resolve_prior_mean, scales
 
@@ -74,8 +75,9 @@ class MagmaClust:
         One set of individual HP for all individuals, or one per individual.
     shared_mean_hp
         One set of mean-process HP for all clusters, or one per cluster (default).
-    mean_kernel, kernel, prior_mean, max_iter, tol, compile_mode, jitter, mean_step, new_individual_hp
-        As :class:`magma_pymc.Magma`; the prior mean :math:`m` is common to all clusters.
+    mean_kernel, kernel, prior_mean, max_iter, tol, compile_mode, jitter, mean_step, new_individual_hp, inducing
+        As :class:`magma_pymc.Magma`; the prior mean :math:`m` is common to all clusters. With ``inducing``
+        every cluster's mean process lives on the same inducing points (:mod:`magma_pymc.cluster.inducing`).
     n_init
         VEM runs from different k-means initialisations; the highest bound wins.
     random_state
@@ -110,6 +112,7 @@ class MagmaClust:
         jitter: float = JITTER_DEFAULT,
         mean_step: Literal["marginal", "expected"] = "marginal",
         new_individual_hp: Literal["map", "ml"] = "map",
+        inducing: int | np.ndarray | None = None,
         n_init: int = 1,
         random_state: int | None = None,
     ) -> None:
@@ -124,12 +127,13 @@ class MagmaClust:
         self._magma = Magma(
             common_hp=common_hp, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean, max_iter=max_iter,
             tol=tol, compile_mode=compile_mode, jitter=jitter, mean_step=mean_step, new_individual_hp=new_individual_hp,
+            inducing=inducing,
         )
 
     def __getattr__(self, name: str) -> Any:
         # Configuration shared with Magma (common_hp, kernel, mean_kernel, max_iter, tol, ...).
         if name in {"common_hp", "mean_kernel", "kernel", "prior_mean", "max_iter", "tol", "compile_mode", "jitter",
-                    "mean_step", "new_individual_hp"}:
+                    "mean_step", "new_individual_hp", "inducing"}:
             return getattr(self.__dict__["_magma"], name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
@@ -180,7 +184,9 @@ class MagmaClust:
         check_kernels(self.mean_kernel, self.kernel, train)
         self._prior_mean_value = resolve_prior_mean(self.prior_mean, train)
         base = build_problem(train, self._prior_mean_value, self.mean_kernel, self.kernel, common_hp=self.common_hp,
-                             compile_mode=self.compile_mode, inducing=None, mean_step=self.mean_step)
+                             compile_mode=self.compile_mode, inducing=self.inducing, mean_step=self.mean_step)
+        if self.inducing is not None:  # MAGMA's guard: inducing points too many to be cheap
+            warn_if_costly(len(base.data_args.grid), bucket_sizes(base), projected=True)
         grid, inputs, residuals, mask, index = base.data_args
         problem = ClusterProblem(
             base.graphs, grid, inputs, residuals, mask, index, base.mean_bounds, base.bounds, base.output_scale,
@@ -265,7 +271,10 @@ class MagmaClust:
 
     @property
     def mean_process_grid(self) -> np.ndarray:
-        """``(N, d)`` union grid of the training inputs, on which the fit represents the mean processes."""
+        """``(N, d)`` inputs on which the fit represents the mean processes.
+
+        The training union grid, or the inducing points when ``inducing`` is set.
+        """
         self._check_fitted()
         return self._problem_.grid
 

@@ -33,9 +33,11 @@ __all__ = [
     "ClusterPosterior",
     "IndividualTerms",
     "cluster_posteriors",
+    "expected_from_deviations",
     "expected_log_likelihoods",
     "individual_terms",
     "mixture_scatter",
+    "posterior_from_factors",
     "weighted_information",
 ]
 
@@ -109,6 +111,13 @@ def cluster_posteriors(prior_covs: np.ndarray, precision: np.ndarray, shift: np.
     c = (chol_prior.mT @ shift[..., None])[..., 0]
     u = solve_triangular(chol_b, c[..., None], lower=True, check_finite=False)
     alpha = solve_triangular(chol_b, u, lower=True, trans="T", check_finite=False)[..., 0]
+    return posterior_from_factors(chol_prior, chol_b, alpha)
+
+
+def posterior_from_factors(chol_prior: np.ndarray, chol_b: np.ndarray, alpha: np.ndarray) -> ClusterPosterior:
+    r"""The :class:`ClusterPosterior` of all clusters from :math:`L_k`, :math:`L_{B_k}`, :math:`\alpha_k`."""
+    eye = np.eye(chol_prior.shape[-1])
+    n_grid = chol_prior.shape[-1]
     cov_factor = solve_triangular(chol_b, chol_prior.mT, lower=True, check_finite=False)
     inverse_b_factor = solve_triangular(chol_b, np.broadcast_to(eye, chol_b.shape), lower=True, check_finite=False)
     log_det_b = 2.0 * np.log(np.diagonal(chol_b, axis1=1, axis2=2)).sum(axis=1)
@@ -133,11 +142,20 @@ def expected_log_likelihoods(
     cov_padded[:, :n_grid, :n_grid] = posterior.cov
     deviations = (residuals[None] - mean_padded[:, index]) * mask[None]
     blocks = cov_padded[:, index[:, :, None], index[:, None, :]]
+    return expected_from_deviations(terms, deviations, blocks), deviations, blocks
+
+
+def expected_from_deviations(terms: IndividualTerms, deviations: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    r""":math:`E_{ik}` (M, K) from deviations and blocks (:func:`expected_log_likelihoods`).
+
+    The deviations :math:`y_i - \hat m_k(t_i)` (K, M, n) and blocks :math:`\hat K_k(t_i, t_i)` (K, M, n, n) are zero
+    on padded slots.
+    """
     white = (terms.inverse_factor[None] @ deviations[..., None])[..., 0]
     quad = (white**2).sum(axis=2)
     trace = np.einsum("mab,kmab->km", terms.precision, blocks)
     expected = -0.5 * (quad + trace) - terms.half_logdet[None] - 0.5 * LOG_2PI * terms.n_points[None]
-    return expected.T, deviations, blocks
+    return expected.T
 
 
 def mixture_scatter(tau: np.ndarray, deviations: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

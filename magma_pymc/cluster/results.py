@@ -9,10 +9,11 @@ Groups (named dims ``individual``, ``cluster``, ``input``, ``vem_iteration``):
 - ``vem_trace``: the ``elbo`` and the number of clusters per iteration (0 = initial values) and the
   individual HP;
 - ``hyperposterior``: ``mu_mean`` (``cluster, input``) and ``mu_cov`` (``cluster, input, input_bis``)
-  of :math:`q(\mu_k)` on the training grid;
+  of :math:`q(\mu_k)` on the training grid, or on the inducing points (``inducing``);
 - ``observed_data``: the training data in long format.
 
-Root attributes: ``elbo``, ``vbic``, ``n_clusters``, ``n_params``, the jitter and the settings.
+Root attributes: ``elbo``, ``vbic``, ``n_clusters``, ``n_params``, the jitter, the settings and
+``inducing_points`` (their number, 0 for the exact model).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def cluster_datatree(model: MagmaClust) -> xr.DataTree:
                                   "hyperposterior": hyperposterior, "observed_data": observed})
     tree.attrs.update(method="vem", elbo=model.elbo_, vbic=model.vbic_, n_clusters=len(clusters),
                       n_params=int(model.n_params_), jitter=state.jitter, common_hp=int(model.common_hp),
-                      shared_mean_hp=int(model.shared_mean_hp), n_individuals=data.n_individuals)
+                      shared_mean_hp=int(model.shared_mean_hp), n_individuals=data.n_individuals,
+                      inducing_points=len(grid) if model.inducing is not None else 0)
     return tree
 
 
@@ -103,6 +105,7 @@ def save_cluster_model(model: MagmaClust, path: str | PathLike) -> None:
         "n_clusters": model.n_clusters, "common_hp": model.common_hp, "shared_mean_hp": model.shared_mean_hp,
         "max_iter": model.max_iter, "tol": model.tol, "jitter": model.jitter, "mean_step": model.mean_step,
         "new_individual_hp": model.new_individual_hp, "n_init": model.n_init,
+        "inducing": model.inducing.tolist() if isinstance(model.inducing, np.ndarray) else model.inducing,
         "prior_mean": getattr(model._prior_mean_value, "value", None),
         "mean_kernel": kernel_record(model.mean_kernel), "kernel": kernel_record(model.kernel),
         "input_names": list(model.data_.input_names),
@@ -135,6 +138,7 @@ def load_cluster_model(path: str | PathLike, *, mean_kernel=None, kernel=None, p
         prior_mean=config["prior_mean"] if prior_mean is None else prior_mean, max_iter=config["max_iter"],
         tol=config["tol"], jitter=config["jitter"], mean_step=config["mean_step"],
         new_individual_hp=config["new_individual_hp"], n_init=config["n_init"],
+        inducing=config.get("inducing"),  # absent from files written before inducing points existed
     )
     frame = tree["observed_data"].to_dataset().to_dataframe().reset_index(drop=True)
     train = as_training_data(frame, input_cols=list(config["input_names"]))

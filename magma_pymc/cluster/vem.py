@@ -19,6 +19,9 @@ the evidence lower bound
    :math:`\log\mathcal N(\hat m_k; m, K_k) - \tfrac12\mathrm{tr}(K_k^{-1}\hat K_k)`;
 4. closed-form :math:`q(\mu_k)` (:func:`~magma_pymc.cluster.linalg.cluster_posteriors`), and
    :math:`\mathcal L`. With one cluster all of this is MAGMA's EM step for step.
+
+With inducing points (a projected ``problem.graphs``) :math:`q(\mu_k)`, :math:`E_{ik}` and the mean-process
+objective come from :mod:`magma_pymc.cluster.inducing`; the rest is unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import pytensor.tensor as pt
 from scipy.special import logsumexp, xlogy
 
 from magma_pymc.batched_lbfgsb import minimize_separable
+from magma_pymc.cluster.inducing import projected_estep, projected_mean_objectives
 from magma_pymc.cluster.linalg import (
     ClusterPosterior,
     IndividualTerms,
@@ -127,7 +131,7 @@ class VEMEStep(NamedTuple):
 
     posterior: ClusterPosterior
     terms: IndividualTerms
-    information: tuple           # weighted_information(...) at the state's tau
+    information: tuple | None    # weighted_information(...) at the state's tau (None on inducing points)
     expected: np.ndarray         # (M, K) E_ik
     deviations: np.ndarray       # (K, M, n)
     blocks: np.ndarray           # (K, M, n, n)
@@ -154,9 +158,14 @@ def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | Non
             factors = terms
             if factors is None or jitter != state.jitter:
                 factors = individual_terms(problem.psi(state.log_params, jitter), problem.residuals, problem.mask)
-            information = weighted_information(factors, state.tau, problem.index, n_grid)
-            prior = problem.mean_covariance(state.mean_log_params, problem.grid, problem.grid) + jitter * np.eye(n_grid)
-            posterior = cluster_posteriors(prior, information[0], information[1])
+            if problem.graphs.projected:  # mean processes on inducing points (magma_pymc.cluster.inducing)
+                information = projected_estep(problem, state.mean_log_params, factors, state.tau, jitter)
+                posterior = information[0]
+            else:
+                information = weighted_information(factors, state.tau, problem.index, n_grid)
+                prior = (problem.mean_covariance(state.mean_log_params, problem.grid, problem.grid)
+                         + jitter * np.eye(n_grid))
+                posterior = cluster_posteriors(prior, information[0], information[1])
         except np.linalg.LinAlgError:
             return None
         ok = np.all(np.isfinite(posterior.mean)) and np.all(np.isfinite(posterior.kl))
@@ -170,9 +179,13 @@ def estep(state: VEMState, problem: ClusterProblem, terms: IndividualTerms | Non
     (terms, information, posterior), jitter = smallest_working_jitter(attempt, state.jitter, problem.output_scale,
                                                                       failure)
     state = state._replace(jitter=jitter)
-    expected, deviations, blocks = expected_log_likelihoods(
-        terms, posterior, problem.residuals, problem.mask, problem.index
-    )
+    if problem.graphs.projected:
+        _, expected, deviations, blocks, _ = information
+        information = None
+    else:
+        expected, deviations, blocks = expected_log_likelihoods(
+            terms, posterior, problem.residuals, problem.mask, problem.index
+        )
     bound = elbo(state.tau, state.log_weights, expected, posterior.kl)
     return VEMEStep(posterior, terms, information, expected, deviations, blocks, bound), state
 
@@ -246,6 +259,8 @@ def _mean_objectives(state: VEMState, problem: ClusterProblem, current: VEMEStep
             lambda lp, m=m, v=v: graphs.mean_process_step(lp, problem.grid, m, v, jitter)
             for m, v in zip(post.mean, post.cov_factor, strict=True)
         ]
+    if graphs.projected:
+        return projected_mean_objectives(problem, state.tau, terms, jitter)
     summaries = zip(*weighted_information(terms, state.tau, problem.index, len(problem.grid)), strict=True)
     functions = []
     for summary in summaries:
