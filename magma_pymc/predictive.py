@@ -26,12 +26,13 @@ import numpy as np
 import xarray as xr
 
 from magma_pymc import hp_integration as hpi
-from magma_pymc.data import Individual
+from magma_pymc.data import Individual, TrainingData
 from magma_pymc.estep_buckets import bucketed_factors
 from magma_pymc.exceptions import MagmaWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.fit_result import FitResult
 from magma_pymc.mixture import GaussianMixture
+from magma_pymc.population import population_prior
 from magma_pymc.predict import fit_new_individual, predict_individual
 from magma_pymc.predict_diag import EStepFactors, mean_process_parts, predictive_diagonal
 from magma_pymc.results import gaussian_dataset
@@ -127,7 +128,7 @@ def predict(
                   "individual's HP over; they are plugged in (maximum likelihood, or the training HP for Type II)",
                   MagmaWarning)
             integrate = False
-        prior = hpi.PopulationPrior.from_training(state.log_params) if integrate else None
+        prior = _population(result, state) if integrate else None
         hp = fit_new_individual(graphs, individual, obs_mean, obs_cov, state.log_params, bounds, state.jitter,
                                 empirical_prior=new_individual_hp != "ml", prior=prior)
         source = hp.source
@@ -192,3 +193,23 @@ def predict(
         **{f"hp_{name}": float(v) for name, v in zip(result.hp_names, median_hp, strict=True)},
     )
     return ds
+
+
+#: How the population distribution of the individual HP is estimated from a point fit:
+#: ``"random_effects"`` (their estimation error removed, :mod:`magma_pymc.population`) or
+#: ``"empirical"`` (the fitted HP taken as exact). Fits other than EM (given HP, sampled draws) and a
+#: distributed fit (its data stay on the workers) use ``"empirical"``.
+POPULATION_ESTIMATE = "random_effects"
+
+
+def _population(result: FitResult, state) -> hpi.PopulationPrior:
+    """The population distribution of the individual HP at ``state`` (cached on a point fit)."""
+    # Only HP estimated by EM have an estimation error to remove (given HP, method="fixed", are taken as
+    # they are), and only an in-process fit holds what the estimation covariances need (the data).
+    if POPULATION_ESTIMATE == "empirical" or result.method != "em" or not isinstance(result.data, TrainingData):
+        return hpi.PopulationPrior.from_training(state.log_params)
+    cached = result.__dict__.get("_population")
+    if cached is None:
+        cached = population_prior(result.problem, result.point)
+        object.__setattr__(result, "_population", cached)  # a frozen record: computed once, on first use
+    return cached

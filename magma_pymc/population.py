@@ -1,0 +1,118 @@
+r"""The population distribution of the individual HP, estimated with the training HP's estimation error.
+
+With different HP, a new individual's log HP :math:`x_*` are integrated over their posterior under a
+population distribution :math:`x_i \sim \mathcal N(\bar x, S)` learned from the training individuals
+(:mod:`magma_pymc.hp_integration`). The training HP are *estimates* :math:`\hat x_i`, each from a
+few points: their spread is the population's plus their estimation error, and a covariance taken
+from them as if they were exact overstates :math:`S` (intervals too wide where nothing is observed;
+measured on real panels: 99 % coverage of nominal 95 % intervals for Type II).
+
+Here each estimate is a noisy measurement of its individual's log HP,
+:math:`\hat x_i \mid x_i \sim \mathcal N(x_i, V_i)`, so that marginally
+:math:`\hat x_i \sim \mathcal N(\bar x, S + V_i)` (the random-effects model of meta-analysis), and
+:math:`(\bar x, S)` maximise
+
+.. math::
+
+    \sum_i \log \mathcal N(\hat x_i;\ \bar x,\ S + V_i), \qquad S = L L^\top,
+
+over :math:`\bar x` and the Cholesky factor :math:`L` (log diagonal), by L-BFGS-B from the
+empirical mean and covariance. :math:`V_i` is the Laplace covariance of :math:`\hat x_i`: the inverse
+Hessian (central differences of the compiled gradient) of the individual M-step objective
+:math:`-Q_i` at the fit's last E-step, eigenvalues floored so that a direction the data do not
+identify gets a large variance (it then says nothing about :math:`S`). The complete-data Hessian
+of :math:`Q_i` is at least the observed information, so :math:`V_i` errs small and :math:`S` large:
+the correction is conservative. With :math:`V_i = 0` the estimate is the empirical mean and
+(maximum-likelihood) covariance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+
+from magma_pymc.em import EMState, Problem, estep
+from magma_pymc.estep_buckets import separable_individual_objectives
+from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior
+
+__all__ = ["estimation_covariances", "random_effects_population", "population_prior"]
+
+#: Step of the central differences of the gradient, in log-HP units.
+HESSIAN_STEP = 1e-4
+#: Smallest curvature kept in a Hessian's eigen-decomposition (variance at most its inverse).
+MIN_CURVATURE = 1e-4
+
+
+def estimation_covariances(problem: Problem, state: EMState) -> np.ndarray:
+    r"""``(M, P + 1, P + 1)`` Laplace covariances :math:`V_i` of the fitted individual log HP (module docstring)."""
+    current, state = estep(state, problem)
+    graphs, x = problem.graphs, state.log_params
+    rows = np.arange(len(x))
+    if problem.batches is not None:
+        blocks = list(zip(current.deviations, current.cov_blocks, strict=True))
+        objectives = separable_individual_objectives(graphs, problem.batches, blocks, state.jitter)
+
+        def gradients(log_params):
+            return objectives(log_params, rows)[1]
+    else:
+        inputs, mask = problem.data_args.inputs, problem.data_args.mask
+
+        def gradients(log_params):
+            return np.asarray(graphs.individual_steps(log_params, inputs, current.deviations, current.cov_blocks,
+                                                      mask, state.jitter)[1])
+
+    p = x.shape[1]
+    hessians = np.empty((len(x), p, p))
+    for j in range(p):
+        step = np.zeros(p)
+        step[j] = HESSIAN_STEP
+        hessians[:, :, j] = (gradients(x + step) - gradients(x - step)) / (2 * HESSIAN_STEP)
+    hessians = 0.5 * (hessians + hessians.mT)
+    values, vectors = np.linalg.eigh(hessians)
+    values = np.where(np.isfinite(values), np.maximum(values, MIN_CURVATURE), MIN_CURVATURE)
+    return (vectors / values[:, None, :]) @ vectors.mT
+
+
+def random_effects_population(estimates: np.ndarray, covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Maximum-likelihood :math:`(\bar x, S)` of :math:`\hat x_i \sim \mathcal N(\bar x, S + V_i)` (module docstring).
+
+    ``estimates`` ``(M, p)``, ``covariances`` ``(M, p, p)``; ``M > p``.
+    """
+    m, p = estimates.shape
+    lower = np.tril_indices(p)
+    diagonal = np.flatnonzero(lower[0] == lower[1])
+
+    def unpack(z):
+        factor = np.zeros((p, p))
+        values = z[p:].copy()
+        values[diagonal] = np.exp(values[diagonal])
+        factor[lower] = values
+        return z[:p], factor @ factor.T
+
+    def minus_log_likelihood(z):
+        mean, cov = unpack(z)
+        total = cov[None] + covariances
+        chol = np.linalg.cholesky(total)
+        white = np.linalg.solve(chol, (estimates - mean)[..., None])[..., 0]
+        return 0.5 * (white**2).sum() + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum()
+
+    start_cov = np.cov(estimates, rowvar=False, bias=True) + 1e-6 * np.eye(p)
+    start_factor = np.linalg.cholesky(start_cov)
+    z0 = np.concatenate([estimates.mean(axis=0), start_factor[lower]])
+    z0[p + diagonal] = np.log(np.diag(start_factor))
+    fit = minimize(minus_log_likelihood, z0, method="L-BFGS-B")
+    best = fit.x if fit.fun <= minus_log_likelihood(z0) else z0
+    return unpack(best)
+
+
+def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION_RIDGE) -> PopulationPrior:
+    """The population distribution of a point fit's individual HP, with their estimation error removed.
+
+    Falls back to :meth:`PopulationPrior.from_training` (the fitted HP taken as exact) with too few
+    individuals for a full covariance (``M <= P + 1``), as that method does.
+    """
+    x = np.asarray(state.log_params)
+    if len(x) <= x.shape[1]:
+        return PopulationPrior.from_training(x, ridge)
+    mean, cov = random_effects_population(x, estimation_covariances(problem, state))
+    return PopulationPrior(mean, cov + ridge * np.eye(x.shape[1]))
