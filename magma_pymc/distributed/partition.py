@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.data import TrainingData, as_training_data
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, worker_graphs
+from magma_pymc.projected_step import projected_step_graphs
 
 __all__ = ["Partition", "PartitionSummary", "validate", "summarise", "prepare"]
 
@@ -175,9 +176,30 @@ def data_precision(part: Partition, structure: Structure, hp, jitter: float) -> 
 
 
 @on_worker
-def projected_vjp(part: Partition, structure: Structure, mean_hp, hp, jitter: float, bars: tuple) -> np.ndarray:
-    _, graphs = worker_graphs(structure)
-    return np.asarray(graphs.projected_vjp(mean_hp, hp, *part.arrays, jitter, *bars)[0])
+def projected_factors(part: Partition, structure: Structure, hp, jitter: float) -> tuple:
+    """The partition's :class:`~magma_pymc.projected_step.ProjectedFactors` (kept on the worker for one M-step)."""
+    core, _ = worker_graphs(structure)
+    return tuple(np.asarray(x) for x in projected_step_graphs(core).factors(hp, *part.arrays, jitter))
+
+
+@on_worker
+def projected_sums(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple) -> tuple:
+    """The partition's E-step terms at ``mean_hp`` from its factors.
+
+    As :func:`magma_pymc.projected_step.build_projected_sums`.
+    """
+    core, _ = worker_graphs(structure)
+    grid, inputs, _, mask, _ = part.arrays
+    return tuple(np.asarray(x) for x in projected_step_graphs(core).sums(mean_hp, grid, inputs, mask, *factors, jitter))
+
+
+@on_worker
+def projected_vjp(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple,
+                  bars: tuple) -> np.ndarray:
+    """The partition's share of the mean-process gradient (:func:`magma_pymc.projected_step.build_sums_vjp`)."""
+    core, _ = worker_graphs(structure)
+    grid, inputs, _, mask, _ = part.arrays
+    return np.asarray(projected_step_graphs(core).vjp(mean_hp, grid, inputs, mask, *factors, jitter, *bars)[0])
 
 
 def identity(value: Any) -> Any:
