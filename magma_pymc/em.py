@@ -26,7 +26,7 @@ from magma_pymc.exceptions import ConvergenceWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.mstep import minimize_log_params
-from magma_pymc.projected_step import projected_step_graphs
+from magma_pymc.projected_step import distinct_inputs, projected_step_graphs
 
 __all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "iterate_em", "EMTrace",
            "warn_not_converged"]
@@ -206,9 +206,10 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
         # each evaluation then costs two batched products per individual (magma_pymc.projected_step).
         step = projected_step_graphs(graphs)
         factors = step.factors(individual_fit.x, *problem.data_args, state.jitter)
+        distinct, positions = distinct_inputs(inputs, mask)
 
         def mean_objective(log_params):
-            return step.step(log_params, grid, inputs, mask, *factors, state.jitter)
+            return step.step(log_params, grid, distinct, positions, mask, *factors, state.jitter)
 
     else:
 

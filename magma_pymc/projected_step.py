@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
+import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import Function
@@ -56,7 +57,6 @@ from magma_pymc.compiled import ModelGraphs, _compile
 from magma_pymc.hyperposterior import (
     EStepTerms,
     TrainingTensors,
-    build_loadings,
     finish_estep,
     individual_covariances,
     log_diagonal_sum,
@@ -69,6 +69,7 @@ __all__ = [
     "ProjectedSums",
     "build_projected_factors",
     "build_projected_sums",
+    "distinct_inputs",
     "build_projected_loss",
     "build_sums_vjp",
     "build_grid_vjp",
@@ -134,24 +135,43 @@ def build_projected_factors(
     )
 
 
+def distinct_inputs(inputs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct observed inputs ``(U, d)`` and each slot's position among them ``(M, N_max)`` (0 where padded).
+
+    Individuals often share inputs (visits on a calendar, ages in months): the kernel and the solve with
+    :math:`L_g` then run on the U distinct inputs instead of every slot.
+    """
+    observed = mask > 0
+    distinct, inverse = np.unique(inputs[observed], axis=0, return_inverse=True)
+    positions = np.zeros(mask.shape, dtype=np.int64)
+    positions[observed] = inverse.ravel()
+    return distinct, positions
+
+
 def build_projected_sums(
     mean_kernel: Kernel,
     mean_log_params: TensorVariable,
     grid: TensorVariable,
-    inputs: TensorVariable,
+    distinct: TensorVariable,
+    positions: TensorVariable,
     mask: TensorVariable,
     factors: ProjectedFactors,
     jitter: TensorVariable,
 ) -> ProjectedSums:
     r"""The E-step's sums of the individuals at :math:`\theta_0` from their :class:`ProjectedFactors`.
 
-    ``grid`` holds the G inducing points; :math:`S` as :func:`~magma_pymc.hyperposterior.build_loadings`
-    computes it (the same numbers), :math:`W_i = A_i S_i` and the sums of the module docstring.
+    ``grid`` holds the G inducing points, ``distinct`` and ``positions`` the individuals' inputs
+    (:func:`distinct_inputs`). The loadings :math:`S = K_0(t, g) L_g^{-\top}` are computed on the distinct
+    inputs, as :func:`~magma_pymc.hyperposterior.build_loadings` computes them, and gathered to the slots;
+    then :math:`W_i = A_i S_i` and the sums of the module docstring.
     """
-    n_individuals, n_max, _ = inputs.shape
-    data = TrainingTensors(grid, inputs, factors.whitened_residuals, mask, None, jitter)
-    chol_grid, loadings = build_loadings(mean_kernel, mean_log_params, data, projected=True)
-    whitened = (factors.inverse_factors @ loadings).reshape((n_individuals * n_max, -1))     # W (M N_max, G)
+    n_individuals, n_max = positions.shape
+    prior = mean_kernel.covariance(mean_log_params)
+    chol_grid = cholesky(with_jitter(prior(grid), jitter), lower=True)
+    distinct_loadings = solve_triangular(chol_grid, prior(grid, distinct), lower=True, b_ndim=2).T      # (U, G)
+    loadings = distinct_loadings[positions.reshape((-1,))] * mask.reshape((-1,))[:, None]             # (M N_max, G)
+    whitened = (factors.inverse_factors @ loadings.reshape((n_individuals, n_max, -1))).reshape(
+        (n_individuals * n_max, -1))                                                                  # W
     terms = EStepTerms(
         whitened.T @ whitened, whitened.T @ factors.whitened_residuals.reshape((-1,)), *factors[2:]
     )
@@ -212,13 +232,14 @@ def build_projected_step(
     mean_kernel: Kernel,
     mean_log_params: TensorVariable,
     grid: TensorVariable,
-    inputs: TensorVariable,
+    distinct: TensorVariable,
+    positions: TensorVariable,
     mask: TensorVariable,
     factors: ProjectedFactors,
     jitter: TensorVariable,
 ) -> tuple[TensorVariable, TensorVariable]:
     r"""``(F, dF/dθ0)`` in one graph (module docstring): the in-process ECME mean-process step."""
-    sums = build_projected_sums(mean_kernel, mean_log_params, grid, inputs, mask, factors, jitter)
+    sums = build_projected_sums(mean_kernel, mean_log_params, grid, distinct, positions, mask, factors, jitter)
     value = build_projected_loss(sums.terms)
     gram_bar, shift_bar = pytensor.grad(value, [sums.terms.gram, sums.terms.shift])
     grid_path = build_grid_vjp(mean_kernel, mean_log_params, grid, jitter, sums.terms, gram_bar, shift_bar)
@@ -250,20 +271,20 @@ class ProjectedStepGraphs:
 
     @cached_property
     def step(self) -> Function:
-        """``(mean_hp, grid, inputs, mask, *factors, jitter) -> (F, dF/dθ0)`` (in process)."""
-        mean_hp, grid, inputs, mask, factors, jitter = _step_inputs()
-        outputs = build_projected_step(self.mean_kernel, mean_hp, grid, inputs, mask, factors, jitter)
-        return _compile([mean_hp, grid, inputs, mask, *factors, jitter], list(outputs), self.mode)
+        """``(mean_hp, grid, distinct, positions, mask, *factors, jitter) -> (F, dF/dθ0)`` (in process)."""
+        mean_hp, grid, distinct, positions, mask, factors, jitter = _step_inputs()
+        outputs = build_projected_step(self.mean_kernel, mean_hp, grid, distinct, positions, mask, factors, jitter)
+        return _compile([mean_hp, grid, distinct, positions, mask, *factors, jitter], list(outputs), self.mode)
 
     @cached_property
     def sums(self) -> Function:
         """One set of individuals' E-step terms (a partition's, on a cluster).
 
-        ``(mean_hp, grid, inputs, mask, *factors, jitter) -> EStepTerms``.
+        ``(mean_hp, grid, distinct, positions, mask, *factors, jitter) -> EStepTerms``.
         """
-        mean_hp, grid, inputs, mask, factors, jitter = _step_inputs()
-        sums = build_projected_sums(self.mean_kernel, mean_hp, grid, inputs, mask, factors, jitter)
-        return _compile([mean_hp, grid, inputs, mask, *factors, jitter], list(sums.terms), self.mode)
+        mean_hp, grid, distinct, positions, mask, factors, jitter = _step_inputs()
+        sums = build_projected_sums(self.mean_kernel, mean_hp, grid, distinct, positions, mask, factors, jitter)
+        return _compile([mean_hp, grid, distinct, positions, mask, *factors, jitter], list(sums.terms), self.mode)
 
     @cached_property
     def loss(self) -> Function:
@@ -272,7 +293,7 @@ class ProjectedStepGraphs:
         ``(mean_hp, grid, gram, shift, quad_residuals, half_logdet_psi, n_obs, jitter) -> (F, ∂F/∂gram,
         ∂F/∂shift, grid path of dF/dθ0)`` (:func:`build_grid_vjp`).
         """
-        mean_hp, grid, _, _, factors, jitter = _step_inputs()
+        mean_hp, grid, _, _, _, factors, jitter = _step_inputs()
         terms = EStepTerms(pt.matrix("gram", dtype="float64"), pt.vector("shift", dtype="float64"), *factors[2:])
         value = build_projected_loss(terms)
         gram_bar, shift_bar = pytensor.grad(value, [terms.gram, terms.shift])
@@ -283,18 +304,20 @@ class ProjectedStepGraphs:
     def vjp(self) -> Function:
         """One set of individuals' vector-Jacobian product (:func:`build_sums_vjp`).
 
-        ``(mean_hp, grid, inputs, mask, *factors, jitter, gram_bar, shift_bar) -> grad``.
+        ``(mean_hp, grid, distinct, positions, mask, *factors, jitter, gram_bar, shift_bar) -> grad``.
         """
-        mean_hp, grid, inputs, mask, factors, jitter = _step_inputs()
+        mean_hp, grid, distinct, positions, mask, factors, jitter = _step_inputs()
         gram_bar, shift_bar = pt.matrix("gram_bar", dtype="float64"), pt.vector("shift_bar", dtype="float64")
-        sums = build_projected_sums(self.mean_kernel, mean_hp, grid, inputs, mask, factors, jitter)
+        sums = build_projected_sums(self.mean_kernel, mean_hp, grid, distinct, positions, mask, factors, jitter)
         grad = build_sums_vjp(mean_hp, sums, factors, gram_bar, shift_bar)
-        return _compile([mean_hp, grid, inputs, mask, *factors, jitter, gram_bar, shift_bar], [grad], self.mode)
+        inputs = [mean_hp, grid, distinct, positions, mask, *factors, jitter, gram_bar, shift_bar]
+        return _compile(inputs, [grad], self.mode)
 
 
 def _step_inputs():
     return (pt.vector("mean_log_params", dtype="float64"), pt.matrix("grid", dtype="float64"),
-            pt.tensor3("inputs", dtype="float64"), pt.matrix("mask", dtype="float64"), symbolic_factors(),
+            pt.matrix("distinct_inputs", dtype="float64"), pt.matrix("positions", dtype="int64"),
+            pt.matrix("mask", dtype="float64"), symbolic_factors(),
             pt.scalar("jitter", dtype="float64"))
 
 

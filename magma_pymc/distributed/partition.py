@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.data import TrainingData, as_training_data
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, worker_graphs
-from magma_pymc.projected_step import projected_step_graphs
+from magma_pymc.projected_step import distinct_inputs, projected_step_graphs
 
 __all__ = ["Partition", "PartitionSummary", "validate", "summarise", "prepare"]
 
@@ -177,9 +177,14 @@ def data_precision(part: Partition, structure: Structure, hp, jitter: float) -> 
 
 @on_worker
 def projected_factors(part: Partition, structure: Structure, hp, jitter: float) -> tuple:
-    """The partition's :class:`~magma_pymc.projected_step.ProjectedFactors` (kept on the worker for one M-step)."""
+    """The partition's distinct inputs, positions and :class:`~magma_pymc.projected_step.ProjectedFactors`.
+
+    Kept on the worker for one M-step (:func:`magma_pymc.projected_step.distinct_inputs`).
+    """
     core, _ = worker_graphs(structure)
-    return tuple(np.asarray(x) for x in projected_step_graphs(core).factors(hp, *part.arrays, jitter))
+    _, inputs, _, mask, _ = part.arrays
+    factors = projected_step_graphs(core).factors(hp, *part.arrays, jitter)
+    return (*distinct_inputs(inputs, mask), *(np.asarray(x) for x in factors))
 
 
 @on_worker
@@ -189,8 +194,10 @@ def projected_sums(part: Partition, structure: Structure, mean_hp, jitter: float
     As :func:`magma_pymc.projected_step.build_projected_sums`.
     """
     core, _ = worker_graphs(structure)
-    grid, inputs, _, mask, _ = part.arrays
-    return tuple(np.asarray(x) for x in projected_step_graphs(core).sums(mean_hp, grid, inputs, mask, *factors, jitter))
+    grid, _, _, mask, _ = part.arrays
+    distinct, positions, *rest = factors
+    sums = projected_step_graphs(core).sums(mean_hp, grid, distinct, positions, mask, *rest, jitter)
+    return tuple(np.asarray(x) for x in sums)
 
 
 @on_worker
@@ -198,8 +205,10 @@ def projected_vjp(part: Partition, structure: Structure, mean_hp, jitter: float,
                   bars: tuple) -> np.ndarray:
     """The partition's share of the mean-process gradient (:func:`magma_pymc.projected_step.build_sums_vjp`)."""
     core, _ = worker_graphs(structure)
-    grid, inputs, _, mask, _ = part.arrays
-    return np.asarray(projected_step_graphs(core).vjp(mean_hp, grid, inputs, mask, *factors, jitter, *bars)[0])
+    grid, _, _, mask, _ = part.arrays
+    distinct, positions, *rest = factors
+    grad = projected_step_graphs(core).vjp(mean_hp, grid, distinct, positions, mask, *rest, jitter, *bars)[0]
+    return np.asarray(grad)
 
 
 def identity(value: Any) -> Any:
