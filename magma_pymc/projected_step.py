@@ -12,12 +12,14 @@ everything about :math:`\Psi_i` is computed once per M-step (:class:`ProjectedFa
     \tfrac12 \sum_i \log|\Psi_i|, \quad \sum_i N_i ,
 
 and an evaluation at :math:`\theta_0` computes the E-step's sums
-(:class:`~magma_pymc.hyperposterior.EStepTerms`) with one triangular solve for all individuals'
-loadings and no factorisation per individual (:func:`build_projected_sums`):
+(:class:`~magma_pymc.hyperposterior.EStepTerms`) without a factorisation per individual
+(:func:`build_projected_sums`): the kernel and the solve with :math:`L_g` run once on the U distinct
+inputs :math:`u` of the individuals (:func:`distinct_inputs`; at most :math:`\sum_i N_i`, far fewer
+where individuals share inputs), whose rows are gathered to each individual's slots,
 
 .. math::
 
-    S = K_0(t, g) L_g^{-\top}, \qquad W_i = A_i S_i, \qquad
+    S_u = K_0(u, g) L_g^{-\top}, \qquad S_i = (S_u)_{[t_i]}, \qquad W_i = A_i S_i, \qquad
     \Sigma = \sum_i W_i^\top W_i, \qquad c = \sum_i W_i^\top a_i .
 
 The loadings are formed before the sums, as in the E-step: :math:`L_g^{-1} (\sum_i K_i^\top
@@ -26,18 +28,20 @@ digits (measured: 3e-9 relative on the likelihood with 100 inducing points).
 
 :math:`F = -\log p(y)` depends on :math:`\theta_0` only through :math:`(\Sigma, c)`
 (:func:`~magma_pymc.hyperposterior.finish_estep` with :math:`L_0 = I`). With
-:math:`\bar\Sigma = \partial F/\partial\Sigma`, :math:`\bar c = \partial F/\partial c` the sums'
-vector-Jacobian product starts in closed form,
+:math:`\bar\Sigma = \partial F/\partial\Sigma` and :math:`\bar c = \partial F/\partial c`, its gradient
+has two paths:
 
-.. math::
+- through the loadings at fixed :math:`L_g` (:func:`build_sums_vjp`), a sum over individuals that starts
+  in closed form, :math:`\bar W_i = W_i (\bar\Sigma + \bar\Sigma^\top) + a_i \bar c^\top`, which PyTensor
+  chains through :math:`W_i = A_i S_i`, the gather, the solve and the kernel;
+- through :math:`L_g` at fixed :math:`K_0(u, g)` (:func:`build_grid_vjp`), :math:`O(G^3)` from the summed
+  terms alone.
 
-    \bar W_i = W_i (\bar\Sigma + \bar\Sigma^\top) + a_i \bar c^\top,
-
-and PyTensor chains :math:`\bar W` through :math:`W_i = A_i S_i`, the solve with :math:`L_g` and the
-kernel (:func:`build_sums_vjp`). Per individual and evaluation: about :math:`2 N_i^2 G + 4 N_i G^2`
-multiply-adds for value and gradient, in a few products over all individuals at once. The sums add
-over any partition of the individuals, so a cluster computes them and the vector-Jacobian product
-where the data live and :math:`F` and its cotangents on the client (:mod:`magma_pymc.distributed`).
+Per individual and evaluation, value and gradient cost about :math:`2 N_i^2 G + 2 N_i G^2`
+multiply-adds (two products with :math:`A_i`, :math:`W_i^\top W_i` and :math:`W_i \bar\Sigma`), in a few
+batched products over all individuals, plus one gather and one scatter of :math:`N_i G` numbers. The sums
+add over any partition of the individuals: a cluster computes them and the first path where the data
+live, the loss, its cotangents and the second path on the client (:mod:`magma_pymc.distributed`).
 """
 
 from __future__ import annotations
