@@ -26,6 +26,7 @@ from magma_pymc.exceptions import ConvergenceWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.mstep import minimize_log_params
+from magma_pymc.projected_step import distinct_inputs, projected_step_graphs
 
 __all__ = ["EMState", "EStepResult", "TrainingArrays", "Problem", "estep", "em_step", "run_em", "iterate_em", "EMTrace",
            "warn_not_converged"]
@@ -201,9 +202,14 @@ def em_step(state: EMState, problem: Problem, current: EStepResult) -> EMState:
                 return graphs.mean_process_precision_step(log_params, grid, *summary, state.jitter)
 
     elif problem.mean_step == "marginal":
+        # Projected model: what depends on the new individual HP only (L_Psi_i^-1, ...) computed once here;
+        # each evaluation then costs two batched products per individual (magma_pymc.projected_step).
+        step = projected_step_graphs(graphs)
+        factors = step.factors(individual_fit.x, *problem.data_args, state.jitter)
+        distinct, positions = distinct_inputs(inputs, mask)
 
         def mean_objective(log_params):
-            return graphs.mean_process_marginal_step(log_params, individual_fit.x, *problem.data_args, state.jitter)
+            return step.step(log_params, grid, distinct, positions, mask, *factors, state.jitter)
 
     else:
 

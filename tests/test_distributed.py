@@ -142,6 +142,36 @@ def test_predict_partitions_equals_one_by_one(client, fits):
         np.testing.assert_allclose(from_dask[ident == from_dask.ID]["mean"], one["mean"], rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+@pytest.mark.parametrize(("common_hp", "inducing"), [(True, 6), (False, None)], ids=["inducing", "exact-different-hp"])
+def test_saved_fit_loads_and_predicts_as_the_fit_and_in_process(client, fits, tmp_path, common_hp, inducing):
+    """save/load of a distributed fit (no training data in the file): the loaded model has the fit's HP, trace and
+    hyper-posterior and predicts as the saved one (exactly) and as the in-process fit."""
+    data, reference, fitted = fits(common_hp, inducing)
+    path = tmp_path / "distributed.nc"
+    fitted.save(path)
+    loaded = DistributedMagma.load(path)
+    for block in ("mean_process", "individual"):
+        np.testing.assert_array_equal(getattr(loaded.hyperparameters_, block), getattr(fitted.hyperparameters_, block))
+    assert (loaded.n_iter_, loaded.converged_, loaded.log_likelihood_) == (
+        fitted.n_iter_, fitted.converged_, fitted.log_likelihood_)
+    assert list(loaded.ids_) == list(fitted.ids_)
+    trace = "em_trace"
+    np.testing.assert_array_equal(loaded.idata_[trace]["log_likelihood"], fitted.idata_[trace]["log_likelihood"])
+    observed = data[data.ID.iloc[0] == data.ID].iloc[::2]
+    saved_pred, loaded_pred = fitted.predict(observed, PRED_INPUTS), loaded.predict(observed, PRED_INPUTS)
+    for name in ("mean", "variance", "latent_variance", "lower", "upper"):
+        np.testing.assert_allclose(loaded_pred[name], saved_pred[name], rtol=1e-12, err_msg=name)
+    np.testing.assert_allclose(loaded.hyperposterior(PRED_INPUTS)["cov"], fitted.hyperposterior(PRED_INPUTS)["cov"],
+                               rtol=1e-12)
+    # Different HP, Type I: the new individual's own L-BFGS-B (see test_exact_fit_and_prediction_match_in_process).
+    _assert_same_prediction(reference, loaded, observed, rtol=RTOL if common_hp else 1e-5)
+    table = predict_partitions(loaded, observed, PRED_INPUTS, client=client, n_partitions=1)
+    np.testing.assert_allclose(table["mean"], loaded_pred["mean"], rtol=1e-12)
+    with pytest.raises(mp.ModelFileError, match="observed_data"):
+        mp.Magma.load(path)  # the in-process loader needs the training data
+
+
 def test_bad_partition_raises_the_in_process_error(client):
     data = _data(True)
     data.loc[data.index[data.ID == "i07"][2], "Output"] = np.nan

@@ -14,8 +14,9 @@ One iteration, with P partitions (:mod:`magma_pymc.distributed.partition` runs t
    individuals' own L-BFGS-B where its data live and returns their new HP.
 3. Mean-process M-step (ECME): exact model, the partitions' shares of the data's information form
    (:math:`O(N^2)` each) at the new individual HP, then the same optimisation as in process on the
-   client; projected model, each evaluation sums the partitions' E-step terms, then their
-   vector-Jacobian products (:mod:`magma_pymc.distributed.graphs`).
+   client; projected model, each partition keeps the factors of its individuals at the new individual HP, and
+   each evaluation sums the partitions' E-step terms, then their vector-Jacobian products
+   (:mod:`magma_pymc.projected_step`).
 
 Sums are taken in partition order, so a fit does not depend on which worker answers first; it
 equals the in-process fit up to the rounding of the sums' order.
@@ -36,6 +37,7 @@ from magma_pymc.distributed.graphs import Structure, client_graphs
 from magma_pymc.em import EMState, EMTrace, EStepResult, iterate_em
 from magma_pymc.jitter import smallest_working_jitter
 from magma_pymc.mstep import minimize_log_params
+from magma_pymc.projected_step import projected_step_graphs
 
 __all__ = ["PartitionedProblem", "DistributedEStep", "run_distributed_em", "Communication"]
 
@@ -211,18 +213,27 @@ def em_step(state: EMState, problem: PartitionedProblem, current: DistributedESt
                 return core.mean_process_precision_step(log_params, grid, *summary, jitter)
 
     elif problem.mean_step == "marginal":
+        # Projected model: each partition keeps its factors at the new individual HP (magma_pymc.projected_step);
+        # each evaluation sums the partitions' E-step terms, then their share of the gradient.
+        step = projected_step_graphs(core)
+        factors = [
+            problem.client.submit(tasks.projected_factors, part, structure, problem.hp_of(individual_log_params, p),
+                                  jitter)
+            for p, part in enumerate(problem.partitions)
+        ]
 
         def mean_objective(log_params):
-            terms = _terms_at(log_params, individual_log_params, jitter, problem)
-            value, gram_bar, shift_bar = problem.graphs.projected_loss(*terms)
+            terms = _sum_terms(problem.map_gather(
+                tasks.projected_sums, structure, log_params, jitter, per_partition=lambda p: (factors[p],)
+            ))
+            value, gram_bar, shift_bar, grid_path = step.loss(log_params, grid, *terms, jitter)
             if not np.isfinite(value):
                 return value, np.full_like(log_params, np.nan)
             grads = problem.map_gather(
-                tasks.projected_vjp, structure, log_params,
-                per_partition=lambda p: (problem.hp_of(individual_log_params, p), jitter),
+                tasks.projected_vjp, structure, log_params, jitter, per_partition=lambda p: (factors[p],),
                 shared=((np.asarray(gram_bar), np.asarray(shift_bar)),),
             )
-            return value, sum(grads)
+            return value, np.asarray(grid_path) + sum(grads)
 
     else:
 

@@ -26,6 +26,7 @@ from magma_pymc.distributed.predictor import Predictor
 from magma_pymc.distributed.summary import PartitionedData, SummaryArrays
 from magma_pymc.em import EMState
 from magma_pymc.estimator import Magma
+from magma_pymc.kernels import Kernel
 from magma_pymc.params import NOISE, HyperParameters
 from magma_pymc.results import hp_dataset, input_coords
 from magma_pymc.settings import Constant, resolve_prior_mean, warn_far_inputs, warn_hp_at_bounds
@@ -208,8 +209,35 @@ class DistributedMagma(Magma):
         return self._predictor
 
     def save(self, path) -> None:
-        """Not supported: the training data stay on the workers (save ``idata_`` instead)."""
-        raise NotImplementedError(
-            "saving a distributed fit is not supported: its training data stay on the workers; save "
-            "model.idata_ (hyper-parameters, hyper-posterior, EM trace) with idata_.to_netcdf(path)"
-        )
+        r"""Save the fit without its training data, which stay on the workers.
+
+        The file holds what :meth:`magma_pymc.Magma.save` writes but the ``observed_data``: HP, EM trace and the
+        hyper-posterior of :math:`\mu_0` on the grid (:mod:`magma_pymc.distributed.persistence`); :meth:`load`
+        gives a model that predicts as this one.
+        """
+        from magma_pymc.distributed.persistence import save_distributed
+
+        save_distributed(path, self.predictor, self.result_.tree, self.get_params())
+
+    @classmethod
+    def load(cls, path, *, mean_kernel: Kernel | None = None, kernel: Kernel | None = None,
+             prior_mean: Any = None) -> DistributedMagma:
+        """Load a fit saved with :meth:`save` (arguments as :meth:`magma_pymc.Magma.load`).
+
+        It predicts exactly as the saved model, on the client or on the workers
+        (:func:`~magma_pymc.distributed.predict_partitions`).
+        """
+        from magma_pymc.distributed.persistence import read_distributed, read_file
+        from magma_pymc.persistence import settings_from_record
+
+        tree, config = read_file(path)
+        model = cls(**settings_from_record(config, mean_kernel=mean_kernel, kernel=kernel, prior_mean=prior_mean))
+        predictor, tree = read_distributed(path, tree, config, model)
+        with WORKER_LOCK:  # builds the record with this process's graphs (shared with in-process workers)
+            result = predictor.result(tree)
+        trace = tree["em_trace"] if "em_trace" in tree.children else None
+        model._set_result(result, converged=bool(trace is not None and trace.attrs.get("converged", 0)),
+                          n_iter=0 if trace is None else trace.sizes["em_iteration"] - 1,
+                          log_likelihood=float(tree.attrs.get("log_likelihood", np.nan)))
+        model._predictor, model.ids_ = predictor, predictor.data.ids
+        return model

@@ -12,18 +12,10 @@ an :math:`N \times N` matrix on the union grid, or :math:`G \times G` on the ind
 client adds them and finishes the E-step (:func:`magma_pymc.hyperposterior.finish_estep`).
 
 In the projected model the loadings :math:`S_i = K_0(t_i, g) L_g^{-\top}` depend on the
-mean-process HP :math:`\theta_0`, so the ECME mean-process step cannot run on a fixed summary.
-With :math:`F(\Sigma, c) = -\log p(y)` as a function of the summed terms
-:math:`\Sigma = \sum_i W_i^\top W_i` and :math:`c` (:meth:`DistributedGraphs.projected_loss`,
-on the client), the chain rule splits its gradient over partitions:
-
-.. math::
-
-    \frac{\partial F}{\partial\theta_0} = \sum_p \frac{\partial}{\partial\theta_0}
-    \Big[\langle \bar\Sigma, \Sigma_p(\theta_0)\rangle + \langle \bar c, c_p(\theta_0)\rangle\Big],
-    \qquad \bar\Sigma = \frac{\partial F}{\partial\Sigma},\ \bar c = \frac{\partial F}{\partial c},
-
-a vector-Jacobian product each partition computes (:meth:`DistributedGraphs.projected_vjp`).
+mean-process HP :math:`\theta_0`, so the ECME mean-process step cannot run on a fixed summary: its
+partition tasks and the client's share are the functions of :mod:`magma_pymc.projected_step`
+(each partition's factors once per M-step, then per evaluation its E-step terms and its share of
+the gradient).
 """
 
 from __future__ import annotations
@@ -34,7 +26,6 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import Function
 
@@ -183,36 +174,6 @@ class DistributedGraphs:
             blocks = cov_padded[data.index[:, :, None], data.index[:, None, :]]
         inputs = [mean_hp, *data, mean, cov, alpha, chol_b]
         return _compile(inputs, [deviations, blocks], self.structure.mode)
-
-    @cached_property
-    def projected_loss(self) -> Function:
-        """The projected loss and its gradient from the summed terms (client side; module docstring).
-
-        ``(gram, shift, quad_residuals, half_logdet_psi, n_obs) -> (-log p(y), d/d gram, d/d shift)``.
-        """
-        terms = _symbolic_terms()
-        n_grid = terms.gram.shape[0]
-        # The E-step's log-likelihood without L0: it depends on the loadings through the terms only.
-        estep = finish_estep(pt.eye(n_grid), terms)
-        value = -estep.log_likelihood
-        grads = pytensor.grad(value, [terms.gram, terms.shift])
-        return _compile(list(terms), [value, *grads], self.structure.mode)
-
-    @cached_property
-    def projected_vjp(self) -> Function:
-        """One partition's vector-Jacobian product (module docstring).
-
-        ``(mean_hp, hp, grid, inputs, residuals, mask, index, jitter, gram_bar, shift_bar) -> grad``.
-        """
-        mean_hp, ind_hp = _hp(self.structure.common_hp)
-        data = TrainingTensors.symbolic()
-        gram_bar = pt.matrix("gram_bar", dtype="float64")
-        shift_bar = pt.vector("shift_bar", dtype="float64")
-        _, _, terms = self._terms(mean_hp, ind_hp, data)
-        pairing = (gram_bar * terms.gram).sum() + (shift_bar * terms.shift).sum()
-        return _compile(
-            [mean_hp, ind_hp, *data, gram_bar, shift_bar], [pytensor.grad(pairing, mean_hp)], self.structure.mode
-        )
 
     @cached_property
     def prior_factor(self) -> Function:

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.data import TrainingData, as_training_data
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, worker_graphs
+from magma_pymc.projected_step import distinct_inputs, projected_step_graphs
 
 __all__ = ["Partition", "PartitionSummary", "validate", "summarise", "prepare"]
 
@@ -175,9 +176,39 @@ def data_precision(part: Partition, structure: Structure, hp, jitter: float) -> 
 
 
 @on_worker
-def projected_vjp(part: Partition, structure: Structure, mean_hp, hp, jitter: float, bars: tuple) -> np.ndarray:
-    _, graphs = worker_graphs(structure)
-    return np.asarray(graphs.projected_vjp(mean_hp, hp, *part.arrays, jitter, *bars)[0])
+def projected_factors(part: Partition, structure: Structure, hp, jitter: float) -> tuple:
+    """The partition's distinct inputs, positions and :class:`~magma_pymc.projected_step.ProjectedFactors`.
+
+    Kept on the worker for one M-step (:func:`magma_pymc.projected_step.distinct_inputs`).
+    """
+    core, _ = worker_graphs(structure)
+    _, inputs, _, mask, _ = part.arrays
+    factors = projected_step_graphs(core).factors(hp, *part.arrays, jitter)
+    return (*distinct_inputs(inputs, mask), *(np.asarray(x) for x in factors))
+
+
+@on_worker
+def projected_sums(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple) -> tuple:
+    """The partition's E-step terms at ``mean_hp`` from its factors.
+
+    As :func:`magma_pymc.projected_step.build_projected_sums`.
+    """
+    core, _ = worker_graphs(structure)
+    grid, _, _, mask, _ = part.arrays
+    distinct, positions, *rest = factors
+    sums = projected_step_graphs(core).sums(mean_hp, grid, distinct, positions, mask, *rest, jitter)
+    return tuple(np.asarray(x) for x in sums)
+
+
+@on_worker
+def projected_vjp(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple,
+                  bars: tuple) -> np.ndarray:
+    """The partition's share of the mean-process gradient (:func:`magma_pymc.projected_step.build_sums_vjp`)."""
+    core, _ = worker_graphs(structure)
+    grid, _, _, mask, _ = part.arrays
+    distinct, positions, *rest = factors
+    grad = projected_step_graphs(core).vjp(mean_hp, grid, distinct, positions, mask, *rest, jitter, *bars)[0]
+    return np.asarray(grad)
 
 
 def identity(value: Any) -> Any:
