@@ -28,6 +28,8 @@ the correction is conservative. With :math:`V_i = 0` the estimate is the empiric
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.optimize import minimize
 
@@ -35,12 +37,31 @@ from magma_pymc.em import EMState, Problem, estep
 from magma_pymc.estep_buckets import separable_individual_objectives
 from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior
 
-__all__ = ["estimation_covariances", "random_effects_population", "population_prior"]
+__all__ = ["laplace_covariances", "estimation_covariances", "random_effects_population", "population_prior",
+           "population_from_estimates"]
 
 #: Step of the central differences of the gradient, in log-HP units.
 HESSIAN_STEP = 1e-4
 #: Smallest curvature kept in a Hessian's eigen-decomposition (variance at most its inverse).
 MIN_CURVATURE = 1e-4
+
+
+def laplace_covariances(gradients: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    r"""``(M, p, p)`` inverse Hessians of separable objectives at the rows of ``x`` ``(M, p)``.
+
+    From central differences of their ``gradients`` (rows in, rows out); eigenvalues floored at
+    :data:`MIN_CURVATURE`.
+    """
+    p = x.shape[1]
+    hessians = np.empty((len(x), p, p))
+    for j in range(p):
+        step = np.zeros(p)
+        step[j] = HESSIAN_STEP
+        hessians[:, :, j] = (np.asarray(gradients(x + step)) - np.asarray(gradients(x - step))) / (2 * HESSIAN_STEP)
+    hessians = 0.5 * (hessians + hessians.mT)
+    values, vectors = np.linalg.eigh(hessians)
+    values = np.where(np.isfinite(values), np.maximum(values, MIN_CURVATURE), MIN_CURVATURE)
+    return (vectors / values[:, None, :]) @ vectors.mT
 
 
 def estimation_covariances(problem: Problem, state: EMState) -> np.ndarray:
@@ -58,19 +79,10 @@ def estimation_covariances(problem: Problem, state: EMState) -> np.ndarray:
         inputs, mask = problem.data_args.inputs, problem.data_args.mask
 
         def gradients(log_params):
-            return np.asarray(graphs.individual_steps(log_params, inputs, current.deviations, current.cov_blocks,
-                                                      mask, state.jitter)[1])
+            return graphs.individual_steps(log_params, inputs, current.deviations, current.cov_blocks, mask,
+                                           state.jitter)[1]
 
-    p = x.shape[1]
-    hessians = np.empty((len(x), p, p))
-    for j in range(p):
-        step = np.zeros(p)
-        step[j] = HESSIAN_STEP
-        hessians[:, :, j] = (gradients(x + step) - gradients(x - step)) / (2 * HESSIAN_STEP)
-    hessians = 0.5 * (hessians + hessians.mT)
-    values, vectors = np.linalg.eigh(hessians)
-    values = np.where(np.isfinite(values), np.maximum(values, MIN_CURVATURE), MIN_CURVATURE)
-    return (vectors / values[:, None, :]) @ vectors.mT
+    return laplace_covariances(gradients, x)
 
 
 def random_effects_population(estimates: np.ndarray, covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,5 +126,14 @@ def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION
     x = np.asarray(state.log_params)
     if len(x) <= x.shape[1]:
         return PopulationPrior.from_training(x, ridge)
-    mean, cov = random_effects_population(x, estimation_covariances(problem, state))
-    return PopulationPrior(mean, cov + ridge * np.eye(x.shape[1]))
+    return population_from_estimates(x, estimation_covariances(problem, state), ridge)
+
+
+def population_from_estimates(estimates: np.ndarray, covariances: np.ndarray,
+                              ridge: float = POPULATION_RIDGE) -> PopulationPrior:
+    """:func:`random_effects_population` as a :class:`PopulationPrior`.
+
+    ``ridge`` is added to the covariance's diagonal (its floor, as :meth:`PopulationPrior.from_training`).
+    """
+    mean, cov = random_effects_population(estimates, covariances)
+    return PopulationPrior(mean, cov + ridge * np.eye(estimates.shape[1]))

@@ -197,19 +197,22 @@ def predict(
 
 #: How the population distribution of the individual HP is estimated from a point fit:
 #: ``"random_effects"`` (their estimation error removed, :mod:`magma_pymc.population`) or
-#: ``"empirical"`` (the fitted HP taken as exact). Fits other than EM (given HP, sampled draws) and a
-#: distributed fit (its data stay on the workers) use ``"empirical"``.
+#: ``"empirical"`` (the fitted HP taken as exact). Fits other than EM (given HP, sampled draws) use
+#: ``"empirical"``; a distributed EM fit computes the random-effects estimate on its workers.
 POPULATION_ESTIMATE = "random_effects"
 
 
 def _population(result: FitResult, state) -> hpi.PopulationPrior:
     """The population distribution of the individual HP at ``state`` (cached on a point fit)."""
     # Only HP estimated by EM have an estimation error to remove (given HP, method="fixed", are taken as
-    # they are), and only an in-process fit holds what the estimation covariances need (the data).
-    if POPULATION_ESTIMATE == "empirical" or result.method != "em" or not isinstance(result.data, TrainingData):
+    # they are), and only an in-process fit holds what the estimation covariances need (the data); a
+    # distributed fit's workers compute them at the end of the fit (cached here by its predictor).
+    if POPULATION_ESTIMATE == "empirical" or result.method != "em":
         return hpi.PopulationPrior.from_training(state.log_params)
     cached = result.__dict__.get("_population")
     if cached is None:
+        if not isinstance(result.data, TrainingData):
+            return hpi.PopulationPrior.from_training(state.log_params)
         cached = population_prior(result.problem, result.point)
         object.__setattr__(result, "_population", cached)  # a frozen record: computed once, on first use
     return cached

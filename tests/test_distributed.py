@@ -106,8 +106,10 @@ def test_exact_fit_and_prediction_match_in_process(fits, common_hp):
         _assert_same_prediction(reference, fitted, observed)
     else:
         # Type II: the new individual's HP are drawn from the training individuals' population, which
-        # carries the ~5e-8 relative difference of a noise variance on a flat direction (see _assert_same_fit).
-        _assert_same_prediction(reference, fitted, None, rtol=1e-6)
+        # carries the ~5e-8 relative difference of a noise variance on a flat direction (see _assert_same_fit),
+        # through their Laplace covariances (central differences of gradients, magma_pymc.population): measured
+        # 1.05e-6 relative on one interval bound.
+        _assert_same_prediction(reference, fitted, None, rtol=5e-6)
         # Type I fits the new individual's HP (L-BFGS-B, ftol 1e-8): inputs equal to 1e-9 give
         # optima equal to that optimiser's precision only.
         _assert_same_prediction(reference, fitted, observed, rtol=1e-5)

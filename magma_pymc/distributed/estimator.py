@@ -28,6 +28,7 @@ from magma_pymc.em import EMState
 from magma_pymc.estimator import Magma
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import NOISE, HyperParameters
+from magma_pymc.population import population_from_estimates
 from magma_pymc.results import hp_dataset, input_coords
 from magma_pymc.settings import Constant, resolve_prior_mean, warn_far_inputs, warn_hp_at_bounds
 
@@ -141,7 +142,7 @@ class DistributedMagma(Magma):
         self._predictor = Predictor(
             structure, method, trace.state, SummaryArrays(grid, last.alpha, last.chol_b),
             (problem.mean_bounds, row_bounds), PartitionedData(ids, names, span, variance), prior_mean,
-            self.new_individual_hp,
+            self.new_individual_hp, self._population(method, trace.state, problem, last),
         )
         tree = self._distributed_tree(trace, method, prior_mean(grid) + last.result.mean, last.result.cov, names)
         with WORKER_LOCK:  # builds the record with this process's graphs (shared with in-process workers)
@@ -150,6 +151,21 @@ class DistributedMagma(Magma):
                          log_likelihood=trace.estep.log_likelihood)
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    @staticmethod
+    def _population(method: str, state: EMState, problem: PartitionedProblem, last) -> tuple | None:
+        """Different HP fitted by EM: the population distribution of the individual HP without their estimation error.
+
+        As in process (:mod:`magma_pymc.population`), from Laplace covariances computed where the data
+        live (``(P + 1)^2`` numbers per individual back); ``None`` otherwise.
+        """
+        log_params = np.asarray(state.log_params)
+        if method != "em" or log_params.ndim == 1 or len(log_params) <= log_params.shape[1]:
+            return None
+        covs = problem.map_gather(tasks.estimation_covariances, per_partition=lambda p: (
+            last.blocks[p], problem.structure, problem.hp_of(log_params, p), state.jitter))
+        prior = population_from_estimates(log_params, np.concatenate(covs))
+        return prior.mean, prior.cov
 
     def _start(self, hyperparameters, span: float, variance: float, ids: np.ndarray) -> tuple:
         """Initial log HP, as :meth:`magma_pymc.Magma.initial_hyperparameters` (data-driven) or given."""

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.data import TrainingData, as_training_data
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, worker_graphs
+from magma_pymc.population import laplace_covariances
 from magma_pymc.projected_step import distinct_inputs, projected_step_graphs
 
 __all__ = ["Partition", "PartitionSummary", "validate", "summarise", "prepare"]
@@ -163,6 +164,19 @@ def fit_individuals(part: Partition, blocks: EStepBlocks, structure: Structure, 
         return core.individual_steps(log_params, inputs[take], deviations[take], cov_blocks[take], mask[take], jitter)
 
     return minimize_separable(objectives, start, row_bounds * len(start)).x
+
+
+@on_worker
+def estimation_covariances(part: Partition, blocks: EStepBlocks, structure: Structure, hp: np.ndarray,
+                           jitter: float) -> np.ndarray:
+    """Different HP: the Laplace covariances of the partition's fitted individual HP.
+
+    As in process (:func:`magma_pymc.population.estimation_covariances`), from the last E-step's blocks.
+    """
+    core, _ = worker_graphs(structure)
+    inputs, deviations, cov_blocks, mask = _individual_args(part, blocks)
+    return laplace_covariances(
+        lambda log_params: core.individual_steps(log_params, inputs, deviations, cov_blocks, mask, jitter)[1], hp)
 
 
 @on_worker

@@ -57,6 +57,9 @@ def save_distributed(path: str | PathLike, predictor: Predictor, tree: xr.DataTr
         "mean_log_params": ("mean_hp", state.mean_log_params), "log_params": (hp_dim, state.log_params),
         "jitter": ((), state.jitter),
     })
+    if predictor.population is not None:  # the population distribution the workers estimated
+        fit_state["population_mean"] = ("hp", predictor.population[0])
+        fit_state["population_cov"] = (("hp", "hp_bis"), predictor.population[1])
     summary = xr.Dataset(
         {
             "grid": (("input", "dim"), arrays.grid), "alpha": ("input", arrays.alpha),
@@ -121,6 +124,15 @@ def read_distributed(path: Any, tree: xr.DataTree, config: dict, model: Any) -> 
                           shape=(*rows, model.kernel.n_params + 1)),
             float(checked_array(fit_state["jitter"].values, path, "fit_state.jitter", shape=())),
         )
+        population = None
+        if "population_mean" in fit_state:
+            p = model.kernel.n_params + 1
+            population = (
+                checked_array(fit_state["population_mean"].values, path, "fit_state.population_mean", shape=(p,)),
+                checked_array(fit_state["population_cov"].values, path, "fit_state.population_cov", shape=(p, p)),
+            )
+            if not np.all(np.linalg.eigvalsh(population[1]) > 0):
+                raise ModelFileError(path, "fit_state.population_cov", "not positive definite")
     except ModelFileError:
         raise
     except (KeyError, ValueError, TypeError) as err:
@@ -135,7 +147,7 @@ def read_distributed(path: Any, tree: xr.DataTree, config: dict, model: Any) -> 
     predictor = Predictor(
         Structure(*settings, token=structure_token(*settings)), str(tree.attrs.get("method", "em")), state, arrays,
         (model.mean_kernel.log_bounds(span, variance), row_bounds), PartitionedData(ids, names, span, variance),
-        prior_mean, model.new_individual_hp,
+        prior_mean, model.new_individual_hp, population,
     )
     out = tree.copy()
     del out["fit_state"], out["summary"]

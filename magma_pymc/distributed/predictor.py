@@ -26,6 +26,7 @@ from magma_pymc.distributed.partition import identity, on_worker
 from magma_pymc.distributed.summary import PartitionedData, SummaryArrays, summary_result
 from magma_pymc.em import EMState
 from magma_pymc.fit_result import FitResult
+from magma_pymc.hp_integration import PopulationPrior
 from magma_pymc.params import NOISE
 from magma_pymc.settings import warn_far_inputs
 
@@ -50,6 +51,9 @@ class Predictor:
     data: PartitionedData
     prior_mean: Callable[[np.ndarray], np.ndarray]
     new_individual_hp: str = "map"
+    #: ``(mean, cov)`` of the population distribution of the individual HP (different HP fitted by EM,
+    #: :mod:`magma_pymc.population`); ``None``: the fitted HP's mean and covariance.
+    population: tuple | None = None
 
     @property
     def grid(self) -> np.ndarray:
@@ -58,10 +62,13 @@ class Predictor:
 
     def result(self, tree: xr.DataTree | None = None) -> FitResult:
         """The :class:`~magma_pymc.fit_result.FitResult` (:func:`~magma_pymc.distributed.summary.summary_result`)."""
-        return summary_result(
+        result = summary_result(
             self.method, self.state, worker_graphs(self.structure), self.arrays, self.bounds, self.data,
             self.prior_mean, (*self.structure.kernel.names, NOISE), tree,
         )
+        if self.population is not None:  # computed on the workers at the end of the fit
+            object.__setattr__(result, "_population", PopulationPrior(*self.population))
+        return result
 
     def predict(self, new_data: Any, inputs: Any, *, prob: float = 0.95, full_cov: bool = False,
                 result: FitResult | None = None, **data_options: Any) -> xr.Dataset:
