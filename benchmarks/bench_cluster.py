@@ -24,7 +24,7 @@ simulated noise added), so the union grid has about 1800 distinct inputs. The ex
 NUTS (``python benchmarks/bench_cluster.py nuts [seed]``): ``MagmaClust.fit(method="nuts")`` (VEM, then NUTS over
 the weights, the K x N mean-process values and the HP) on (a) the size of the test suite: K = 2, M = 8 individuals
 x 6 of 10 common inputs, 2 chains x (200 + 200); (b) K = 3, M = 30 x 10 points on a common grid of 10 inputs
-(``simulate_clustered``, intercepts over [0, 45], clusters 10 apart), 2 chains x (500 + 500). Chains run one after
+(``simulate_clustered``, intercepts over [0, 45], clusters 10 apart), 2 chains x (200 + 200). Chains run one after
 the other in this process (``cores=1``) so that the CPU time counts all the work: wall and CPU time (fit, and the
 sampling alone), max r_hat and min bulk ESS (ArviZ, all sampled variables), divergences, relabelled draws, mean tree
 depth, ARI of the posterior labels against the truth, and the largest gap between the NUTS posterior mean of
@@ -177,7 +177,7 @@ def run_nuts(seed: int = 0) -> pd.DataFrame:
     small = two_groups(seed)
     sim = simulate_clustered(3, 30, 10, common_grid=True, seed=seed, intercept_range=(0.0, 45.0), min_separation=10.0)
     cases = [("K=2, M=8 x 6", 2, small[0], small[1], 200),
-             ("K=3, M=30 x 10", 3, sim.data, sim.labels, 500)]
+             ("K=3, M=30 x 10", 3, sim.data, sim.labels, 200)]
     load_start, rows = os.getloadavg(), []
     for name, k, data, truth, n in cases:
         start, cpu = time.perf_counter(), time.process_time()

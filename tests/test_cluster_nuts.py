@@ -4,6 +4,7 @@ the posterior against VEM on well-separated clusters, and the option errors."""
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_long
 from reference import se
@@ -112,7 +113,7 @@ def nuts_fit():
 
 
 @pytest.mark.slow  # 46 s with Numba's cache warm; compiling the sampler's log-density first costs 1-3 minutes
-def test_nuts_posterior_agrees_with_vem_on_separated_clusters(nuts_fit):
+def test_nuts_posterior_agrees_with_vem_on_separated_clusters(nuts_fit, tmp_path):
     model = nuts_fit
     tree = model.idata_
     assert tree.attrs["method"] == "nuts"
@@ -133,6 +134,12 @@ def test_nuts_posterior_agrees_with_vem_on_separated_clusters(nuts_fit):
     assert tau.max(axis=1).min() > 0.99
     np.testing.assert_array_equal(tau.to_numpy().argmax(axis=1), model.labels_.to_numpy())
     np.testing.assert_array_equal(model.labels_.to_numpy(), [0, 0, 0, 0, 1, 1, 1, 1])
+    # The draws and both sets of responsibilities survive save/load.
+    model.save(tmp_path / "nuts.nc")
+    loaded = MagmaClust.load(tmp_path / "nuts.nc")
+    pd.testing.assert_frame_equal(loaded.posterior_responsibilities_, tau)
+    np.testing.assert_array_equal(loaded.idata_["posterior"]["mu"].values, mu.values)
+    assert loaded.idata_.attrs["relabelled_draws"] == tree.attrs["relabelled_draws"]
 
 
 def test_bad_sampler_options_raise_before_any_work():

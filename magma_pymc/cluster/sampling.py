@@ -9,11 +9,23 @@ r"""Full-Bayesian MagmaClust: NUTS over the weights, the mean processes on the g
     + \sum_k \log\mathcal N\big(\mu_k; m, K_{\gamma_k} + jI\big) + \log p(\pi) + \log p(\log\gamma, \log\theta)
     + \text{const},
 
-with :math:`\mu_k` latent on the union grid (``K x N`` values), :math:`\pi \sim \mathrm{Dirichlet}(\mathbf 1)` and
-:math:`\mathcal N(c, 2^2)` priors on the log HP around the data-driven centres of ``Magma.initial_hyperparameters``.
+with :math:`\mu_k` latent on the union grid (``K x N`` values), sampled non-centred (:math:`\mu_k = m + L_k z_k`,
+``noncentred=True`` of the model), :math:`\pi \sim \mathrm{Dirichlet}(\mathbf 1)` and :math:`\mathcal N(c, 2^2)`
+priors on the log HP around VEM's partition-aware starting values (:func:`magma_pymc.cluster.init.initial_log_params`
+at VEM's responsibilities; the mean-process centre averaged over clusters). Centred instead on MAGMA's
+``initial_hyperparameters`` (individual variance = variance of all outputs, between-cluster spread included), the
+prior favours a second mode where long-lengthscale individual processes absorb the cluster levels and the labels
+mix: measured, one of two chains went there on the test data (max r_hat 1.5-1.8, 72-83 relabelled draws).
 
-1. **Start.** Variational EM first (cheap); every chain starts at its fit -- weights, log HP, and :math:`\mu_k` drawn
-   from :math:`q(\mu_k)` (one draw per chain, so chains start apart but in the same labelling) -- with
+**Small data only.** The sampler moves ``K x N`` mean-process values plus the HP and weights, and every gradient
+factorises the K prior covariances (``N x N``) and every :math:`\Psi_i`. Measured (``benchmarks/bench_cluster.py
+nuts``, docs *Clustering*): SIZES_MEASURED. Grids of hundreds of inputs or more are out of reach: use VEM there.
+Predictions after a NUTS fit are VEM's (its :math:`q(\mu_k)`, HP and weights); the draws are for inference on the
+weights, the mean processes, the HP and the labels.
+
+1. **Start.** Variational EM first (cheap); every chain starts at its fit -- weights, log HP, and :math:`z_k` drawn
+   from VEM's :math:`q(z_k)` (one draw per chain, so chains start apart but in the same labelling; log HP clipped to
+   two prior sd around the prior centres) -- with
    ``init="adapt_diag"`` (no further jitter) unless ``init``/``initvals`` are given. The jitter is fixed at
    ``max(VEM's, SAMPLING_JITTER x output variance)``.
 2. **Relabelling.** The posterior is invariant under permutations of the clusters, so a chain may switch labels.
@@ -47,7 +59,8 @@ from scipy.linalg import solve_triangular
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
-from magma_pymc.cluster.model import COMPONENT_LOG_LIKELIHOOD, build_cluster_model
+from magma_pymc.cluster.init import initial_log_params
+from magma_pymc.cluster.model import COMPONENT_LOG_LIKELIHOOD, PRIOR_SD, build_cluster_model
 from magma_pymc.diagnostics import MAX_RHAT, MIN_ESS
 from magma_pymc.exceptions import ConvergenceWarning
 from magma_pymc.exceptions import warn as _warn
@@ -55,7 +68,7 @@ from magma_pymc.jitter import SAMPLING_JITTER
 from magma_pymc.params import NOISE
 from magma_pymc.results import input_coords
 from magma_pymc.sampler_options import sample_options
-from magma_pymc.settings import resolve_prior_mean
+from magma_pymc.settings import resolve_prior_mean, scales
 
 if TYPE_CHECKING:
     from magma_pymc.cluster.estimator import MagmaClust
@@ -115,7 +128,8 @@ def relabel(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
     return np.take_along_axis(values, np.broadcast_to(index, (*perms.shape, *values.shape[3:])), axis=2)
 
 
-def _initial_values(model: MagmaClust, n_chains: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+def _initial_values(model: MagmaClust, n_chains: int, rng: np.random.Generator,
+                    centres: tuple[np.ndarray, np.ndarray]) -> list[dict[str, np.ndarray]]:
     r"""Per chain: VEM's weights and log HP, the whitened :math:`z_k` drawn from :math:`q(z_k) = N(\alpha_k, B_k^{-1})`.
 
     VEM's whitened form (:mod:`magma_pymc.cluster.linalg`): :math:`\hat m_k - m = L_k\alpha_k`, :math:`B_k = L_{B_k}
@@ -123,18 +137,32 @@ def _initial_values(model: MagmaClust, n_chains: int, rng: np.random.Generator) 
     """
     state, posterior = model._state, model._estep.posterior
     mean_log = state.mean_log_params[0] if model.shared_mean_hp else state.mean_log_params
+    # VEM maximises a bound without the priors and may leave a HP on its box bound (a noise of 1e-7), far in the
+    # prior's tail, where the first adaptation steps are wild: start within two prior sd of the centres instead.
+    mean_log = np.clip(mean_log, centres[0] - 2 * PRIOR_SD, centres[0] + 2 * PRIOR_SD)
+    log_params = np.clip(state.log_params, centres[1] - 2 * PRIOR_SD, centres[1] + 2 * PRIOR_SD)
     starts = []
     for _ in range(n_chains):
         noise = rng.standard_normal(posterior.alpha.shape)[..., None]
         white = posterior.alpha + solve_triangular(posterior.chol_b, noise, lower=True, trans="T")[..., 0]
-        starts.append({"weights": np.exp(state.log_weights), "log_mu_hp": mean_log, "log_hp": state.log_params,
+        starts.append({"weights": np.exp(state.log_weights), "log_mu_hp": mean_log, "log_hp": log_params,
                        "mu_white": white})
     return starts
 
 
+def _prior_centres(model: MagmaClust) -> tuple[np.ndarray, np.ndarray]:
+    """Partition-aware centres (:func:`magma_pymc.cluster.init.initial_log_params` at VEM's responsibilities).
+
+    The mean-process centre averaged over clusters, so that the prior stays exchangeable in the clusters.
+    """
+    problem = model._problem_
+    mean_log, log_params = initial_log_params(model.mean_kernel, model.kernel, model._state.tau, problem.residuals,
+                                              problem.mask, scales(model.data_)[0], problem.output_scale, True)
+    return mean_log.mean(axis=0), log_params
+
+
 def _pymc_model(model: MagmaClust, jitter: float) -> pm.Model:
-    train = model.data_
-    centres = model._magma.initial_hyperparameters(train).to_log(model.mean_kernel, model.kernel, None)
+    train, centres = model.data_, _prior_centres(model)
     return build_cluster_model(train, model.n_clusters_, model.mean_kernel, model.kernel,
                                resolve_prior_mean(model.prior_mean, train), centres=centres,
                                common_hp=model.common_hp, shared_mean_hp=model.shared_mean_hp, noncentred=True,
@@ -148,7 +176,7 @@ def sample_posterior(model: MagmaClust, options: dict[str, Any]) -> xr.DataTree:
     rng = np.random.default_rng(options["random_seed"])
     options.setdefault("init", "adapt_diag")
     if "initvals" not in options:
-        options["initvals"] = _initial_values(model, options["chains"], rng)
+        options["initvals"] = _initial_values(model, options["chains"], rng, _prior_centres(model))
     if options["nuts_sampler"] == "pymc":
         options.setdefault("compile_kwargs", {"mode": SAMPLING_MODE})
     start, cpu = time.perf_counter(), time.process_time()
