@@ -19,7 +19,10 @@ mix: measured, one of two chains went there on the test data (max r_hat 1.5-1.8,
 
 **Small data only.** The sampler moves ``K x N`` mean-process values plus the HP and weights, and every gradient
 factorises the K prior covariances (``N x N``) and every :math:`\Psi_i`. Measured (``benchmarks/bench_cluster.py
-nuts``, docs *Clustering*): SIZES_MEASURED. Grids of hundreds of inputs or more are out of reach: use VEM there.
+nuts``, docs *Clustering*, 2 chains x (200 + 200)): K = 2, M = 8 x 6 points, N = 10 (28 sampled dims): 33 s CPU,
+max r_hat 1.55; K = 3, M = 30 x 10, N = 10 (41 dims): 447 s CPU (3 ms a gradient, tree depth 7.5), max r_hat 1.14 --
+both partitions recovered, neither chain pair converged at that length. Practical: a few clusters, tens of inputs
+and individuals, thousands of draws; grids of hundreds of inputs are out of reach: use VEM there.
 Predictions after a NUTS fit are VEM's (its :math:`q(\mu_k)`, HP and weights); the draws are for inference on the
 weights, the mean processes, the HP and the labels.
 
