@@ -20,6 +20,15 @@ simulator's 201-point grid with spacing 0.05 and lengthscales >= e, interpolated
 simulated noise added), so the union grid has about 1800 distinct inputs. The exact fit against
 ``inducing=100`` evenly spaced inducing points: fit time, adjusted Rand index, bound, and forecasts of
 20 new individuals (first 20 points observed, last 10 forecast), with the load average at start and end.
+
+NUTS (``python benchmarks/bench_cluster.py nuts [seed]``): ``MagmaClust.fit(method="nuts")`` (VEM, then NUTS over
+the weights, the K x N mean-process values and the HP) on (a) the size of the test suite: K = 2, M = 8 individuals
+x 6 of 10 common inputs, 2 chains x (200 + 200); (b) K = 3, M = 30 x 10 points on a common grid of 10 inputs
+(``simulate_clustered``, intercepts over [0, 45], clusters 10 apart), 2 chains x (200 + 200). Chains run one after
+the other in this process (``cores=1``) so that the CPU time counts all the work: wall and CPU time (fit, and the
+sampling alone), max r_hat and min bulk ESS (ArviZ, all sampled variables), divergences, relabelled draws, mean tree
+depth, ARI of the posterior labels against the truth, and the largest gap between the NUTS posterior mean of
+mu_k and VEM's q(mu_k) mean in posterior sd.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from magma_pymc.cluster import (  # noqa: E402
     select_n_clusters,
     simulate_clustered,
 )
+from magma_pymc.datasets.simulate import se_kernel  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 N_OBSERVED = 20
@@ -147,8 +157,62 @@ def run_large(seed: int = 0, n_inducing: int = 100) -> pd.DataFrame:
     return table
 
 
+def two_groups(seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The test suite's data: two groups 8 apart, 4 individuals each at 6 of 10 common inputs: the group's curve,
+    an individual process (SE, variance 1, lengthscale 2) and noise (sd 0.3)."""
+    rng = np.random.default_rng(seed)
+    grid, frames, labels = np.linspace(0.0, 10.0, 10), [], []
+    for k, level in enumerate((0.0, 8.0)):
+        for _ in range(4):
+            t = np.sort(rng.choice(grid, 6, replace=False))
+            f = np.linalg.cholesky(se_kernel(t, t, 1.0, 2.0) + 1e-9 * np.eye(6)) @ rng.standard_normal(6)
+            frames.append(pd.DataFrame({"ID": f"i{len(frames)}", "Input": t,
+                                        "Output": level + np.sin(t) + f + rng.normal(0, 0.3, 6)}))
+            labels.append(k)
+    return pd.concat(frames, ignore_index=True), np.array(labels)
+
+
+def run_nuts(seed: int = 0) -> pd.DataFrame:
+    """VEM + NUTS at the test size and at K = 3, M = 30 x 10 (module docstring)."""
+    small = two_groups(seed)
+    sim = simulate_clustered(3, 30, 10, common_grid=True, seed=seed, intercept_range=(0.0, 45.0), min_separation=10.0)
+    cases = [("K=2, M=8 x 6", 2, small[0], small[1], 200),
+             ("K=3, M=30 x 10", 3, sim.data, sim.labels, 200)]
+    load_start, rows = os.getloadavg(), []
+    for name, k, data, truth, n in cases:
+        start, cpu = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mp.ConvergenceWarning)
+            model = MagmaClust(k, random_state=seed).fit(data, method="nuts", draws=n, tune=n, chains=2, cores=1,
+                                                         random_seed=seed, progressbar=False)
+        fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+        tree = model.idata_
+        labels = model.posterior_responsibilities_.to_numpy().argmax(axis=1)
+        if isinstance(truth, pd.Series):
+            truth = truth.loc[[str(i) for i in model.labels_.index]].to_numpy()
+        mu = tree["posterior"]["mu"]
+        gap = np.abs(mu.mean(("chain", "draw")).values - tree["hyperposterior"]["mu_mean"].values)
+        rows.append({"case": name, "grid": len(model.mean_process_grid), "free_dims": int(sum(
+            tree["unconstrained_posterior"][v].isel(chain=0, draw=0).size for v in tree["unconstrained_posterior"])
+            + k - 1), "draws": f"2 x ({n} + {n})", "fit_s": fit_s, "fit_cpu_s": fit_cpu_s,
+            "sampling_s": tree.attrs["sampling_seconds"], "sampling_cpu_s": tree.attrs["sampling_cpu_seconds"],
+            "max_r_hat": tree.attrs["max_r_hat"], "min_ess_bulk": tree.attrs["min_ess_bulk"],
+            "divergences": tree.attrs["divergences"], "relabelled": tree.attrs["relabelled_draws"],
+            "tree_depth": float(tree["sample_stats"]["tree_depth"].mean()),
+            "ari": adjusted_rand_index(truth, labels), "vem_agree": bool((labels == model.labels_.to_numpy()).all()),
+            "max_gap_sd": float((gap / mu.std(("chain", "draw")).values).max())})
+        print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1), flush=True)
+    table = pd.DataFrame(rows).set_index("case")
+    print(f"\nseed {seed}: load average (1 min) {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, on "
+          f"{os.cpu_count()} cores")
+    print(table.round(3).to_string())
+    return table
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "large":
         run_large(*(int(a) for a in sys.argv[2:4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "nuts":
+        run_nuts(*(int(a) for a in sys.argv[2:3]))
     else:
         main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)

@@ -139,15 +139,21 @@ class MagmaClust:
 
     # ------------------------------------------------------------------------------------ fit
     @blas_limited
-    def fit(self, data: Any, *, responsibilities: Any = None, hyperparameters: Any = None,
-            **data_options: Any) -> MagmaClust:
+    def fit(self, data: Any, *, method: Literal["vem", "nuts"] = "vem", responsibilities: Any = None,
+            hyperparameters: Any = None, **data_options: Any) -> MagmaClust:
         """Fit by variational EM from k-means initialisations (``n_init`` runs) or given responsibilities.
 
         Given ``responsibilities``: an ``(M, K)`` array, rows summing to 1. ``hyperparameters`` (as for
         :meth:`magma_pymc.Magma.fit`; the mean-process values start every cluster) replace the data-driven initial
         values; with ``max_iter=0`` they are kept, with the given responsibilities. ``data`` and ``data_options`` as
-        :meth:`magma_pymc.Magma.fit`.
+        :meth:`magma_pymc.Magma.fit`. ``method="nuts"``: then NUTS from the VEM fit, ``pm.sample`` options passed
+        through (:mod:`magma_pymc.cluster.sampling`, small data only); predictions stay VEM's.
         """
+        if method != "vem":
+            from magma_pymc.cluster.sampling import fit_nuts
+
+            return fit_nuts(self, data, method, responsibilities=responsibilities, hyperparameters=hyperparameters,
+                            **data_options)
         start = time.perf_counter()
         train = as_training_data(data, input_dim=self.mean_kernel.input_dim, **data_options)
         check_n_clusters(self.n_clusters, train.n_individuals)
@@ -363,7 +369,7 @@ class MagmaClust:
         mean_log, log_params = magma.initial_hyperparameters(train).to_log(self.mean_kernel, self.kernel, None)
         return build_cluster_model(train, self.n_clusters, self.mean_kernel, self.kernel,
                                    resolve_prior_mean(self.prior_mean, train), centres=(mean_log, log_params),
-                                   common_hp=self.common_hp, jitter=jitter)
+                                   common_hp=self.common_hp, shared_mean_hp=self.shared_mean_hp, jitter=jitter)
 
     # --------------------------------------------------------------------------- save/load
     def save(self, path) -> None:

@@ -23,6 +23,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from magma_pymc.params import NOISE
@@ -153,4 +154,8 @@ def load_cluster_model(path: str | PathLike, *, mean_kernel=None, kernel=None, p
     model._finish_loaded(train, problem, state, current, trace)
     del tree["fit_state"]
     model.idata_ = tree
+    if "posterior_responsibilities" in tree["clusters"]:  # a NUTS fit (magma_pymc.cluster.sampling)
+        model.posterior_responsibilities_ = pd.DataFrame(tree["clusters"]["posterior_responsibilities"].values,
+                                                         index=model.responsibilities_.index,
+                                                         columns=model.responsibilities_.columns)
     return model
