@@ -8,7 +8,7 @@ from magma_pymc.exceptions import ConvergenceWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.model import LOG_HP, MEAN_LOG_HP
 
-__all__ = ["MAX_RHAT", "MIN_ESS", "check_diagnostics"]
+__all__ = ["MAX_RHAT", "MIN_ESS", "check_diagnostics", "warn_on_problems"]
 
 #: Diagnostic thresholds of the post-sampling checks (:class:`ConvergenceWarning` when crossed).
 MAX_RHAT, MIN_ESS = 1.01, 100.0
@@ -31,11 +31,20 @@ def check_diagnostics(tree: xr.DataTree) -> list[str]:
     rhat = max(float(v.max()) for v in az.rhat(tree, group=group, var_names=var_names).data_vars.values())
     ess = min(float(v.min()) for v in az.ess(tree, group=group, var_names=var_names,
                                              method="bulk").data_vars.values())
-    problems = [f"{n_div} divergent transition(s)"] if n_div else []
-    if not rhat <= MAX_RHAT:
-        problems.append(f"max r_hat {rhat:.3f} > {MAX_RHAT}")
-    if not ess >= MIN_ESS:
-        problems.append(f"min bulk ESS {ess:.0f} < {MIN_ESS:.0f}")
+    return warn_on_problems(n_div, rhat, ess)
+
+
+def warn_on_problems(n_divergences: int, max_rhat: float, min_ess: float) -> list[str]:
+    r"""The problems among divergences, max :math:`\hat R` and min bulk ESS, each in one warning.
+
+    Thresholds :data:`MAX_RHAT`, :data:`MIN_ESS`; one :class:`ConvergenceWarning` names them all.
+    Returns them (empty: none).
+    """
+    problems = [f"{n_divergences} divergent transition(s)"] if n_divergences else []
+    if not max_rhat <= MAX_RHAT:
+        problems.append(f"max r_hat {max_rhat:.3f} > {MAX_RHAT}")
+    if not min_ess >= MIN_ESS:
+        problems.append(f"min bulk ESS {min_ess:.0f} < {MIN_ESS:.0f}")
     if problems:
         _warn(
             "NUTS diagnostics: " + ", ".join(problems)

@@ -64,9 +64,7 @@ from scipy.special import logsumexp
 
 from magma_pymc.cluster.init import initial_log_params
 from magma_pymc.cluster.model import COMPONENT_LOG_LIKELIHOOD, PRIOR_SD, build_cluster_model
-from magma_pymc.diagnostics import MAX_RHAT, MIN_ESS
-from magma_pymc.exceptions import ConvergenceWarning
-from magma_pymc.exceptions import warn as _warn
+from magma_pymc.diagnostics import warn_on_problems
 from magma_pymc.jitter import SAMPLING_JITTER
 from magma_pymc.params import NOISE
 from magma_pymc.results import input_coords
@@ -258,14 +256,7 @@ def nuts_datatree(model: MagmaClust, pm_model: pm.Model, sampled: xr.DataTree, j
         "observed_data": vem["observed_data"].to_dataset()})
     rhat, ess = convergence(tree)
     n_div = int(stats["diverging"].sum())
-    problems = [f"{n_div} divergent transition(s)"] if n_div else []
-    if not rhat <= MAX_RHAT:
-        problems.append(f"max r_hat {rhat:.3f} > {MAX_RHAT}")
-    if not ess >= MIN_ESS:
-        problems.append(f"min bulk ESS {ess:.0f} < {MIN_ESS:.0f}")
-    if problems:
-        _warn(f"NUTS diagnostics: {', '.join(problems)} (raise tune/draws or target_accept; see "
-              "az.summary(model.idata_))", ConvergenceWarning)
+    problems = warn_on_problems(n_div, rhat, ess)
     tree.attrs.update({**vem.attrs, "method": "nuts", "jitter": jitter, "divergences": n_div, "max_r_hat": rhat,
                        "min_ess_bulk": ess, "diagnostics": "; ".join(problems) or "ok",
                        "relabelled_draws": int(switched.sum()), "sampling_seconds": seconds[0],
