@@ -186,10 +186,18 @@ def _laplace_cov(hessian: np.ndarray, prior: PopulationPrior) -> np.ndarray:
 
     A likelihood that is locally convex the wrong way must not make the proposal wider than the prior.
     """
-    floor = 1.0 / np.linalg.eigvalsh(prior.cov).max()
-    values, vectors = np.linalg.eigh(hessian)
-    values = np.maximum(values, floor)
-    return (vectors / values) @ vectors.T
+    return floored_inverse(hessian, 1.0 / np.linalg.eigvalsh(prior.cov).max())
+
+
+def floored_inverse(hessians: np.ndarray, floor: float) -> np.ndarray:
+    """Inverse of symmetric matrices ``(..., p, p)`` with their eigenvalues raised to ``floor``.
+
+    Non-finite eigenvalues are set to ``floor``: the covariance of a Laplace approximation that a flat
+    or wrongly curved direction cannot blow up.
+    """
+    values, vectors = np.linalg.eigh(hessians)
+    values = np.where(np.isfinite(values), np.maximum(values, floor), floor)
+    return (vectors / values[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
 def _student_t(rng: np.random.Generator, centre: np.ndarray, cov: np.ndarray, n: int, df: float):

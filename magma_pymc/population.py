@@ -35,7 +35,7 @@ from scipy.optimize import minimize
 
 from magma_pymc.em import EMState, Problem, estep
 from magma_pymc.estep_buckets import separable_individual_objectives
-from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior
+from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior, floored_inverse
 
 __all__ = ["laplace_covariances", "estimation_covariances", "random_effects_population", "population_prior",
            "population_from_estimates"]
@@ -59,9 +59,7 @@ def laplace_covariances(gradients: Callable[[np.ndarray], np.ndarray], x: np.nda
         step[j] = HESSIAN_STEP
         hessians[:, :, j] = (np.asarray(gradients(x + step)) - np.asarray(gradients(x - step))) / (2 * HESSIAN_STEP)
     hessians = 0.5 * (hessians + hessians.mT)
-    values, vectors = np.linalg.eigh(hessians)
-    values = np.where(np.isfinite(values), np.maximum(values, MIN_CURVATURE), MIN_CURVATURE)
-    return (vectors / values[:, None, :]) @ vectors.mT
+    return floored_inverse(hessians, MIN_CURVATURE)
 
 
 def estimation_covariances(problem: Problem, state: EMState) -> np.ndarray:
