@@ -28,6 +28,7 @@ import time
 import pandas as pd
 
 from magma_pymc.datasets.paper_experiment import (
+    paired_difference,
     paired_with_authors,
     run_paper_experiment,
     summary_table,
@@ -58,6 +59,9 @@ def print_tables(runs: pd.DataFrame, worst: int = 10) -> None:
         by_n = tt.groupby("N")[["MSE", "CI95", "Algo MSE", "Algo CI95", "One GP MSE", "GPFDA MSE"]].mean()
         print("\nTT, forecast of the last 10 points from the first N (means over data sets):")
         print(by_n.round(2).to_string())
+    print("\nPaired difference of forecast MSE, magma_pymc - authors' MAGMA (N = 20): mean, its 95 % bootstrap "
+          "interval, Wilcoxon signed-rank p-value:")
+    print(paired_difference(paired).round(3).to_string())
     print(f"\nThe {worst} forecasts (N = 20) where magma_pymc's MSE exceeds the authors' most:")
     print(worst_datasets(paired, worst).round(2).to_string(index=False))
     fits = runs.drop_duplicates(["setting", "dataset"]).groupby("setting", sort=False)

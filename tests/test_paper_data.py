@@ -9,7 +9,12 @@ from scipy.stats import multivariate_normal
 
 import magma_pymc as mp
 from magma_pymc.datasets import load_paper_results, load_paper_simulations, paper_data_set
-from magma_pymc.datasets.paper_experiment import interval_coverage, paired_with_authors, run_paper_experiment
+from magma_pymc.datasets.paper_experiment import (
+    interval_coverage,
+    paired_difference,
+    paired_with_authors,
+    run_paper_experiment,
+)
 
 GRID = np.round(np.arange(201) * 0.05, 2)
 SETTINGS = ["TT", "TF", "FT", "FF"]
@@ -120,3 +125,31 @@ def test_experiment_records_convergence_warnings():
     runs = run_paper_experiment(["TT"], [3], max_iter=1)
     assert not runs["converged"].any()
     assert runs["fit_warnings"].notna().all() and runs["fit_warnings"].str.len().min() > 0
+
+
+def _paired_rows(differences: np.ndarray, setting: str = "TT") -> pd.DataFrame:
+    authors = np.linspace(1.0, 50.0, differences.size)
+    return pd.DataFrame({"setting": setting, "target": "forecast", "N": 20.0, "dataset": np.arange(differences.size),
+                         "MSE": authors + differences, "Algo MSE": authors})
+
+
+def test_paired_difference_against_closed_forms():
+    rng = np.random.default_rng(3)
+    differences = rng.normal(2.0, 5.0, 400)
+    row = paired_difference(_paired_rows(differences)).loc["TT"]
+    assert row["n"] == 400 and row["better"] == int((differences < 0).sum())
+    assert row["mean difference"] == pytest.approx(differences.mean(), rel=1e-12)
+    # The bootstrap interval of a mean of 400 draws is the normal one, mean +- 1.96 s / sqrt(n), to
+    # within its Monte Carlo error (10^4 resamples: about 2 % of the half-width).
+    half = 1.959964 * differences.std(ddof=1) / np.sqrt(differences.size)
+    assert row["ci low"] == pytest.approx(differences.mean() - half, abs=0.06 * half)
+    assert row["ci high"] == pytest.approx(differences.mean() + half, abs=0.06 * half)
+    # A shift of 2 sd / 5 over 400 pairs: the signed-rank test rejects symmetry about 0.
+    assert row["wilcoxon p"] < 1e-6
+    # Differences symmetric about 0 (each value and its opposite): p-value 1, interval around 0.
+    centred = differences - differences.mean()
+    symmetric = paired_difference(_paired_rows(np.concatenate([centred, -centred]))).loc["TT"]
+    assert symmetric["wilcoxon p"] > 0.99 and symmetric["ci low"] < 0 < symmetric["ci high"]
+    # Identical forecasts: no difference at all.
+    same = paired_difference(_paired_rows(np.zeros(10))).loc["TT"]
+    assert same["mean difference"] == 0 and same["ci low"] == same["ci high"] == 0 and same["wilcoxon p"] == 1.0
