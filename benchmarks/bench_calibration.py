@@ -34,6 +34,7 @@ Run (from the repository root)::
     python benchmarks/bench_calibration.py --quick                     # 3 simulated data sets per setting
     python benchmarks/bench_calibration.py --methods default,single_gp --csv benchmarks/calibration.csv
     python benchmarks/bench_calibration.py --tables benchmarks/calibration.csv   # print saved tables
+    python benchmarks/bench_calibration.py --only mine --panel mine.csv   # your own panel (ID, Input, Output)
 """
 
 from __future__ import annotations
@@ -127,6 +128,24 @@ def real_cases(common_hp: bool, quick: bool) -> list[Case]:
         test_ids, train_ids = ids[:n_test], ids[n_test:n_test + n_train]
         groups = {i: g for i, g in data[data["ID"].isin(test_ids)].groupby("ID")}
         cases.append(Case(name, common_hp, data[data["ID"].isin(train_ids)].reset_index(drop=True),
+                          {i: _split_fraction(groups[i]) for i in test_ids}, {i: groups[i] for i in test_ids}))
+    return cases
+
+
+def panel_cases(paths: list[str], common_hp: bool, max_test: int = 30, max_train: int = 100) -> list[Case]:
+    """Held-out individuals of the user's own panels: long CSV files with columns ``ID``, ``Input``, ``Output``.
+
+    As :func:`real_cases`: a seeded permutation of the IDs holds out ``min(max_test, M // 3)``
+    individuals and trains on up to ``max_train`` of the others; the case is named after the file.
+    """
+    cases = []
+    for path in paths:
+        data = pd.read_csv(path)[["ID", "Input", "Output"]]
+        ids = np.random.default_rng(0).permutation(np.asarray(data["ID"].unique(), dtype=object))
+        n_test = min(max_test, len(ids) // 3)
+        test_ids, train_ids = ids[:n_test], ids[n_test:n_test + max_train]
+        groups = {i: g for i, g in data[data["ID"].isin(test_ids)].groupby("ID")}
+        cases.append(Case(Path(path).stem, common_hp, data[data["ID"].isin(train_ids)].reset_index(drop=True),
                           {i: _split_fraction(groups[i]) for i in test_ids}, {i: groups[i] for i in test_ids}))
     return cases
 
@@ -349,6 +368,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="3 simulated data sets per setting, 5 held-out real individuals")
     parser.add_argument("--only", default="", help="comma list of data names (weight, swimmers, ECG5000, traffic, sim)")
     parser.add_argument("--hp", default="both", choices=["both", "common", "diff"])
+    parser.add_argument("--panel", action="append", default=[],
+                        help="a long CSV (columns ID, Input, Output) of your own to score, as the real data sets; "
+                             "repeatable; with --only, name it by its file stem")
     parser.add_argument("--csv", default="", help="append the summary rows to this CSV")
     parser.add_argument("--tables", default="", help="only print the tables of saved CSVs (comma list)")
     parser.add_argument("--compare", default="", help="with --tables: 'before,after' methods side by side")
@@ -370,6 +392,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         with_sim = not only or "sim" in only
         groups = [simulated_cases(grid, common_hp, n_sim, args.n_new) for grid in (True, False)] if with_sim else []
         groups += [[c] for c in real_cases(common_hp, args.quick) if not only or c.data in only]
+        groups += [[c] for c in panel_cases(args.panel, common_hp) if not only or c.data in only]
         for cases in groups:
             fitted_per_case = [dict() for _ in cases]
             for name in methods:

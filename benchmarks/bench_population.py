@@ -6,10 +6,11 @@ A well-specified simulation (the model itself, known truth): a mean process mu0 
 300 new individuals with 8 points in [0, 7] observed and one forecast at 9 (Type I), and the first
 150 of them forecast at 9 with nothing observed (Type II). Each new individual's HP are integrated
 (the default prediction) under the population distribution estimated ``"empirical"`` (the training
-estimates' mean and covariance) or ``"random_effects"`` (:mod:`magma_pymc.population`). Prints the
+estimates' mean and covariance), ``"random_effects"`` (:mod:`magma_pymc.population`) or ``"marginal"``
+(the individuals' marginal likelihoods, :mod:`magma_pymc.population_em`; the default). Prints the
 coverage of the central 50 / 80 / 95 % intervals (from the PIT of the mixture) and the MSE.
 
-Run: ``python benchmarks/bench_population.py [seed ...]`` (default seed 7).
+Run: ``python benchmarks/bench_population.py [seed ...] [estimate ...]`` (default seed 7, all three estimates).
 """
 
 from __future__ import annotations
@@ -57,14 +58,17 @@ def pit(pred, y):
                                np.sqrt(pred["component_variance"].values))[0]
 
 
-def main(seeds):
+ESTIMATES = ("empirical", "random_effects", "marginal")
+
+
+def main(seeds, estimates=ESTIMATES):
     warnings.simplefilter("ignore")
     print("| seed | population | Type I cov50 | cov80 | cov95 | MSE | Type II cov50 | cov80 | cov95 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for seed in seeds:
         train, new = simulate(np.random.default_rng(seed))
         model = mp.Magma(common_hp=False, prior_mean=0.0).fit(train)
-        for estimate in ("empirical", "random_effects"):
+        for estimate in estimates:
             predictive.POPULATION_ESTIMATE = estimate
             model.result_.__dict__.pop("_population", None)  # recomputed under this estimate
             type1 = [(model.predict((t[:-1], y[:-1]), t[-1:], components=True), y[-1:]) for t, y in new]
@@ -76,8 +80,9 @@ def main(seeds):
                 if preds is type1:
                     cells.append(f"{np.mean([(pred['mean'].values[0] - y[0]) ** 2 for pred, y in preds]):.3f}")
             print(f"| {seed} | {estimate} | " + " | ".join(cells) + " |", flush=True)
-    predictive.POPULATION_ESTIMATE = "random_effects"
+    predictive.POPULATION_ESTIMATE = "marginal"
 
 
 if __name__ == "__main__":
-    main([int(s) for s in sys.argv[1:]] or [7])
+    args = sys.argv[1:]
+    main([int(a) for a in args if a.isdigit()] or [7], [a for a in args if not a.isdigit()] or ESTIMATES)

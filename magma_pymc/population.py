@@ -24,6 +24,10 @@ identify gets a large variance (it then says nothing about :math:`S`). The compl
 of :math:`Q_i` is at least the observed information, so :math:`V_i` errs small and :math:`S` large:
 the correction is conservative. With :math:`V_i = 0` the estimate is the empirical mean and
 (maximum-likelihood) covariance.
+
+This random-effects estimate is where :func:`population_prior`'s default, the maximum of the
+individuals' marginal likelihood (:mod:`magma_pymc.population_em`), starts; it is the estimate itself
+with ``method="random_effects"`` and for distributed fits.
 """
 
 from __future__ import annotations
@@ -36,9 +40,16 @@ from scipy.optimize import minimize
 from magma_pymc.em import EMState, Problem, estep
 from magma_pymc.estep_buckets import separable_individual_objectives
 from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior, floored_inverse
+from magma_pymc.population_em import (
+    LAPLACE_POINTS,
+    MAX_INDIVIDUALS,
+    batched_log_likelihoods,
+    individual_terms,
+    monte_carlo_em,
+)
 
 __all__ = ["laplace_covariances", "estimation_covariances", "random_effects_population", "population_prior",
-           "population_from_estimates"]
+           "population_from_estimates", "marginal_population", "POPULATION_METHODS"]
 
 #: Step of the central differences of the gradient, in log-HP units.
 HESSIAN_STEP = 1e-4
@@ -62,9 +73,12 @@ def laplace_covariances(gradients: Callable[[np.ndarray], np.ndarray], x: np.nda
     return floored_inverse(hessians, MIN_CURVATURE)
 
 
-def estimation_covariances(problem: Problem, state: EMState) -> np.ndarray:
-    r"""``(M, P + 1, P + 1)`` Laplace covariances :math:`V_i` of the fitted individual log HP (module docstring)."""
-    current, state = estep(state, problem)
+def estimation_covariances(problem: Problem, state: EMState, estep_result=None) -> np.ndarray:
+    r"""``(M, P + 1, P + 1)`` Laplace covariances :math:`V_i` of the fitted individual log HP (module docstring).
+
+    ``estep_result``: :func:`magma_pymc.em.estep` at ``state``, if already computed.
+    """
+    current, state = estep_result or estep(state, problem)
     graphs, x = problem.graphs, state.log_params
     rows = np.arange(len(x))
     if problem.batches is not None:
@@ -115,16 +129,55 @@ def random_effects_population(estimates: np.ndarray, covariances: np.ndarray) ->
     return unpack(best)
 
 
-def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION_RIDGE) -> PopulationPrior:
+#: Estimates of :func:`population_prior`: the individuals' marginal likelihoods (Monte Carlo EM,
+#: :mod:`magma_pymc.population_em`) or the random-effects model of the estimates (this module).
+POPULATION_METHODS = ("marginal", "random_effects")
+
+
+def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION_RIDGE, *,
+                     method: str = "marginal", seed: int = 0) -> PopulationPrior:
     """The population distribution of a point fit's individual HP, with their estimation error removed.
 
-    Falls back to :meth:`PopulationPrior.from_training` (the fitted HP taken as exact) with too few
-    individuals for a full covariance (``M <= P + 1``), as that method does.
+    ``method="marginal"``: :func:`magma_pymc.population_em.monte_carlo_em`, started from the
+    random-effects estimate; ``"random_effects"``: :func:`random_effects_population`. Falls back to
+    :meth:`PopulationPrior.from_training` (the fitted HP taken as exact) with too few individuals
+    for a full covariance (``M <= P + 1``), as that method does.
     """
+    if method not in POPULATION_METHODS:
+        raise ValueError(f"method must be one of {POPULATION_METHODS}, got {method!r}")
     x = np.asarray(state.log_params)
     if len(x) <= x.shape[1]:
         return PopulationPrior.from_training(x, ridge)
-    return population_from_estimates(x, estimation_covariances(problem, state), ridge)
+    estep_result = estep(state, problem)
+    covariances = estimation_covariances(problem, state, estep_result)
+    mean, cov = random_effects_population(x, covariances)
+    if method == "marginal":
+        mean, cov = marginal_population(problem, estep_result, x, covariances, mean, cov, seed=seed)
+    return PopulationPrior(mean, cov + ridge * np.eye(x.shape[1]))
+
+
+def marginal_population(problem: Problem, estep_result, estimates: np.ndarray, covariances: np.ndarray,
+                        start_mean: np.ndarray, start_cov: np.ndarray, *, seed: int = 0):
+    """``(m, S)`` maximising the individuals' marginal likelihood (:mod:`magma_pymc.population_em`).
+
+    ``estep_result``: :func:`magma_pymc.em.estep` at the fit's state; ``estimates`` and ``covariances``
+    the fitted log HP and their Laplace covariances; EM starts from ``(start_mean, start_cov)``.
+    """
+    state = estep_result[1]
+    rows = np.arange(len(estimates))
+    if len(rows) > MAX_INDIVIDUALS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_INDIVIDUALS, replace=False))
+    graphs = problem.graphs
+    terms = individual_terms(problem, estep_result, rows)
+    sampled = np.array([len(t.residuals) <= LAPLACE_POINTS for t in terms])
+    kept = [t for t, s in zip(terms, sampled, strict=True) if s]
+
+    def log_likelihood(draws):
+        return batched_log_likelihoods(graphs.individual_kernel, kept, draws, state.jitter, graphs.mode)
+
+    mean, cov, _ = monte_carlo_em(log_likelihood, sampled, estimates[rows], covariances[rows], start_mean, start_cov,
+                                  seed=seed)
+    return mean, cov
 
 
 def population_from_estimates(estimates: np.ndarray, covariances: np.ndarray,

@@ -196,10 +196,11 @@ def predict(
 
 
 #: How the population distribution of the individual HP is estimated from a point fit:
-#: ``"random_effects"`` (their estimation error removed, :mod:`magma_pymc.population`) or
+#: ``"marginal"`` (the individuals' marginal likelihoods, Monte Carlo EM: :mod:`magma_pymc.population_em`),
+#: ``"random_effects"`` (the estimates with their Laplace estimation error, :mod:`magma_pymc.population`) or
 #: ``"empirical"`` (the fitted HP taken as exact). Fits other than EM (given HP, sampled draws) use
 #: ``"empirical"``; a distributed EM fit computes the random-effects estimate on its workers.
-POPULATION_ESTIMATE = "random_effects"
+POPULATION_ESTIMATE = "marginal"
 
 
 def _population(result: FitResult, state) -> hpi.PopulationPrior:
@@ -213,6 +214,6 @@ def _population(result: FitResult, state) -> hpi.PopulationPrior:
     if cached is None:
         if not isinstance(result.data, TrainingData):
             return hpi.PopulationPrior.from_training(state.log_params)
-        cached = population_prior(result.problem, result.point)
+        cached = population_prior(result.problem, result.point, method=POPULATION_ESTIMATE)
         object.__setattr__(result, "_population", cached)  # a frozen record: computed once, on first use
     return cached
