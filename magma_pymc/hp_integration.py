@@ -40,6 +40,7 @@ from scipy.special import gammaln
 
 from magma_pymc.compiled import DEFAULT_MODE
 from magma_pymc.kernels import Kernel
+from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction
 
 __all__ = [
     "PopulationPrior", "HPDraws", "posterior_draws", "population_draws", "log_likelihoods",
@@ -120,7 +121,8 @@ def _batched_kernel(kernel: Kernel, mode: str) -> Callable:
     inputs = pt.matrix("inputs", dtype="float64")
     log_params = pt.matrix("log_params", dtype="float64")
     batch = pt.broadcast_to(inputs[None], (log_params.shape[0], inputs.shape[0], inputs.shape[1]))
-    return pytensor.function([inputs, log_params], kernel.batched(batch, log_params), mode=mode)
+    with COMPILE_LOCK:  # shared by every prediction: each thread calls its own copy
+        return PerThreadFunction(pytensor.function([inputs, log_params], kernel.batched(batch, log_params), mode=mode))
 
 
 def _covariances(kernel: Kernel, inputs: np.ndarray, log_params: np.ndarray, mode: str) -> np.ndarray:

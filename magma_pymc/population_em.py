@@ -60,6 +60,7 @@ from scipy.special import gammaln
 from magma_pymc.em import Problem
 from magma_pymc.hp_integration import floored_inverse
 from magma_pymc.kernels import Kernel
+from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction
 
 __all__ = ["IndividualTerms", "leave_one_out", "individual_terms", "monte_carlo_em", "N_DRAWS", "ROUNDS",
            "LAPLACE_POINTS", "MAX_INDIVIDUALS"]
@@ -148,7 +149,8 @@ def _kernel_on_batches(kernel: Kernel, mode: str) -> Callable:
     """Compiled ``(inputs (B, n, d), log_params (B, P)) -> (B, n, n)`` covariances through the PyMC kernel."""
     inputs = pt.tensor3("inputs", dtype="float64")
     log_params = pt.matrix("log_params", dtype="float64")
-    return pytensor.function([inputs, log_params], kernel.batched(inputs, log_params), mode=mode)
+    with COMPILE_LOCK:  # shared by every fit: each thread calls its own copy
+        return PerThreadFunction(pytensor.function([inputs, log_params], kernel.batched(inputs, log_params), mode=mode))
 
 
 def batched_log_likelihoods(kernel: Kernel, terms: Sequence[IndividualTerms], draws: np.ndarray, jitter: float,
