@@ -132,6 +132,9 @@ def random_effects_population(estimates: np.ndarray, covariances: np.ndarray) ->
 #: Estimates of :func:`population_prior`: the individuals' marginal likelihoods (Monte Carlo EM,
 #: :mod:`magma_pymc.population_em`) or the random-effects model of the estimates (this module).
 POPULATION_METHODS = ("marginal", "random_effects")
+#: Fewer training individuals than this keep the random-effects estimate: a covariance of the P + 1 log HP
+#: from a handful of marginal likelihoods is at the mercy of one individual.
+MIN_INDIVIDUALS = 10
 
 
 def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION_RIDGE, *,
@@ -139,7 +142,8 @@ def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION
     """The population distribution of a point fit's individual HP, with their estimation error removed.
 
     ``method="marginal"``: :func:`magma_pymc.population_em.monte_carlo_em`, started from the
-    random-effects estimate; ``"random_effects"``: :func:`random_effects_population`. Falls back to
+    random-effects estimate (with fewer than :data:`MIN_INDIVIDUALS` individuals, the random-effects
+    estimate itself); ``"random_effects"``: :func:`random_effects_population`. Falls back to
     :meth:`PopulationPrior.from_training` (the fitted HP taken as exact) with too few individuals
     for a full covariance (``M <= P + 1``), as that method does.
     """
@@ -151,7 +155,7 @@ def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION
     estep_result = estep(state, problem)
     covariances = estimation_covariances(problem, state, estep_result)
     mean, cov = random_effects_population(x, covariances)
-    if method == "marginal":
+    if method == "marginal" and len(x) >= MIN_INDIVIDUALS:
         mean, cov = marginal_population(problem, estep_result, x, covariances, mean, cov, seed=seed)
     return PopulationPrior(mean, cov + ridge * np.eye(x.shape[1]))
 

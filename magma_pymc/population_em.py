@@ -81,6 +81,7 @@ INNER_MAX_ITER = 25
 NEWTON_STEP = 1e-3
 NEWTON_MAX_ITER = 20
 NEWTON_TOL = 1e-4
+NEWTON_MAX_STEP = 2.0
 _STUDENT_DF = 5.0
 #: Matrix entries per batched likelihood evaluation (about 200 MB of float64 with its factors).
 CHUNK_ENTRIES = 8_000_000
@@ -161,6 +162,11 @@ def batched_log_likelihoods(kernel: Kernel, terms: Sequence[IndividualTerms], dr
     individuals of one size evaluated together, in chunks of about ``chunk`` matrix entries; ``-inf``
     where a covariance does not factorise.
     """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a draw far out: -inf, not an error
+        return _batched_log_likelihoods(kernel, terms, draws, jitter, mode, chunk)
+
+
+def _batched_log_likelihoods(kernel, terms, draws, jitter, mode, chunk):
     covariances = _kernel_on_batches(kernel, mode)
     out = np.empty(draws.shape[:2])
     sizes = np.array([len(t.residuals) for t in terms])
@@ -330,6 +336,8 @@ def _posterior_modes(log_likelihood, start: np.ndarray, mean: np.ndarray, cov: n
         if iteration == NEWTON_MAX_ITER:
             break
         direction = -np.einsum("kpq,kq->kp", inverse, np.where(np.isfinite(gradient), gradient, 0.0))
+        # A trust region of NEWTON_MAX_STEP log units: far from the mode the quadratic model means little.
+        direction *= np.minimum(1.0, NEWTON_MAX_STEP / np.maximum(np.abs(direction).max(axis=1), 1e-300))[:, None]
         lengths = np.array([1.0, 0.5, 0.25, 0.125])
         trial = x[:, None] + lengths[None, :, None] * direction[:, None]
         values = np.where(np.isfinite(tried := -log_post(trial)), tried, np.inf)
