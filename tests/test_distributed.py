@@ -220,3 +220,82 @@ def test_fit_survives_a_killed_worker():
         fitted = DistributedMagma(**options).fit(data, client=c, n_partitions=4, callback=kill_one_worker)
         assert killed
     _assert_same_fit(undisturbed, fitted)
+
+
+def test_projected_gradient_shares_equal_the_fused_step():
+    """Partitions' sums, the client's loss and the partitions' gradient shares from their kept whitened loadings
+    add up to the in-process fused step (value and gradient), whatever the split of the individuals."""
+    from magma_pymc.data import as_training_data
+    from magma_pymc.distributed import partition as tasks
+    from magma_pymc.distributed.graphs import Structure, worker_graphs
+    from magma_pymc.projected_step import projected_step_graphs
+
+    data = _data(True)
+    model = mp.Magma(common_hp=True, inducing=6)
+    structure = Structure(model.mean_kernel, model.kernel, True, True, token="test-projected-shares")
+    core, _ = worker_graphs(structure)
+    step = projected_step_graphs(core)
+    grid = np.linspace(-1.0, 11.0, 6)[:, None]
+    hp, mean_hp, jitter = np.array([0.3, -0.2, -1.0]), np.array([0.4, 0.1]), 1e-8
+
+    def prepared(frame):
+        return tasks.prepare(as_training_data(frame), grid, lambda x: np.zeros(len(x)), True)
+
+    whole = prepared(data)
+    factors = tasks.projected_factors(whole, structure, hp, jitter)
+    value, grad = step.step(mean_hp, grid, factors[0], factors[1], whole.arrays[3], *factors[2:], jitter)
+    ids = pd.unique(data.ID)
+    parts = [prepared(data[data.ID.isin(ids[rows])]) for rows in (slice(0, 5), slice(5, 6), slice(6, None))]
+    part_factors = [tasks.projected_factors(part, structure, hp, jitter) for part in parts]
+    kept = [tasks.projected_sums(part, structure, mean_hp, jitter, f)
+            for part, f in zip(parts, part_factors, strict=True)]
+    terms = [sum(k.terms[j] for k in kept) for j in range(5)]
+    shared_value, gram_bar, shift_bar, grid_path = step.loss(mean_hp, grid, *terms, jitter)
+    bars = (np.asarray(gram_bar), np.asarray(shift_bar))
+    shares = [tasks.projected_vjp(part, structure, mean_hp, jitter, f, k, bars)
+              for part, f, k in zip(parts, part_factors, kept, strict=True)]
+    np.testing.assert_allclose(shared_value, value, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(grid_path) + sum(shares), grad, rtol=1e-10)
+    # and the gradient is the loss's: central differences of the fused step's value
+    step_size = 1e-5
+    differences = [
+        (step.step(mean_hp + step_size * e, grid, factors[0], factors[1], whole.arrays[3], *factors[2:], jitter)[0]
+         - step.step(mean_hp - step_size * e, grid, factors[0], factors[1], whole.arrays[3], *factors[2:], jitter)[0])
+        / (2 * step_size) for e in np.eye(len(mean_hp))
+    ]
+    np.testing.assert_allclose(np.asarray(grid_path) + sum(shares), differences, rtol=1e-6)
+
+
+@pytest.mark.slow  # two worker processes start, compile the graphs, and one restarts after the kill
+@pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
+def test_projected_fit_survives_a_worker_killed_between_sums_and_gradient(monkeypatch):
+    """Inducing points: a worker killed while it holds an evaluation's kept whitened loadings (after the partitions'
+    sums, before their gradient shares). Dask recomputes them from their lineage and the fit ends as an undisturbed
+    one."""
+    from magma_pymc.distributed import em
+
+    data = _data(True)
+    options = dict(max_iter=2, inducing=6)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as c:
+        undisturbed = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
+        pids = c.run(os.getpid)
+        killed = []
+        original = em.projected_step_graphs
+
+        class KillingLoss:  # the client's loss runs between the two round trips of an evaluation
+            def __init__(self, step):
+                self.step = step
+
+            def loss(self, *args):
+                if not killed:
+                    address, pid = sorted(pids.items())[0]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(address)
+                return self.step.loss(*args)
+
+        monkeypatch.setattr(em, "projected_step_graphs", lambda core: KillingLoss(original(core)))
+        fitted = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
+        assert killed
+    _assert_same_fit(undisturbed, fitted)

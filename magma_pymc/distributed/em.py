@@ -16,7 +16,8 @@ One iteration, with P partitions (:mod:`magma_pymc.distributed.partition` runs t
    (:math:`O(N^2)` each) at the new individual HP, then the same optimisation as in process on the
    client; projected model, each partition keeps the factors of its individuals at the new individual HP, and
    each evaluation sums the partitions' E-step terms, then their vector-Jacobian products
-   (:mod:`magma_pymc.projected_step`).
+   (:mod:`magma_pymc.projected_step`), each partition's product starting from the whitened loadings its sums'
+   task kept on the worker.
 
 Sums are taken in partition order, so a fit does not depend on which worker answers first; it
 equals the in-process fit up to the rounding of the sums' order.
@@ -223,17 +224,7 @@ def em_step(state: EMState, problem: PartitionedProblem, current: DistributedESt
         ]
 
         def mean_objective(log_params):
-            terms = _sum_terms(problem.map_gather(
-                tasks.projected_sums, structure, log_params, jitter, per_partition=lambda p: (factors[p],)
-            ))
-            value, gram_bar, shift_bar, grid_path = step.loss(log_params, grid, *terms, jitter)
-            if not np.isfinite(value):
-                return value, np.full_like(log_params, np.nan)
-            grads = problem.map_gather(
-                tasks.projected_vjp, structure, log_params, jitter, per_partition=lambda p: (factors[p],),
-                shared=((np.asarray(gram_bar), np.asarray(shift_bar)),),
-            )
-            return value, np.asarray(grid_path) + sum(grads)
+            return _projected_value_grad(problem, step, factors, log_params, jitter)
 
     else:
 
@@ -242,6 +233,35 @@ def em_step(state: EMState, problem: PartitionedProblem, current: DistributedESt
 
     mean_fit = minimize_log_params(mean_objective, state.mean_log_params, problem.mean_bounds)
     return state._replace(mean_log_params=mean_fit.x, log_params=individual_log_params)
+
+
+def _projected_value_grad(problem: PartitionedProblem, step, factors: list, log_params, jitter: float) -> tuple:
+    """One evaluation of the projected mean-process step: the partitions' sums, then their share of the gradient.
+
+    Each partition's sums task keeps its whitened loadings on its worker (:class:`~magma_pymc.distributed.partition.
+    KeptSums`): only the E-step terms travel to the client, and the gradient's task of the same partition starts from
+    them where they live instead of recomputing them. The kept results are released when the evaluation ends; a
+    lost one is recomputed from its lineage.
+    """
+    client, structure = problem.client, problem.structure
+    kept = [client.submit(tasks.projected_sums, part, structure, log_params, jitter, factors[p])
+            for p, part in enumerate(problem.partitions)]
+    problem.communication.count((log_params, jitter) * len(kept), ())
+    terms = client.gather([client.submit(tasks.kept_terms, k) for k in kept])
+    problem.communication.count((), terms)
+    problem.communication.round_trips[-1] += 1
+    value, gram_bar, shift_bar, grid_path = step.loss(log_params, problem.grid, *_sum_terms(terms), jitter)
+    if not np.isfinite(value):
+        return value, np.full_like(log_params, np.nan)
+    bars = (np.asarray(gram_bar), np.asarray(shift_bar))
+    shared = client.submit(tasks.identity, bars)
+    grads = client.gather([
+        client.submit(tasks.projected_vjp, part, structure, log_params, jitter, factors[p], kept[p], shared)
+        for p, part in enumerate(problem.partitions)
+    ])
+    problem.communication.count((log_params, jitter, bars) * len(kept), grads)
+    problem.communication.round_trips[-1] += 1
+    return value, np.asarray(grid_path) + sum(grads)
 
 
 def run_distributed_em(

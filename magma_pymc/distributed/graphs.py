@@ -15,7 +15,12 @@ In the projected model the loadings :math:`S_i = K_0(t_i, g) L_g^{-\top}` depend
 mean-process HP :math:`\theta_0`, so the ECME mean-process step cannot run on a fixed summary: its
 partition tasks and the client's share are the functions of :mod:`magma_pymc.projected_step`
 (each partition's factors once per M-step, then per evaluation its E-step terms and its share of
-the gradient).
+the gradient). An evaluation's two round trips share the whitened loadings :math:`W_i = A_i S_i`:
+the sums' task keeps them on its worker (:attr:`DistributedGraphs.projected_sums`) and the
+gradient's task starts from them (:attr:`DistributedGraphs.slot_cotangents`), so a partition
+computes :math:`A_i S_i` once per evaluation, as the fused in-process step does. The gradient's
+gather to the slots is transposed by a sparse product, not by PyTensor's scatter-add
+(``numpy.add.at``, 6 times slower on these shapes), before :attr:`DistributedGraphs.distinct_vjp`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import pytensor
 import pytensor.tensor as pt
 from pytensor.compile import Function
+from pytensor.tensor.linalg import cholesky, solve_triangular
 
 from magma_pymc.compiled import DEFAULT_MODE, ModelGraphs, _compile, graphs_for
 from magma_pymc.hyperposterior import (
@@ -36,8 +43,10 @@ from magma_pymc.hyperposterior import (
     build_estep_terms,
     build_loadings,
     finish_estep,
+    with_jitter,
 )
 from magma_pymc.kernels import Kernel
+from magma_pymc.projected_step import build_projected_sums, symbolic_factors
 
 __all__ = ["Structure", "DistributedGraphs", "worker_graphs", "client_graphs", "structure_token", "WORKER_LOCK"]
 
@@ -183,6 +192,63 @@ class DistributedGraphs:
         jitter = pt.scalar("jitter", dtype="float64")
         chol_prior = _chol_prior(self.structure.mean_kernel, mean_hp, grid, jitter)
         return _compile([mean_hp, grid, jitter], [chol_prior], self.structure.mode)
+
+    @cached_property
+    def projected_sums(self) -> Function:
+        """One partition's E-step terms of the projected mean-process step, and its whitened loadings :math:`W`.
+
+        ``(mean_hp, grid, distinct, positions, mask, *factors, jitter) -> (*EStepTerms, whitened)``, as
+        :attr:`magma_pymc.projected_step.ProjectedStepGraphs.sums` plus ``whitened`` ``(M_p N_max, G)``, kept on the
+        worker for :attr:`slot_cotangents` of the same evaluation.
+        """
+        mean_hp, grid, distinct, positions, mask, factors, jitter = _projected_inputs()
+        sums = build_projected_sums(
+            self.structure.mean_kernel, mean_hp, grid, distinct, positions, mask, factors, jitter)
+        inputs = [mean_hp, grid, distinct, positions, mask, *factors, jitter]
+        return _compile(inputs, [*sums.terms, sums.whitened], self.structure.mode)
+
+    @cached_property
+    def slot_cotangents(self) -> Function:
+        r"""The cotangents of a partition's loadings slot by slot, from its kept whitened loadings.
+
+        ``(inverse_factors, whitened_residuals, whitened, gram_bar, shift_bar) -> S_bar`` ``(M_p N_max, G)``: with
+        :math:`\bar W_i = W_i (\bar\Sigma + \bar\Sigma^\top) + a_i \bar c^\top`
+        (:func:`magma_pymc.projected_step.build_sums_vjp`), :math:`\bar S_i = A_i^\top \bar W_i`, since
+        :math:`W_i = A_i S_i`. :math:`W` is an input: no forward pass recomputes it.
+        """
+        factors = symbolic_factors()
+        whitened = pt.matrix("whitened", dtype="float64")
+        gram_bar, shift_bar = pt.matrix("gram_bar", dtype="float64"), pt.vector("shift_bar", dtype="float64")
+        residuals = factors.whitened_residuals.reshape((-1,))
+        whitened_bar = whitened @ (gram_bar + gram_bar.T) + residuals[:, None] * shift_bar[None, :]
+        n_individuals, n_max = factors.whitened_residuals.shape
+        slot_bar = factors.inverse_factors.mT @ whitened_bar.reshape((n_individuals, n_max, -1))
+        inputs = [factors.inverse_factors, factors.whitened_residuals, whitened, gram_bar, shift_bar]
+        return _compile(inputs, [slot_bar.reshape((n_individuals * n_max, -1))], self.structure.mode)
+
+    @cached_property
+    def distinct_vjp(self) -> Function:
+        r"""The gradient's path through the loadings on the distinct inputs at fixed :math:`L_g`.
+
+        ``(mean_hp, grid, distinct, jitter, distinct_bar) -> grad``: the vector-Jacobian product of
+        :math:`S_u = K_0(u, g) L_g^{-\top}` (as :func:`magma_pymc.projected_step.build_projected_sums` computes
+        it) with the cotangents ``distinct_bar`` ``(U, G)``, :math:`L_g` held constant
+        (:func:`magma_pymc.projected_step.build_grid_vjp` takes that path on the client).
+        """
+        mean_hp, grid, distinct, _, _, _, jitter = _projected_inputs()
+        distinct_bar = pt.matrix("distinct_bar", dtype="float64")
+        prior = self.structure.mean_kernel.covariance(mean_hp)
+        chol_grid = cholesky(with_jitter(prior(grid), jitter), lower=True)
+        distinct_loadings = solve_triangular(chol_grid, prior(grid, distinct), lower=True, b_ndim=2).T
+        grad = pytensor.grad(
+            None, mean_hp, known_grads={distinct_loadings: distinct_bar}, consider_constant=[chol_grid])
+        return _compile([mean_hp, grid, distinct, jitter, distinct_bar], [grad], self.structure.mode)
+
+
+def _projected_inputs() -> tuple:
+    return (pt.vector("mean_log_params", dtype="float64"), pt.matrix("grid", dtype="float64"),
+            pt.matrix("distinct_inputs", dtype="float64"), pt.matrix("positions", dtype="int64"),
+            pt.matrix("mask", dtype="float64"), symbolic_factors(), pt.scalar("jitter", dtype="float64"))
 
 
 def _symbolic_terms() -> EStepTerms:

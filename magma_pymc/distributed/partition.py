@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from threadpoolctl import threadpool_limits
 
 from magma_pymc.batched_lbfgsb import minimize_separable
@@ -201,28 +202,53 @@ def projected_factors(part: Partition, structure: Structure, hp, jitter: float) 
     return (*distinct_inputs(inputs, mask), *(np.asarray(x) for x in factors))
 
 
-@on_worker
-def projected_sums(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple) -> tuple:
-    """The partition's E-step terms at ``mean_hp`` from its factors.
+class KeptSums(NamedTuple):
+    """One evaluation's result of :func:`projected_sums`: the E-step terms, and the whitened loadings.
 
-    As :func:`magma_pymc.projected_step.build_projected_sums`.
+    Held on the worker as one Dask result: the client gathers only ``terms`` (:func:`kept_terms`), and
+    :func:`projected_vjp` of the same evaluation takes the whole, where it lives.
     """
-    core, _ = worker_graphs(structure)
-    grid, _, _, mask, _ = part.arrays
-    distinct, positions, *rest = factors
-    sums = projected_step_graphs(core).sums(mean_hp, grid, distinct, positions, mask, *rest, jitter)
-    return tuple(np.asarray(x) for x in sums)
+
+    terms: tuple
+    whitened: np.ndarray
 
 
 @on_worker
-def projected_vjp(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple,
-                  bars: tuple) -> np.ndarray:
-    """The partition's share of the mean-process gradient (:func:`magma_pymc.projected_step.build_sums_vjp`)."""
-    core, _ = worker_graphs(structure)
+def projected_sums(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple) -> KeptSums:
+    """The partition's E-step terms at ``mean_hp`` from its factors, and its whitened loadings for the gradient.
+
+    As :func:`magma_pymc.projected_step.build_projected_sums` (:attr:`DistributedGraphs.projected_sums`).
+    """
+    _, graphs = worker_graphs(structure)
     grid, _, _, mask, _ = part.arrays
     distinct, positions, *rest = factors
-    grad = projected_step_graphs(core).vjp(mean_hp, grid, distinct, positions, mask, *rest, jitter, *bars)[0]
-    return np.asarray(grad)
+    *terms, whitened = graphs.projected_sums(mean_hp, grid, distinct, positions, mask, *rest, jitter)
+    return KeptSums(tuple(np.asarray(x) for x in terms), np.asarray(whitened))
+
+
+def kept_terms(kept: KeptSums) -> tuple:
+    """The E-step terms of a :class:`KeptSums` (what travels to the client: G^2 + G + 3 numbers)."""
+    return kept.terms
+
+
+@on_worker
+def projected_vjp(part: Partition, structure: Structure, mean_hp, jitter: float, factors: tuple, kept: KeptSums,
+                  bars: tuple) -> np.ndarray:
+    r"""The partition's share of the mean-process gradient from the kept whitened loadings of the same evaluation.
+
+    As :func:`magma_pymc.projected_step.build_sums_vjp`, in three stages: the slots' cotangents
+    :math:`\bar S_i = A_i^\top \bar W_i` (:attr:`DistributedGraphs.slot_cotangents`), their sum over the slots of
+    each distinct input (the transpose of the gather, weighted by the mask: one sparse product), and the path through
+    the kernel on the distinct inputs (:attr:`DistributedGraphs.distinct_vjp`).
+    """
+    _, graphs = worker_graphs(structure)
+    grid, _, _, mask, _ = part.arrays
+    distinct, positions, inverse_factors, whitened_residuals, *_ = factors
+    slot_bar = graphs.slot_cotangents(inverse_factors, whitened_residuals, _aligned(kept.whitened), *bars)[0]
+    gather = sparse.csr_array((mask.ravel(), (positions.ravel(), np.arange(mask.size))),
+                              shape=(len(distinct), mask.size))
+    distinct_bar = gather @ np.asarray(slot_bar)
+    return np.asarray(graphs.distinct_vjp(mean_hp, grid, distinct, jitter, distinct_bar)[0])
 
 
 def identity(value: Any) -> Any:
