@@ -12,6 +12,7 @@ Run from the repository root::
 
     python benchmarks/bench_gradient.py
     python benchmarks/bench_gradient.py --modes CVM --cases uncommon-common
+    python benchmarks/bench_gradient.py --modes CVM,NUMBA --gradients op     # the Op's NumPy vs Numba code
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def gemm_gflops(n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--modes", default="CVM")
+    parser.add_argument("--modes", default="CVM", help="comma-separated PyTensor modes (CVM, NUMBA: nutpie's backend)")
+    parser.add_argument("--gradients", default="op,autodiff", help="comma-separated: op, autodiff")
     parser.add_argument("--m", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per row")
@@ -96,7 +98,8 @@ def main() -> None:
                 "autodiff": lambda: build_estep(kernel, kernel, mean_var, hp_var, data).log_likelihood,  # noqa: B023
             }
             for mode in args.modes.split(","):
-                for label, build in builders.items():
+                for label in args.gradients.split(","):
+                    build = builders[label]
                     value = build()
                     grads = pytensor.grad(value, [mean_var, hp_var])
                     fn = pytensor.function([mean_var, hp_var, *data], [value, *grads], mode=mode)

@@ -47,9 +47,11 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType, grad_undefined
 from pytensor.graph import Apply, Op
+from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 from pytensor.tensor.variable import TensorVariable
 from scipy.linalg import blas, lapack
 
+from magma_pymc import numba_ops
 from magma_pymc.hyperposterior import LOG_2PI, TrainingTensors, individual_covariances
 from magma_pymc.kernels import Kernel
 from magma_pymc.ops import block_gradient, block_precisions
@@ -105,6 +107,12 @@ class MarginalLogLikelihood(Op):
 
     if not hasattr(Op, "pullback"):  # PyTensor releases that predate `pullback` call `L_op`
         L_op = pullback
+
+
+@register_funcify_default_op_cache_key(MarginalLogLikelihood)
+def _numba_marginal_log_likelihood(op, node=None, **kwargs):
+    """The Op's implementation in PyTensor's Numba backend (nutpie): :mod:`magma_pymc.numba_ops`, same outputs."""
+    return numba_ops.marginal_log_likelihood, 1  # 1: version of the implementation, part of Numba's cache key
 
 
 _op = MarginalLogLikelihood()
