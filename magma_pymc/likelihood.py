@@ -39,6 +39,10 @@ solve backwards (``benchmarks/bench_gradient.py`` measures both).
 
 The kernels' graphs stay PyTensor's: the Op's two derivative outputs are chained through
 :math:`K_{\theta_0}` and :math:`C_{\theta_i}` to the log HP by ``pytensor.grad`` (elementwise, cheap).
+
+``perform`` (NumPy/SciPy) is the reference and runs in PyTensor's C and Python modes; in its Numba
+mode (nutpie's ``backend="numba"``, ``mode="NUMBA"``) the Op runs :func:`magma_pymc.numba_ops.marginal_log_likelihood`,
+the same algorithm compiled (same outputs to rounding, ``tests/test_numba_ops.py``).
 """
 
 from __future__ import annotations
