@@ -148,8 +148,10 @@ def fit_nuts(
     ``marginalised=False`` samples the literal model instead (:func:`magma_pymc.model.build_model`,
     non-centred: :math:`\mu_0` and every :math:`f_i` latent), same priors and jitter: the same HP
     posterior at a far higher cost, as a cross-check on small data. ``compile_mode`` is the
-    PyTensor mode of the sampler's log-density (default: ``model_compile_mode``, or ``"CVM"``
-    if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`).
+    PyTensor mode of PyMC's sampler's log-density (default: ``model_compile_mode``, or ``"CVM"``
+    if that runs Python implementations, :func:`magma_pymc.compiled.sampling_mode`); nutpie
+    (``nuts_sampler="auto"`` where installed, or ``"nutpie"``) compiles it with Numba, one BLAS
+    thread per chain.
     """
     thin = check_count(thin, "thin")
     options = sample_options({"nuts_sampler": "auto", **sample_kwargs})
