@@ -198,7 +198,8 @@ class Magma:
             Passed to :func:`magma_pymc.data.as_training_data` (``id_col``, ``input_cols``,
             ``output_col``, ``duplicates``). With ``method="nuts"`` also every option of ``pm.sample``
             and of its NUTS step (``draws``, ``tune``, ``chains``, ``cores`` -- default
-            ``min(chains, CPUs)`` --, ``random_seed``, ``nuts_sampler``, ``target_accept``, ``init``,
+            ``min(chains, CPUs)`` --, ``random_seed``, ``nuts_sampler`` -- default ``"auto"``: nutpie where
+            installed, else PyMC's --, ``target_accept``, ``init``,
             ``progressbar`` -- default on --, ``max_treedepth``, ...) and the library's own
             (:data:`magma_pymc.sampling.MAGMA_OPTIONS`: ``priors``, ``thin``, ``hierarchical``,
             ``likelihood``, ``marginalised``, ``compile_mode``); with an approximation, ``draws``,

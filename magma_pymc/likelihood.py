@@ -39,6 +39,10 @@ solve backwards (``benchmarks/bench_gradient.py`` measures both).
 
 The kernels' graphs stay PyTensor's: the Op's two derivative outputs are chained through
 :math:`K_{\theta_0}` and :math:`C_{\theta_i}` to the log HP by ``pytensor.grad`` (elementwise, cheap).
+
+``perform`` (NumPy/SciPy) is the reference and runs in PyTensor's C and Python modes; in its Numba
+mode (nutpie's ``backend="numba"``, ``mode="NUMBA"``) the Op runs :func:`magma_pymc.numba_ops.marginal_log_likelihood`,
+the same algorithm compiled (same outputs to rounding, ``tests/test_numba_ops.py``).
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType, grad_undefined
 from pytensor.graph import Apply, Op
+from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 from pytensor.tensor.variable import TensorVariable
 from scipy.linalg import blas, lapack
 
+from magma_pymc import numba_ops
 from magma_pymc.hyperposterior import LOG_2PI, TrainingTensors, individual_covariances
 from magma_pymc.kernels import Kernel
 from magma_pymc.ops import block_gradient, block_precisions
@@ -105,6 +111,12 @@ class MarginalLogLikelihood(Op):
 
     if not hasattr(Op, "pullback"):  # PyTensor releases that predate `pullback` call `L_op`
         L_op = pullback
+
+
+@register_funcify_default_op_cache_key(MarginalLogLikelihood)
+def _numba_marginal_log_likelihood(op, node=None, **kwargs):
+    """The Op's implementation in PyTensor's Numba backend (nutpie): :mod:`magma_pymc.numba_ops`, same outputs."""
+    return numba_ops.marginal_log_likelihood, 1  # 1: version of the implementation, part of Numba's cache key
 
 
 _op = MarginalLogLikelihood()

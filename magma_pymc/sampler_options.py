@@ -21,13 +21,27 @@ import pymc as pm
 
 from magma_pymc.validation import check_count, check_prob
 
-__all__ = ["SAMPLE_DEFAULTS", "FitOptions", "accepted_options", "available_cpus", "sample_options", "split_fit_options"]
+__all__ = ["SAMPLE_DEFAULTS", "FitOptions", "accepted_options", "available_cpus", "resolve_nuts_sampler",
+           "sample_options", "split_fit_options"]
 
 #: Defaults of ``pm.sample`` options that the library chooses (``cores``: see :func:`sample_options`).
 SAMPLE_DEFAULTS: dict[str, Any] = dict(draws=1000, tune=1000, chains=4, random_seed=None, nuts_sampler="pymc",
                                        target_accept=0.9, progressbar=True)
 #: ``pm.sample`` keywords the library sets itself.
 RESERVED = frozenset({"model", "return_inferencedata", "compute_convergence_checks", "kwargs", "step"})
+
+
+def resolve_nuts_sampler(name: str) -> str:
+    """The NUTS implementation ``nuts_sampler=name`` names.
+
+    ``"auto"``: ``"nutpie"`` where nutpie is installed (its Rust NUTS loop runs the log-density
+    compiled by Numba, no Python per step), else ``"pymc"``; any other name unchanged.
+    """
+    if name != "auto":
+        return name
+    from importlib.util import find_spec
+
+    return "nutpie" if find_spec("nutpie") is not None else "pymc"
 
 
 def available_cpus() -> int:

@@ -25,3 +25,16 @@ def test_unknown_or_reserved_options_are_rejected_naming_the_public_call():
         sample_options({"coress": 2})
     with pytest.raises(TypeError, match="model cannot be set"):
         sample_options({"model": None})
+
+
+def test_auto_sampler_is_nutpie_where_installed_else_pymc(monkeypatch):
+    import importlib.util
+
+    from magma_pymc.sampler_options import resolve_nuts_sampler
+
+    assert resolve_nuts_sampler("pymc") == "pymc" and resolve_nuts_sampler("numpyro") == "numpyro"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nutpie" else real(name, *a))
+    assert resolve_nuts_sampler("auto") == "pymc"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "nutpie" else real(name, *a))
+    assert resolve_nuts_sampler("auto") == "nutpie"
