@@ -54,7 +54,7 @@ from typing import NamedTuple
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.special import gammaln
 
 from magma_pymc.em import Problem
@@ -72,7 +72,7 @@ ROUNDS = 6
 #: Individuals with more points than this keep the Gaussian measurement model (module docstring).
 LAPLACE_POINTS = 100
 #: Largest number of individuals entering the estimate (a seeded subset beyond it).
-MAX_INDIVIDUALS = 200
+MAX_INDIVIDUALS = 100
 #: EM on fixed draws stops when no entry of (m, S) moves by more than this.
 INNER_TOL = 1e-6
 INNER_MAX_ITER = 25
@@ -208,8 +208,9 @@ def _cholesky(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _mahalanobis(centred: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis norms of the rows ``(..., p)`` of ``centred`` under ``cov`` (Cholesky solve)."""
-    flat = np.ascontiguousarray(centred.reshape(-1, centred.shape[-1]).T)
-    return (flat * cho_solve(cho_factor(cov, lower=True), flat)).sum(axis=0).reshape(centred.shape[:-1])
+    # ||L^{-1} d||^2 with L = chol(cov): the p x p whitening solve once, then one product for all rows.
+    whitening = solve_triangular(np.linalg.cholesky(cov), np.eye(len(cov)), lower=True)
+    return ((centred @ whitening.T) ** 2).sum(axis=-1)
 
 
 def _posterior_moments_gaussian(estimates, covariances, mean, cov):
