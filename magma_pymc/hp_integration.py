@@ -129,18 +129,19 @@ def _covariances(kernel: Kernel, inputs: np.ndarray, log_params: np.ndarray, mod
     return np.asarray(_batched_kernel(kernel, mode)(inputs, log_params[:, :-1]))
 
 
-def _cholesky(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched lower Cholesky factors and a mask of the matrices that factorised (others: identity)."""
+def batched_cholesky(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched lower Cholesky factors ``(..., n, n)`` and where they exist (elsewhere: the identity)."""
     try:
-        return np.linalg.cholesky(matrices), np.ones(len(matrices), dtype=bool)
-    except np.linalg.LinAlgError:
-        factors, ok = np.empty_like(matrices), np.ones(len(matrices), dtype=bool)
-        for s, matrix in enumerate(matrices):
+        return np.linalg.cholesky(matrices), np.ones(matrices.shape[:-2], dtype=bool)
+    except np.linalg.LinAlgError:  # some matrix is not positive definite: one by one
+        flat = matrices.reshape(-1, *matrices.shape[-2:])
+        factors, ok = np.empty_like(flat), np.ones(len(flat), dtype=bool)
+        for k, matrix in enumerate(flat):
             try:
-                factors[s] = np.linalg.cholesky(matrix)
+                factors[k] = np.linalg.cholesky(matrix)
             except np.linalg.LinAlgError:
-                factors[s], ok[s] = np.eye(len(matrix)), False
-        return factors, ok
+                factors[k], ok[k] = np.eye(len(matrix)), False
+        return factors.reshape(matrices.shape), ok.reshape(matrices.shape[:-2])
 
 
 # ---------------------------------------------------------------------------- likelihood
@@ -156,7 +157,7 @@ def log_likelihoods(
     n = len(obs_outputs)
     gamma = obs_cov[None] + _covariances(kernel, obs_inputs, log_params, mode)
     gamma[:, np.arange(n), np.arange(n)] += (np.exp(log_params[:, -1]) + jitter)[:, None]
-    chol, ok = _cholesky(gamma)
+    chol, ok = batched_cholesky(gamma)
     white = np.linalg.solve(chol, np.broadcast_to(obs_outputs - obs_mean, (len(chol), n))[..., None])[..., 0]
     log_det = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
     values = -0.5 * (white**2).sum(axis=1) - log_det - 0.5 * n * _LOG_2PI
@@ -313,7 +314,7 @@ def conditional_predictions(
         return ComponentPredictions(means, gamma, noise)
     g_oo = gamma[:, :n_obs, :n_obs].copy()
     g_oo[:, np.arange(n_obs), np.arange(n_obs)] += (noise + jitter)[:, None]
-    chol, ok = _cholesky(g_oo)
+    chol, ok = batched_cholesky(g_oo)
     if not ok.all():
         raise np.linalg.LinAlgError("the new individual's covariance does not factorise at some HP draws")
     reduced = np.linalg.solve(chol, gamma[:, :n_obs, n_obs:])

@@ -58,7 +58,7 @@ from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.special import gammaln
 
 from magma_pymc.em import Problem
-from magma_pymc.hp_integration import floored_inverse
+from magma_pymc.hp_integration import batched_cholesky, floored_inverse
 from magma_pymc.kernels import Kernel
 from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction
 
@@ -183,27 +183,12 @@ def _batched_log_likelihoods(kernel, terms, draws, jitter, mode, chunk):
             gamma = covariances(np.repeat(inputs[part], n_draws, axis=0), x.reshape(-1, p)[:, :-1])
             gamma = gamma.reshape(g, n_draws, n, n) + cov[part][:, None]
             gamma[..., np.arange(n), np.arange(n)] += (np.exp(x[..., -1]) + jitter)[..., None]
-            chol, ok = _cholesky(gamma)
+            chol, ok = batched_cholesky(gamma)
             white = np.linalg.solve(chol, np.broadcast_to(residuals[part][:, None, :, None], (g, n_draws, n, 1)))
             log_det = np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
             values = -0.5 * (white[..., 0] ** 2).sum(axis=-1) - log_det - 0.5 * n * _LOG_2PI
             out[group[part]] = np.where(ok & np.isfinite(values), values, -np.inf)
     return out
-
-
-def _cholesky(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched lower Cholesky factors ``(..., n, n)`` and where they exist (elsewhere: the identity)."""
-    try:
-        return np.linalg.cholesky(matrices), np.ones(matrices.shape[:-2], dtype=bool)
-    except np.linalg.LinAlgError:  # some matrix is not positive definite: one by one
-        flat = matrices.reshape(-1, *matrices.shape[-2:])
-        factors, ok = np.empty_like(flat), np.ones(len(flat), dtype=bool)
-        for k, matrix in enumerate(flat):
-            try:
-                factors[k] = np.linalg.cholesky(matrix)
-            except np.linalg.LinAlgError:
-                factors[k], ok[k] = np.eye(len(matrix)), False
-        return factors.reshape(matrices.shape), ok.reshape(matrices.shape[:-2])
 
 
 def _mahalanobis(centred: np.ndarray, cov: np.ndarray) -> np.ndarray:

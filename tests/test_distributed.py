@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -197,6 +198,15 @@ def test_individual_split_between_partitions_is_an_error(client):
         DistributedMagma().fit(frame, client=client)
 
 
+@contextlib.contextmanager
+def _two_worker_processes():
+    """A client of a LocalCluster of two single-threaded worker processes (one can be killed)."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, distributed.Client(cluster) as client:
+        yield client
+
+
 @pytest.mark.slow  # two worker processes start, compile the graphs, and one restarts after the kill
 @pytest.mark.filterwarnings("ignore::magma_pymc.ConvergenceWarning")
 def test_fit_survives_a_killed_worker():
@@ -204,9 +214,7 @@ def test_fit_survives_a_killed_worker():
     from their lineage on the other worker, and the fit ends as an undisturbed one."""
     data = _data(True)
     options = dict(max_iter=MAX_ITER)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster) as c:
+    with _two_worker_processes() as c:
         undisturbed = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
         pids = c.run(os.getpid)
         killed = []
@@ -276,9 +284,7 @@ def test_projected_fit_survives_a_worker_killed_between_sums_and_gradient(monkey
 
     data = _data(True)
     options = dict(max_iter=2, inducing=6)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster) as c:
+    with _two_worker_processes() as c:
         undisturbed = DistributedMagma(**options).fit(data, client=c, n_partitions=4)
         pids = c.run(os.getpid)
         killed = []
