@@ -150,9 +150,15 @@ def run_large(seed: int = 0, n_inducing: int = 100) -> pd.DataFrame:
                      "fit_cpu_s": fit_cpu_s, "mse": mse, "cover95": cover,
                      "predict_cpu_s": time.process_time() - start})
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1), flush=True)
-    table = pd.DataFrame(rows).set_index("model")
-    print(f"\nseed {seed}: {data['Input'].nunique()} distinct training inputs, {len(data)} observations; load average "
-          f"(1 min) {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, on {os.cpu_count()} cores")
+    return _summary(rows, "model", f"seed {seed}: {data['Input'].nunique()} distinct training inputs, {len(data)} "
+                    "observations", load_start)
+
+
+def _summary(rows: list[dict], index: str, heading: str, load_start: tuple) -> pd.DataFrame:
+    """The rows as a table, printed under ``heading`` with the load average at start and end."""
+    table = pd.DataFrame(rows).set_index(index)
+    print(f"\n{heading}; load average (1 min) {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, on "
+          f"{os.cpu_count()} cores")
     print(table.round(3).to_string())
     return table
 
@@ -202,11 +208,7 @@ def run_nuts(seed: int = 0) -> pd.DataFrame:
             "ari": adjusted_rand_index(truth, labels), "vem_agree": bool((labels == model.labels_.to_numpy()).all()),
             "max_gap_sd": float((gap / mu.std(("chain", "draw")).values).max())})
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1), flush=True)
-    table = pd.DataFrame(rows).set_index("case")
-    print(f"\nseed {seed}: load average (1 min) {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, on "
-          f"{os.cpu_count()} cores")
-    print(table.round(3).to_string())
-    return table
+    return _summary(rows, "case", f"seed {seed}", load_start)
 
 
 if __name__ == "__main__":

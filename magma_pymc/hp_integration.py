@@ -116,17 +116,18 @@ class HPDraws(NamedTuple):
 
 # ------------------------------------------------------------------------------- kernels
 @functools.cache
-def _batched_kernel(kernel: Kernel, mode: str) -> Callable:
-    """Compiled ``(inputs (n, d), log_params (S, P)) -> (S, n, n)`` covariances through the PyMC kernel."""
-    inputs = pt.matrix("inputs", dtype="float64")
+def kernel_on_batches(kernel: Kernel, mode: str) -> Callable:
+    """Compiled ``(inputs (B, n, d), log_params (B, P)) -> (B, n, n)`` covariances through the PyMC kernel."""
+    inputs = pt.tensor3("inputs", dtype="float64")
     log_params = pt.matrix("log_params", dtype="float64")
-    batch = pt.broadcast_to(inputs[None], (log_params.shape[0], inputs.shape[0], inputs.shape[1]))
-    with COMPILE_LOCK:  # shared by every prediction: each thread calls its own copy
-        return PerThreadFunction(pytensor.function([inputs, log_params], kernel.batched(batch, log_params), mode=mode))
+    with COMPILE_LOCK:  # shared by every fit and prediction: each thread calls its own copy
+        return PerThreadFunction(pytensor.function([inputs, log_params], kernel.batched(inputs, log_params), mode=mode))
 
 
 def _covariances(kernel: Kernel, inputs: np.ndarray, log_params: np.ndarray, mode: str) -> np.ndarray:
-    return np.asarray(_batched_kernel(kernel, mode)(inputs, log_params[:, :-1]))
+    """``(S, n, n)`` covariances of one input set ``(n, d)`` at each row of ``log_params`` ``(S, P + 1)``."""
+    batch = np.broadcast_to(inputs, (len(log_params), *inputs.shape))
+    return np.asarray(kernel_on_batches(kernel, mode)(batch, log_params[:, :-1]))
 
 
 def batched_cholesky(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,20 +47,16 @@ the likelihood favours small variances.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
-import pytensor
-import pytensor.tensor as pt
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.special import gammaln
 
 from magma_pymc.em import Problem
-from magma_pymc.hp_integration import batched_cholesky, floored_inverse
+from magma_pymc.hp_integration import batched_cholesky, floored_inverse, kernel_on_batches
 from magma_pymc.kernels import Kernel
-from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction
 
 __all__ = ["IndividualTerms", "leave_one_out", "individual_terms", "monte_carlo_em", "N_DRAWS", "ROUNDS",
            "LAPLACE_POINTS", "MAX_INDIVIDUALS"]
@@ -139,19 +135,10 @@ def individual_terms(problem: Problem, estep_result: tuple, rows: Sequence[int])
             continue
         n = int(np.asarray(mask).sum())   # real slots come first
         inputs, residuals, cov = inputs[:n], np.asarray(deviations[:n]), np.asarray(cov_block[:n, :n])
-        psi = _kernel_on_batches(graphs.individual_kernel, graphs.mode)(inputs[None], x[row][None, :-1])[0]
+        psi = kernel_on_batches(graphs.individual_kernel, graphs.mode)(inputs[None], x[row][None, :-1])[0]
         psi[np.diag_indices(n)] += np.exp(x[row][-1]) + state.jitter
         terms[wanted[int(row)]] = IndividualTerms(inputs, *leave_one_out(residuals, cov, psi))
     return terms
-
-
-@functools.cache
-def _kernel_on_batches(kernel: Kernel, mode: str) -> Callable:
-    """Compiled ``(inputs (B, n, d), log_params (B, P)) -> (B, n, n)`` covariances through the PyMC kernel."""
-    inputs = pt.tensor3("inputs", dtype="float64")
-    log_params = pt.matrix("log_params", dtype="float64")
-    with COMPILE_LOCK:  # shared by every fit: each thread calls its own copy
-        return PerThreadFunction(pytensor.function([inputs, log_params], kernel.batched(inputs, log_params), mode=mode))
 
 
 def batched_log_likelihoods(kernel: Kernel, terms: Sequence[IndividualTerms], draws: np.ndarray, jitter: float,
@@ -167,7 +154,7 @@ def batched_log_likelihoods(kernel: Kernel, terms: Sequence[IndividualTerms], dr
 
 
 def _batched_log_likelihoods(kernel, terms, draws, jitter, mode, chunk):
-    covariances = _kernel_on_batches(kernel, mode)
+    covariances = kernel_on_batches(kernel, mode)
     out = np.empty(draws.shape[:2])
     sizes = np.array([len(t.residuals) for t in terms])
     for n in np.unique(sizes):

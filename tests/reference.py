@@ -114,3 +114,27 @@ class ProjectedJointGP(JointGP):
         mean = self.m0 + cross @ np.linalg.solve(self.cov, self.y - self.m0)
         cov = se(s, s, *self.hp0) - cross @ np.linalg.solve(self.cov, cross.T)
         return mean, cov
+
+
+def clustered_prediction(log_weights, cluster_posterior, hp, t_obs, y_obs, t_pred):
+    """Brute-force Type I prediction of a clustered MAGMA model: one Gaussian per cluster, reweighted.
+
+    ``cluster_posterior(k, s)`` is the (mean, cov) of cluster ``k``'s mean process at inputs ``s``;
+    ``hp`` = (variance, lengthscale, noise) of the individual SE kernel. Returns the cluster
+    probabilities given ``y_obs``, and each cluster's predictive means and variances at ``t_pred``.
+    """
+    v, ls, s2 = hp
+    s = np.concatenate([t_obs, t_pred])
+    n = len(t_obs)
+    means, variances, logits = [], [], []
+    for k in range(len(log_weights)):
+        mean_s, cov_s = cluster_posterior(k, s)
+        gamma = cov_s + se(s, s, v, ls)
+        gamma_oo = gamma[:n, :n] + s2 * np.eye(n)
+        logits.append(log_weights[k] + stats.multivariate_normal(mean_s[:n], gamma_oo).logpdf(y_obs))
+        gain = np.linalg.solve(gamma_oo, gamma[:n, n:]).T
+        means.append(mean_s[n:] + gain @ (y_obs - mean_s[:n]))
+        variances.append(np.diag(gamma[n:, n:] - gain @ gamma[:n, n:]) + s2)
+    logits = np.array(logits)
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum(), np.array(means), np.array(variances)

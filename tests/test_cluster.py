@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_long
-from reference import se
+from reference import clustered_prediction, se
 from scipy import optimize, stats
 from scipy.special import logsumexp
 
@@ -113,20 +113,9 @@ def test_mixture_prediction_equals_brute_force_mixture(fixed_model):
     model, _ = fixed_model
     t_obs, y_obs = np.array([1.0, 4.0, 6.5]), np.array([7.5, 7.0, 8.8])
     pred = model.predict((t_obs, y_obs), T_PRED, full_cov=True)
-    v, l, s2 = np.exp(model._state.log_params)
-    s = np.concatenate([t_obs, T_PRED])
-    n = len(t_obs)
-    means, variances, logits = [], [], []
-    for k in range(2):
-        _, _, mean_s, cov_s = dense_cluster_posterior(model, k, s)
-        gamma = cov_s + se(s, s, v, l)
-        gamma_oo = gamma[:n, :n] + s2 * np.eye(n)
-        logits.append(model._state.log_weights[k] + stats.multivariate_normal(mean_s[:n], gamma_oo).logpdf(y_obs))
-        gain = np.linalg.solve(gamma_oo, gamma[:n, n:]).T
-        means.append(mean_s[n:] + gain @ (y_obs - mean_s[:n]))
-        variances.append(np.diag(gamma[n:, n:] - gain @ gamma[:n, n:]) + s2)
-    weights = np.exp(np.array(logits) - logsumexp(logits))
-    means, variances = np.array(means), np.array(variances)
+    weights, means, variances = clustered_prediction(
+        model._state.log_weights, lambda k, s: dense_cluster_posterior(model, k, s)[2:],
+        np.exp(model._state.log_params), t_obs, y_obs, T_PRED)
     np.testing.assert_allclose(pred["cluster_probability"].values, weights, atol=1e-8)
     np.testing.assert_allclose(pred["cluster_mean"].values, means, atol=1e-7)
     np.testing.assert_allclose(pred["cluster_variance"].values, variances, atol=1e-7)

@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 from conftest import make_long
-from reference import se
+from reference import clustered_prediction, se
 from scipy import stats
-from scipy.special import logsumexp
+from test_inducing import BAD_INDUCING
 
 import magma_pymc as mp
 from magma_pymc import guards
@@ -127,20 +127,9 @@ def test_mixture_prediction_on_inducing_points_equals_brute_force(fixed_model):
     model = fixed_model
     t_obs, y_obs = np.array([1.0, 4.0, 6.5]), np.array([7.5, 7.0, 8.8])
     pred = model.predict((t_obs, y_obs), T_PRED)
-    v, ls, s2 = np.exp(model._state.log_params)
-    s = np.concatenate([t_obs, T_PRED])
-    n = len(t_obs)
-    means, variances, logits = [], [], []
-    for k in range(2):
-        _, _, mean_s, cov_s = dense_projected_posterior(model, k, s)
-        gamma = cov_s + se(s, s, v, ls)
-        gamma_oo = gamma[:n, :n] + s2 * np.eye(n)
-        logits.append(model._state.log_weights[k] + stats.multivariate_normal(mean_s[:n], gamma_oo).logpdf(y_obs))
-        gain = np.linalg.solve(gamma_oo, gamma[:n, n:]).T
-        means.append(mean_s[n:] + gain @ (y_obs - mean_s[:n]))
-        variances.append(np.diag(gamma[n:, n:] - gain @ gamma[:n, n:]) + s2)
-    weights = np.exp(np.array(logits) - logsumexp(logits))
-    means, variances = np.array(means), np.array(variances)
+    weights, means, variances = clustered_prediction(
+        model._state.log_weights, lambda k, s: dense_projected_posterior(model, k, s)[2:],
+        np.exp(model._state.log_params), t_obs, y_obs, T_PRED)
     np.testing.assert_allclose(pred["cluster_probability"].values, weights, atol=1e-9)
     np.testing.assert_allclose(pred["cluster_mean"].values, means, atol=1e-8)
     np.testing.assert_allclose(pred["cluster_variance"].values, variances, atol=1e-8)
@@ -247,18 +236,6 @@ def test_mean_hp_gradient_of_the_projected_bound_against_finite_differences(fixe
                    for e in np.eye(len(point))]
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
         assert np.max(np.abs(grad)) > 1e-3   # not a vacuous comparison at a stationary point
-
-
-BAD_INDUCING = [
-    (dict(inducing=1), "at least 2"),
-    (dict(inducing=True), "must be a"),
-    (dict(inducing=[1.0, np.nan, 3.0]), "NaN"),
-    (dict(inducing=[1.0, 2.0, 2.0]), "duplicates"),
-    (dict(inducing=np.zeros((4, 2))), r"\(G, 1\)"),
-    (dict(inducing=10, mean_kernel=mp.kernels.SquaredExponential(input_dim=2),
-          kernel=mp.kernels.SquaredExponential(input_dim=2)), "1-D inputs only"),
-    (dict(inducing=10, mean_step="expected"), "mean_step='marginal'"),
-]
 
 
 @pytest.mark.parametrize("kwargs,message", BAD_INDUCING, ids=[m for _, m in BAD_INDUCING])

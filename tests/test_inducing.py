@@ -93,19 +93,20 @@ def test_projected_fit_saves_and_loads(tmp_path, small_problem):
     np.testing.assert_allclose(loaded.predict(None, s)["mean"], model.predict(None, s)["mean"], rtol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (dict(inducing=1), "at least 2"),
-        (dict(inducing=True), "must be a"),
-        (dict(inducing=[1.0, np.nan, 3.0]), "NaN"),
-        (dict(inducing=[1.0, 2.0, 2.0]), "duplicates"),
-        (dict(inducing=np.zeros((4, 2))), r"\(G, 1\)"),
-        (dict(inducing=10, mean_kernel=mp.kernels.SquaredExponential(input_dim=2),
-              kernel=mp.kernels.SquaredExponential(input_dim=2)), "1-D inputs only"),
-        (dict(inducing=10, mean_step="expected"), "mean_step='marginal'"),
-    ],
-)
+#: Bad ``inducing`` settings and the message each must raise (MagmaClust checks them as Magma does).
+BAD_INDUCING = [
+    (dict(inducing=1), "at least 2"),
+    (dict(inducing=True), "must be a"),
+    (dict(inducing=[1.0, np.nan, 3.0]), "NaN"),
+    (dict(inducing=[1.0, 2.0, 2.0]), "duplicates"),
+    (dict(inducing=np.zeros((4, 2))), r"\(G, 1\)"),
+    (dict(inducing=10, mean_kernel=mp.kernels.SquaredExponential(input_dim=2),
+          kernel=mp.kernels.SquaredExponential(input_dim=2)), "1-D inputs only"),
+    (dict(inducing=10, mean_step="expected"), "mean_step='marginal'"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INDUCING)
 def test_bad_inducing_settings_fail_early(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mp.Magma(**kwargs)
