@@ -8,6 +8,7 @@ import pytest
 from conftest import make_long
 from reference import clustered_prediction, se
 from scipy import stats
+from test_cluster import HP, two_groups
 from test_inducing import BAD_INDUCING
 
 import magma_pymc as mp
@@ -20,21 +21,7 @@ from magma_pymc.jitter import JITTER_DEFAULT
 
 T_PRED = np.array([0.0, 2.5, 5.0, 7.5, 11.0])
 G7 = np.linspace(0.0, 10.0, 7)   # inducing points, well conditioned for dense inverses at lengthscale 1
-HP = {"mean_process": {"variance": 4.0, "lengthscale": 1.0},
-      "individual": {"variance": 1.0, "lengthscale": 1.5, "noise": 0.2}}
 M0 = 1.0
-
-
-def two_groups(seed=0, n_per_group=4, n_points=6):
-    """Two well-separated groups of curves on an uncommon grid (21 candidate inputs)."""
-    rng = np.random.default_rng(seed)
-    grid = np.linspace(0, 10, 21)
-    individuals = []
-    for level in (0.0, 8.0):
-        for _ in range(n_per_group):
-            t = np.sort(rng.choice(grid, n_points, replace=False))
-            individuals.append((t, level + np.sin(t) + rng.normal(0, 0.4, n_points)))
-    return individuals
 
 
 def soft_tau():
