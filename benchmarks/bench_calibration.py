@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pymc as pm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -189,6 +190,8 @@ class Method:
     predict_attributes: dict = field(default_factory=dict)
     #: ``(model, observed, inputs) -> Mixture`` instead of ``model.predict`` (prototypes).
     predictor: Callable | None = None
+    #: ``case -> options`` added to :attr:`fit_options`, for options that depend on the training data.
+    case_fit_options: Callable | None = None
 
 
 def integrated_predictor(model, observed, inputs) -> Mixture:
@@ -225,6 +228,15 @@ def integrated_predictor(model, observed, inputs) -> Mixture:
     return Mixture(draws.weights, comp.means, np.sqrt(np.maximum(variances, 0)))
 
 
+def random_slope_kernel(origin: float) -> mp.Kernel:
+    r"""The squared-exponential kernel plus a random slope from ``origin``:
+    :math:`\sigma^2 \exp(-(t - t')^2 / 2\ell^2) + \beta^2 (t - t_0)(t' - t_0)`,
+    the individual deviations' variance growing with time (growth data)."""
+    def factory(variance, lengthscale, slope_variance):
+        return variance * pm.gp.cov.ExpQuad(1, ls=lengthscale) + slope_variance * pm.gp.cov.Linear(1, c=origin)
+    return mp.Kernel(factory, kinds={"slope_variance": "other"})
+
+
 METHODS: dict[str, Method] = {
     "before": Method("before", {"mean_process_prior": None}, {},
                      "maximum-likelihood EM, the new individual's HP plugged in (MAP under the population prior)",
@@ -235,11 +247,18 @@ METHODS: dict[str, Method] = {
                          "weak mean-process prior, the new individual's HP integrated (the defaults)",
                          {"new_individual_hp": "integrated"}),
     "prototype": Method("prototype", {}, {}, "integrated_predictor (the prototype)", predictor=integrated_predictor),
+    "random_slope": Method("random_slope", {}, {"components": True},
+                           "the defaults with random_slope_kernel as the individual kernel, origin at the first "
+                           "training input", {"new_individual_hp": "integrated"},
+                           case_fit_options=lambda case: {"kernel": random_slope_kernel(
+                               float(case.train["Input"].min()))}),
 }
 
 
 def fit_model(method: Method, case: Case):
     options = dict(method.fit_options)
+    if method.case_fit_options is not None:
+        options.update(method.case_fit_options(case))
     fit_kwargs = options.pop("fit_kwargs", {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -276,7 +295,8 @@ def run_case(case: Case, method_name: str, fitted: dict) -> list[dict]:
                                 **score(from_dataset(ds), target["Output"].to_numpy())))
         return records
     method = METHODS[method_name]
-    key = repr(sorted(method.fit_options.items()))  # methods differing only at prediction share a fit
+    # methods differing only at prediction share a fit
+    key = repr(sorted(method.fit_options.items())) + (method.name if method.case_fit_options else "")
     if key not in fitted:
         fitted[key] = fit_model(method, case)
     model, fit_seconds, n_warn = fitted[key]

@@ -54,7 +54,13 @@ from magma_pymc.mixture import GaussianMixture
 from magma_pymc.model import LOG_HP, MEAN_LOG_HP, LogPriorFactory, ModelSpec, build_model
 from magma_pymc.params import NOISE
 from magma_pymc.results import hyperposterior_dataset, observed_dataset
-from magma_pymc.sampler_options import SAMPLE_DEFAULTS, accepted_options, resolve_nuts_sampler, sample_options
+from magma_pymc.sampler_options import (
+    SAMPLE_DEFAULTS,
+    accepted_options,
+    resolve_nuts_sampler,
+    sample_options,
+    with_mass_matrix_default,
+)
 from magma_pymc.threads import limited_blas
 from magma_pymc.validation import check_count
 
@@ -169,6 +175,7 @@ def fit_nuts(
         options.setdefault("initvals", _initial_values(state, population))
     if options["nuts_sampler"] == "pymc":
         options.setdefault("compile_kwargs", {"mode": compile_mode or sampling_mode(model_compile_mode)})
+    options = with_mass_matrix_default(options, population)
     # nutpie runs its chains as threads of this process: one BLAS thread each (more would oversubscribe the
     # cores; measured on a busy 2-core machine, 15 ms per gradient instead of 1.6 ms).
     blas_threads = 1 if options["nuts_sampler"] == "nutpie" else None

@@ -38,3 +38,16 @@ def test_auto_sampler_is_nutpie_where_installed_else_pymc(monkeypatch):
     assert resolve_nuts_sampler("auto") == "pymc"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "nutpie" else real(name, *a))
     assert resolve_nuts_sampler("auto") == "nutpie"
+
+
+def test_nutpie_uses_a_low_rank_mass_matrix_with_the_population_layer_unless_told_otherwise():
+    from magma_pymc.sampler_options import LOW_RANK_MASS_MATRIX, with_mass_matrix_default
+
+    nutpie = {"nuts_sampler": "nutpie", "chains": 2}
+    assert with_mass_matrix_default(nutpie, True)["nuts_sampler_kwargs"] == {LOW_RANK_MASS_MATRIX: True}
+    assert "nuts_sampler_kwargs" not in nutpie  # the caller's options are not modified
+    mine = {**nutpie, "nuts_sampler_kwargs": {LOW_RANK_MASS_MATRIX: False, "target_accept": 0.9}}
+    assert with_mass_matrix_default(mine, True)["nuts_sampler_kwargs"] == {LOW_RANK_MASS_MATRIX: False,
+                                                                          "target_accept": 0.9}
+    assert "nuts_sampler_kwargs" not in with_mass_matrix_default(nutpie, False)  # common HP: no population layer
+    assert "nuts_sampler_kwargs" not in with_mass_matrix_default({"nuts_sampler": "pymc"}, True)
