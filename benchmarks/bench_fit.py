@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--restarts", type=lambda text: int(text) if text.isdigit() else text, default=None,
-        help="Magma(restarts=...) of every fit: 'on_bound', 'screen' or a number of restarts (default: the library's)",
+        help="Magma(restarts=...) of every fit: 'scan', 'on_bound', 'screen' or a number of restarts (default: the library's)",
     )
     parser.add_argument("--output", help="also write the table to this file (.csv, else markdown)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
