@@ -45,18 +45,18 @@ recorded as another start. A fit whose end point passes the check costs
 
 ``"screen"`` (:func:`run_screened_em`) runs every start (the given one and all of
 :data:`ALTERNATIVE_STARTS`) for :data:`SCREEN_ITERATIONS` EM iteration(s), then continues to
-convergence only the start whose objective is then highest,
+convergence only the start whose objective :math:`J` after those :math:`k` iterations is highest,
 
 .. math::
 
-    s^\star = \arg\max_{s} \; J\big(\theta^{(s)}_{k}\big), \qquad k = \text{SCREEN\_ITERATIONS},
+    s^\star = \arg\max_{s} \; J\big(\theta^{(s)}_{k}\big),
 
 and, as ``"on_bound"``, the next best screened starts while the best continued run ends with a HP
 on its bound (at most :data:`ON_BOUND_RESTARTS` more). The first iteration moves the HP most
 (from the start to near the basin it will end in), so the objective after it ranks the basins at
 the cost of one iteration per alternative start; the continued run is the same computation as one
-EM run of ``max_iter`` iterations from its start. When the given start screens best, the fit is
-exactly the single-start fit.
+EM run of ``max_iter`` iterations from its start. When the given start screens best and ends off
+the bounds, the fit is exactly the single-start fit.
 """
 
 from __future__ import annotations
