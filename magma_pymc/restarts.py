@@ -128,8 +128,8 @@ def check_restarts(restarts: object) -> None:
         return
     if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or not (
             0 <= restarts <= len(ALTERNATIVE_STARTS)):
-        raise ValueError(f"restarts must be 'on_bound', 'scan', 'screen' or an int from 0 to {len(ALTERNATIVE_STARTS)} (the "
-                         f"number of alternative EM starts), got {restarts!r}")
+        raise ValueError(f"restarts must be 'on_bound', 'scan', 'screen' or an int from 0 to "
+                         f"{len(ALTERNATIVE_STARTS)} (the number of alternative EM starts), got {restarts!r}")
 
 
 def _log_shift(kinds: Sequence[str], lengthscale: float, variance: float) -> np.ndarray:
@@ -230,7 +230,8 @@ def scan_mean_lengthscales(trace: EMTrace, problem: Problem, mean_kernel: Kernel
     """The ``"scan"`` check of an EM end point (module docstring); ``(factor, resumed run)`` if it fails, else ``None``.
 
     The E-step of the best point found starts the resumed run (``max_iter`` more iterations).
-    A point whose E-step fails is skipped (and a resumed run that fails is dropped); the jitter warnings of the points tried are not passed on.
+    A point whose E-step fails is skipped (and a resumed run that fails is dropped); the jitter warnings of the
+    points tried are not passed on.
     """
     kinds = np.array([mean_kernel.kinds[name] for name in mean_kernel.names])
     if not (kinds == "lengthscale").any() or max_iter == 0:
