@@ -139,7 +139,8 @@ def worker(case: dict) -> None:
     first = observed["ID"].iloc[0]
 
     def fit_and_predict(prefix: str):
-        model = mp.Magma(common_hp=case["common_hp"], compile_mode=case["mode"], inducing=case.get("G"))
+        options = {} if case.get("restarts") is None else {"restarts": case["restarts"]}
+        model = mp.Magma(common_hp=case["common_hp"], compile_mode=case["mode"], inducing=case.get("G"), **options)
         t = time.perf_counter()
         model.fit(sim.data)
         fit_s = time.perf_counter() - t
@@ -207,7 +208,7 @@ def build_cases(args) -> list[dict]:
                 cases.append(dict(
                     setting=setting, common_grid=common_grid, common_hp=common_hp, M=m, N_i=N_POINTS,
                     grid_size=grid_size, mode=mode, cache=cache, seed=seed, blas=args.blas_threads,
-                    G=inducing[0] if inducing else None, repeat=args.repeat,
+                    G=inducing[0] if inducing else None, repeat=args.repeat, restarts=args.restarts,
                 ))
     return cases
 
@@ -317,6 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeat", type=int, default=3,
         help="timed fits per warm case after the first (the fastest is reported; default 3)",
+    )
+    parser.add_argument(
+        "--restarts", type=lambda text: int(text) if text.isdigit() else text, default=None,
+        help="Magma(restarts=...) of every fit: 'scan', 'on_bound', 'screen' or a number of restarts (default: the library's)",
     )
     parser.add_argument("--output", help="also write the table to this file (.csv, else markdown)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

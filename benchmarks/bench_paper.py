@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--runs", help="save the per-run rows to this CSV")
     parser.add_argument("--load", help="print the tables of saved rows instead of fitting")
     parser.add_argument("--worst", type=int, default=10)
-    parser.add_argument("--restarts", help="Magma(restarts=...): 'on_bound' (the default) or a number of EM restarts")
+    parser.add_argument("--restarts", help="Magma(restarts=...): 'scan' (the default), 'on_bound', 'screen' or a "
+                                           "number of EM restarts")
     args = parser.parse_args()
     if args.load:
         runs = pd.read_csv(args.load)

@@ -112,9 +112,9 @@ class Magma:
         collapse to 0 nor a lengthscale stop on its bound without cause; ``None``: maximum
         likelihood (as the MAGMA paper). ``fit(..., priors=...)`` replaces it by the given priors on all HP.
     restarts
-        EM from other deterministic starts, keeping the highest objective (:mod:`magma_pymc.restarts`):
-        ``"on_bound"`` (default) only when a HP ends on its bound (a fit without costs nothing more), an
-        int ``k`` (0 to 4) always ``k`` more starts. The starts run are recorded in ``idata_.attrs``.
+        EM from other deterministic starts, keeping the highest objective (:mod:`magma_pymc.restarts`): ``"scan"``
+        (default) resumes EM from a better point found along the mean-process lengthscales, and restarts when a HP ends
+        on its bound; ``"on_bound"`` only the latter; ``"screen"``; an int ``k`` (0 to 4). Recorded in ``idata_.attrs``.
 
     Attributes
     ----------
@@ -148,7 +148,7 @@ class Magma:
         inducing: int | np.ndarray | None = None,
         new_individual_hp: Literal["integrated", "map", "ml"] = "integrated",
         mean_process_prior: Literal["weak"] | None = "weak",
-        restarts: Literal["on_bound"] | int = "on_bound",
+        restarts: Literal["scan", "on_bound", "screen"] | int = "scan",
     ) -> None:
         self.common_hp = common_hp
         self.mean_kernel = mean_kernel if mean_kernel is not None else SquaredExponential()
