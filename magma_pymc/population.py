@@ -27,12 +27,13 @@ the correction is conservative. With :math:`V_i = 0` the estimate is the empiric
 
 This random-effects estimate is where :func:`population_prior`'s default, the maximum of the
 individuals' marginal likelihood (:mod:`magma_pymc.population_em`), starts; it is the estimate itself
-with ``method="random_effects"`` and for distributed fits.
+with ``method="random_effects"``. In-process and distributed fits share :func:`population_estimate`,
+so that both give the same estimate of the same fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
@@ -40,16 +41,18 @@ from scipy.optimize import minimize
 from magma_pymc.em import EMState, Problem, estep
 from magma_pymc.estep_buckets import separable_individual_objectives
 from magma_pymc.hp_integration import POPULATION_RIDGE, PopulationPrior, floored_inverse
+from magma_pymc.kernels import Kernel
 from magma_pymc.population_em import (
-    LAPLACE_POINTS,
     MAX_INDIVIDUALS,
+    IndividualTerms,
     batched_log_likelihoods,
     individual_terms,
     monte_carlo_em,
 )
 
 __all__ = ["laplace_covariances", "estimation_covariances", "random_effects_population", "population_prior",
-           "population_from_estimates", "marginal_population", "POPULATION_METHODS"]
+           "population_from_estimates", "marginal_population", "POPULATION_METHODS", "population_estimate",
+           "sampled_rows", "marginal_population_of_terms", "MIN_INDIVIDUALS"]
 
 #: Step of the central differences of the gradient, in log-HP units.
 HESSIAN_STEP = 1e-4
@@ -141,23 +144,56 @@ def population_prior(problem: Problem, state: EMState, ridge: float = POPULATION
                      method: str = "marginal", seed: int = 0) -> PopulationPrior:
     """The population distribution of a point fit's individual HP, with their estimation error removed.
 
-    ``method="marginal"``: :func:`magma_pymc.population_em.monte_carlo_em`, started from the
-    random-effects estimate (with fewer than :data:`MIN_INDIVIDUALS` individuals, the random-effects
-    estimate itself); ``"random_effects"``: :func:`random_effects_population`. Falls back to
+    :func:`population_estimate` from the fit's Laplace covariances and, for the marginal estimate,
+    the sampled individuals' :func:`~magma_pymc.population_em.individual_terms`. Falls back to
     :meth:`PopulationPrior.from_training` (the fitted HP taken as exact) with too few individuals
     for a full covariance (``M <= P + 1``), as that method does.
     """
-    if method not in POPULATION_METHODS:
-        raise ValueError(f"method must be one of {POPULATION_METHODS}, got {method!r}")
+    _check_method(method)
     x = np.asarray(state.log_params)
     if len(x) <= x.shape[1]:
         return PopulationPrior.from_training(x, ridge)
     estep_result = estep(state, problem)
     covariances = estimation_covariances(problem, state, estep_result)
-    mean, cov = random_effects_population(x, covariances)
-    if method == "marginal" and len(x) >= MIN_INDIVIDUALS:
-        mean, cov = marginal_population(problem, estep_result, x, covariances, mean, cov, seed=seed)
-    return PopulationPrior(mean, cov + ridge * np.eye(x.shape[1]))
+    graphs = problem.graphs
+    return population_estimate(x, covariances, lambda rows: individual_terms(problem, estep_result, rows),
+                               graphs.individual_kernel, graphs.mode, estep_result[1].jitter, ridge,
+                               method=method, seed=seed)
+
+
+def population_estimate(estimates: np.ndarray, covariances: np.ndarray,
+                        sampled_terms: Callable[[np.ndarray], Sequence[IndividualTerms | None]], kernel: Kernel,
+                        mode: str, jitter: float, ridge: float = POPULATION_RIDGE, *, method: str = "marginal",
+                        seed: int = 0) -> PopulationPrior:
+    """The population distribution of the fitted log HP ``estimates`` ``(M, p)`` (in-process and distributed fits).
+
+    ``method="marginal"``: :func:`magma_pymc.population_em.monte_carlo_em` on the individuals
+    :func:`sampled_rows` picks, started from the random-effects estimate (with fewer than
+    :data:`MIN_INDIVIDUALS` individuals, the random-effects estimate itself); ``"random_effects"``:
+    :func:`random_effects_population` of the estimates and their Laplace ``covariances`` ``(M, p, p)``.
+    ``sampled_terms(rows)`` gives the :class:`~magma_pymc.population_em.IndividualTerms` of those
+    rows (``None`` for an individual on the measurement model), called only for the marginal
+    estimate; ``kernel``, ``mode`` and ``jitter`` are the individuals' kernel, compile mode and the
+    fit's jitter. ``ridge`` is added to the covariance's diagonal.
+    """
+    _check_method(method)
+    mean, cov = random_effects_population(estimates, covariances)
+    if method == "marginal" and len(estimates) >= MIN_INDIVIDUALS:
+        rows = sampled_rows(len(estimates), seed)
+        mean, cov = marginal_population_of_terms(sampled_terms(rows), kernel, mode, jitter, estimates[rows],
+                                                 covariances[rows], mean, cov, seed=seed)
+    return PopulationPrior(mean, cov + ridge * np.eye(estimates.shape[1]))
+
+
+def sampled_rows(n_individuals: int, seed: int = 0) -> np.ndarray:
+    """Sorted rows of the individuals entering the marginal estimate.
+
+    All of them, or a seeded subset of :data:`~magma_pymc.population_em.MAX_INDIVIDUALS`.
+    """
+    rows = np.arange(n_individuals)
+    if n_individuals > MAX_INDIVIDUALS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_INDIVIDUALS, replace=False))
+    return rows
 
 
 def marginal_population(problem: Problem, estep_result, estimates: np.ndarray, covariances: np.ndarray,
@@ -167,21 +203,34 @@ def marginal_population(problem: Problem, estep_result, estimates: np.ndarray, c
     ``estep_result``: :func:`magma_pymc.em.estep` at the fit's state; ``estimates`` and ``covariances``
     the fitted log HP and their Laplace covariances; EM starts from ``(start_mean, start_cov)``.
     """
-    state = estep_result[1]
-    rows = np.arange(len(estimates))
-    if len(rows) > MAX_INDIVIDUALS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_INDIVIDUALS, replace=False))
+    rows = sampled_rows(len(estimates), seed)
     graphs = problem.graphs
-    terms = individual_terms(problem, estep_result, rows)
-    sampled = np.array([len(t.residuals) <= LAPLACE_POINTS for t in terms])
-    kept = [t for t, s in zip(terms, sampled, strict=True) if s]
+    return marginal_population_of_terms(individual_terms(problem, estep_result, rows), graphs.individual_kernel,
+                                        graphs.mode, estep_result[1].jitter, estimates[rows], covariances[rows],
+                                        start_mean, start_cov, seed=seed)
+
+
+def marginal_population_of_terms(terms: Sequence[IndividualTerms | None], kernel: Kernel, mode: str, jitter: float,
+                                 estimates: np.ndarray, covariances: np.ndarray, start_mean: np.ndarray,
+                                 start_cov: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`magma_pymc.population_em.monte_carlo_em` on the sampled individuals' ``terms``.
+
+    ``None`` terms (more than :data:`~magma_pymc.population_em.LAPLACE_POINTS` points) keep the
+    measurement model of their ``estimates`` and ``covariances`` (the same rows, in order).
+    """
+    sampled = np.array([t is not None for t in terms], dtype=bool)
+    kept = [t for t in terms if t is not None]
 
     def log_likelihood(draws):
-        return batched_log_likelihoods(graphs.individual_kernel, kept, draws, state.jitter, graphs.mode)
+        return batched_log_likelihoods(kernel, kept, draws, jitter, mode)
 
-    mean, cov, _ = monte_carlo_em(log_likelihood, sampled, estimates[rows], covariances[rows], start_mean, start_cov,
-                                  seed=seed)
+    mean, cov, _ = monte_carlo_em(log_likelihood, sampled, estimates, covariances, start_mean, start_cov, seed=seed)
     return mean, cov
+
+
+def _check_method(method: str) -> None:
+    if method not in POPULATION_METHODS:
+        raise ValueError(f"method must be one of {POPULATION_METHODS}, got {method!r}")
 
 
 def population_from_estimates(estimates: np.ndarray, covariances: np.ndarray,

@@ -58,8 +58,8 @@ from magma_pymc.em import Problem
 from magma_pymc.hp_integration import batched_cholesky, floored_inverse, kernel_on_batches
 from magma_pymc.kernels import Kernel
 
-__all__ = ["IndividualTerms", "leave_one_out", "individual_terms", "monte_carlo_em", "N_DRAWS", "ROUNDS",
-           "LAPLACE_POINTS", "MAX_INDIVIDUALS"]
+__all__ = ["IndividualTerms", "leave_one_out", "individual_terms", "real_points", "terms_of_points", "monte_carlo_em",
+           "N_DRAWS", "ROUNDS", "LAPLACE_POINTS", "MAX_INDIVIDUALS"]
 
 #: Importance draws per individual and round.
 N_DRAWS = 200
@@ -113,7 +113,7 @@ def leave_one_out(residuals: np.ndarray, cov: np.ndarray, psi: np.ndarray) -> tu
 
 
 def individual_terms(problem: Problem, estep_result: tuple, rows: Sequence[int]) -> list[IndividualTerms]:
-    r""":class:`IndividualTerms` of the training individuals ``rows``.
+    r""":class:`IndividualTerms` of the training individuals ``rows`` (``None`` where :func:`real_points` is).
 
     ``estep_result`` is the ``(current, state)`` of :func:`magma_pymc.em.estep` at the fit's state.
     """
@@ -129,15 +129,44 @@ def individual_terms(problem: Problem, estep_result: tuple, rows: Sequence[int])
         args = problem.data_args
         pieces = [(i, args.inputs[i], current.deviations[i], current.cov_blocks[i], args.mask[i])
                   for i in range(len(x))]
-    terms: list[IndividualTerms | None] = [None] * len(wanted)
-    for row, inputs, deviations, cov_block, mask in pieces:
-        if int(row) not in wanted:
+    points: list[tuple | None] = [None] * len(wanted)
+    for row, *padded in pieces:
+        if int(row) in wanted:
+            points[wanted[int(row)]] = real_points(*padded)
+    return terms_of_points(graphs.individual_kernel, graphs.mode, x[np.asarray(rows, dtype=int)], state.jitter,
+                           points)
+
+
+def real_points(inputs: np.ndarray, deviations: np.ndarray, cov_block: np.ndarray,
+                mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    r"""An individual's padded E-step slots cut to its real points: inputs, :math:`y_i - \hat m(t_i)`, :math:`\hat K`.
+
+    ``None`` for an individual of more than :data:`LAPLACE_POINTS` points, which keeps the measurement
+    model (its :math:`O(n^2)` block is neither needed nor, in a distributed fit, sent).
+    """
+    n = int(np.asarray(mask).sum())   # real slots come first
+    if n > LAPLACE_POINTS:
+        return None
+    return np.asarray(inputs[:n]), np.asarray(deviations[:n]), np.asarray(cov_block[:n, :n])
+
+
+def terms_of_points(kernel: Kernel, mode: str, log_params: np.ndarray, jitter: float,
+                    points: Sequence[tuple | None]) -> list[IndividualTerms | None]:
+    r""":class:`IndividualTerms` of individuals with log HP ``log_params`` ``(K, P + 1)``, :math:`\mu_0` left out.
+
+    ``points``: each individual's :func:`real_points` at the fit's last E-step (``None`` stays ``None``);
+    :math:`\Psi_i` is the individual's kernel plus noise and ``jitter`` (:func:`leave_one_out`).
+    """
+    covariances = kernel_on_batches(kernel, mode)
+    terms: list[IndividualTerms | None] = []
+    for row, point in zip(np.asarray(log_params), points, strict=True):
+        if point is None:
+            terms.append(None)
             continue
-        n = int(np.asarray(mask).sum())   # real slots come first
-        inputs, residuals, cov = inputs[:n], np.asarray(deviations[:n]), np.asarray(cov_block[:n, :n])
-        psi = kernel_on_batches(graphs.individual_kernel, graphs.mode)(inputs[None], x[row][None, :-1])[0]
-        psi[np.diag_indices(n)] += np.exp(x[row][-1]) + state.jitter
-        terms[wanted[int(row)]] = IndividualTerms(inputs, *leave_one_out(residuals, cov, psi))
+        inputs, residuals, cov = point
+        psi = covariances(inputs[None], row[None, :-1])[0]
+        psi[np.diag_indices(len(inputs))] += np.exp(row[-1]) + jitter
+        terms.append(IndividualTerms(inputs, *leave_one_out(residuals, cov, psi)))
     return terms
 
 

@@ -199,7 +199,8 @@ def predict(
 #: ``"marginal"`` (the individuals' marginal likelihoods, Monte Carlo EM: :mod:`magma_pymc.population_em`),
 #: ``"random_effects"`` (the estimates with their Laplace estimation error, :mod:`magma_pymc.population`) or
 #: ``"empirical"`` (the fitted HP taken as exact). Fits other than EM (given HP, sampled draws) use
-#: ``"empirical"``; a distributed EM fit computes the random-effects estimate on its workers.
+#: ``"empirical"``; a distributed EM fit computes the same estimate at the end of the fit
+#: (:mod:`magma_pymc.distributed.population`).
 POPULATION_ESTIMATE = "marginal"
 
 
@@ -207,7 +208,7 @@ def _population(result: FitResult, state) -> hpi.PopulationPrior:
     """The population distribution of the individual HP at ``state`` (cached on a point fit)."""
     # Only HP estimated by EM have an estimation error to remove (given HP, method="fixed", are taken as
     # they are), and only an in-process fit holds what the estimation covariances need (the data); a
-    # distributed fit's workers compute them at the end of the fit (cached here by its predictor).
+    # distributed fit computes its population at the end of the fit (cached here by its predictor).
     if POPULATION_ESTIMATE == "empirical" or result.method != "em":
         return hpi.PopulationPrior.from_training(state.log_params)
     cached = result.__dict__.get("_population")

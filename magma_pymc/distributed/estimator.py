@@ -17,18 +17,20 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+import magma_pymc.predictive as predictive
 from magma_pymc.data import MagmaInputError
 from magma_pymc.distributed import partition as tasks
 from magma_pymc.distributed.em import PartitionedProblem, run_distributed_em
 from magma_pymc.distributed.frames import check_whole_individuals, validated_partitions
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, structure_token
+from magma_pymc.distributed.population import distributed_population
 from magma_pymc.distributed.predictor import Predictor
 from magma_pymc.distributed.summary import PartitionedData, SummaryArrays
 from magma_pymc.em import EMState
 from magma_pymc.estimator import Magma
 from magma_pymc.kernels import Kernel
 from magma_pymc.params import NOISE, HyperParameters
-from magma_pymc.population import population_from_estimates
+from magma_pymc.population import POPULATION_METHODS
 from magma_pymc.results import hp_dataset, input_coords
 from magma_pymc.settings import Constant, resolve_prior_mean, warn_far_inputs, warn_hp_at_bounds
 
@@ -156,15 +158,15 @@ class DistributedMagma(Magma):
     def _population(method: str, state: EMState, problem: PartitionedProblem, last) -> tuple | None:
         """Different HP fitted by EM: the population distribution of the individual HP without their estimation error.
 
-        As in process (:mod:`magma_pymc.population`), from Laplace covariances computed where the data
-        live (``(P + 1)^2`` numbers per individual back); ``None`` otherwise.
+        The in-process fit's estimate (:data:`magma_pymc.predictive.POPULATION_ESTIMATE`) on the same inputs
+        (:func:`magma_pymc.distributed.population.distributed_population`); ``None`` otherwise.
         """
         log_params = np.asarray(state.log_params)
-        if method != "em" or log_params.ndim == 1 or len(log_params) <= log_params.shape[1]:
+        estimate = predictive.POPULATION_ESTIMATE
+        if (method != "em" or log_params.ndim == 1 or len(log_params) <= log_params.shape[1]
+                or estimate not in POPULATION_METHODS):
             return None
-        covs = problem.map_gather(tasks.estimation_covariances, per_partition=lambda p: (
-            last.blocks[p], problem.structure, problem.hp_of(log_params, p), state.jitter))
-        prior = population_from_estimates(log_params, np.concatenate(covs))
+        prior = distributed_population(problem, last, state, method=estimate)
         return prior.mean, prior.cov
 
     def _start(self, hyperparameters, span: float, variance: float, ids: np.ndarray) -> tuple:

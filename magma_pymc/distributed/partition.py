@@ -25,6 +25,7 @@ from magma_pymc.batched_lbfgsb import minimize_separable
 from magma_pymc.data import TrainingData, as_training_data
 from magma_pymc.distributed.graphs import WORKER_LOCK, Structure, worker_graphs
 from magma_pymc.population import laplace_covariances
+from magma_pymc.population_em import real_points
 from magma_pymc.projected_step import distinct_inputs, projected_step_graphs
 
 __all__ = ["Partition", "PartitionSummary", "validate", "summarise", "prepare"]
@@ -178,6 +179,17 @@ def estimation_covariances(part: Partition, blocks: EStepBlocks, structure: Stru
     inputs, deviations, cov_blocks, mask = _individual_args(part, blocks)
     return laplace_covariances(
         lambda log_params: core.individual_steps(log_params, inputs, deviations, cov_blocks, mask, jitter)[1], hp)
+
+
+def likelihood_points(part: Partition, blocks: EStepBlocks, local_rows: np.ndarray) -> list:
+    """Different HP: what the marginal population estimate needs of the partition's individuals ``local_rows``.
+
+    Their real points at the last E-step (:func:`magma_pymc.population_em.real_points`, ``None`` for an
+    individual on the measurement model): :math:`O(n^2)` numbers for each of at most
+    :data:`~magma_pymc.population_em.MAX_INDIVIDUALS` individuals of the whole fit.
+    """
+    inputs, deviations, cov_blocks, mask = _individual_args(part, blocks)
+    return [real_points(inputs[j], deviations[j], cov_blocks[j], mask[j]) for j in local_rows]
 
 
 @on_worker

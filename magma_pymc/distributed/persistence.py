@@ -57,7 +57,7 @@ def save_distributed(path: str | PathLike, predictor: Predictor, tree: xr.DataTr
         "mean_log_params": ("mean_hp", state.mean_log_params), "log_params": (hp_dim, state.log_params),
         "jitter": ((), state.jitter),
     })
-    if predictor.population is not None:  # the population distribution the workers estimated
+    if predictor.population is not None:  # the population distribution estimated at the end of the fit
         fit_state["population_mean"] = ("hp", predictor.population[0])
         fit_state["population_cov"] = (("hp", "hp_bis"), predictor.population[1])
     summary = xr.Dataset(

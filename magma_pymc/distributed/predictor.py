@@ -66,7 +66,7 @@ class Predictor:
             self.method, self.state, worker_graphs(self.structure), self.arrays, self.bounds, self.data,
             self.prior_mean, (*self.structure.kernel.names, NOISE), tree,
         )
-        if self.population is not None:  # computed on the workers at the end of the fit
+        if self.population is not None:  # computed at the end of the fit (magma_pymc.distributed.population)
             object.__setattr__(result, "_population", PopulationPrior(*self.population))
         return result
 
