@@ -105,7 +105,7 @@ def build_model(
         factor e^2 ~ 7 either way at one standard deviation). EM maximises the likelihood
         alone (flat priors).
     jitter
-        Added to the diagonal of the mean process's prior covariance.
+        Added to the diagonal of the prior covariances of the mean process and of every individual process.
     noncentred
         Declare :math:`\mu_0 = m_0 + L_0 z_0` and :math:`f_i = L_i z_i` with standard normal
         ``mu0_white``, ``f_white`` and Cholesky factors :math:`L` of the prior covariances (same
@@ -135,7 +135,9 @@ def build_model(
             mu0 = pm.MvNormal("mu0", mu=prior_mean(grid), cov=prior_cov, dims="input")
 
         mask = pt.as_tensor(data.mask)
-        cov = kernel.batched(inputs, log_hp[..., :-1])
+        # The jitter as on the mean process: without it, HP drawn from the prior (prior predictive draws, or the
+        # shapes pm.model_to_graphviz evaluates) can make an individual's covariance numerically singular.
+        cov = kernel.batched(inputs, log_hp[..., :-1]) + jitter * pt.eye(data.n_max)
         # Padded slots: identity rows/columns keep the batch positive definite.
         cov = pt.switch(mask[:, :, None] * mask[:, None, :] > 0, cov, pt.eye(data.n_max))
         if noncentred:

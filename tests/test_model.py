@@ -40,7 +40,7 @@ def test_declared_model_structure_and_logp(small_problem):
         n = ind.n_points
         v, l, s2 = np.exp(log_hp[i])
         cov = np.eye(data.n_max)
-        cov[:n, :n] = se(ind.inputs[:, 0], ind.inputs[:, 0], v, l)
+        cov[:n, :n] = se(ind.inputs[:, 0], ind.inputs[:, 0], v, l) + 1e-8 * np.eye(n)
         expected += stats.multivariate_normal(np.zeros(data.n_max), cov).logpdf(f[i])
         latent = mu0[data.index[i, :n]] + f[i, :n]
         expected += stats.norm(latent, np.sqrt(s2)).logpdf(ind.outputs).sum()
