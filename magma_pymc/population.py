@@ -51,7 +51,7 @@ from magma_pymc.population_em import (
 )
 
 __all__ = ["laplace_covariances", "estimation_covariances", "random_effects_population", "population_prior",
-           "population_from_estimates", "marginal_population", "POPULATION_METHODS", "population_estimate",
+           "POPULATION_METHODS", "population_estimate",
            "sampled_rows", "marginal_population_of_terms", "MIN_INDIVIDUALS"]
 
 #: Step of the central differences of the gradient, in log-HP units.
@@ -196,20 +196,6 @@ def sampled_rows(n_individuals: int, seed: int = 0) -> np.ndarray:
     return rows
 
 
-def marginal_population(problem: Problem, estep_result, estimates: np.ndarray, covariances: np.ndarray,
-                        start_mean: np.ndarray, start_cov: np.ndarray, *, seed: int = 0):
-    """``(m, S)`` maximising the individuals' marginal likelihood (:mod:`magma_pymc.population_em`).
-
-    ``estep_result``: :func:`magma_pymc.em.estep` at the fit's state; ``estimates`` and ``covariances``
-    the fitted log HP and their Laplace covariances; EM starts from ``(start_mean, start_cov)``.
-    """
-    rows = sampled_rows(len(estimates), seed)
-    graphs = problem.graphs
-    return marginal_population_of_terms(individual_terms(problem, estep_result, rows), graphs.individual_kernel,
-                                        graphs.mode, estep_result[1].jitter, estimates[rows], covariances[rows],
-                                        start_mean, start_cov, seed=seed)
-
-
 def marginal_population_of_terms(terms: Sequence[IndividualTerms | None], kernel: Kernel, mode: str, jitter: float,
                                  estimates: np.ndarray, covariances: np.ndarray, start_mean: np.ndarray,
                                  start_cov: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -231,13 +217,3 @@ def marginal_population_of_terms(terms: Sequence[IndividualTerms | None], kernel
 def _check_method(method: str) -> None:
     if method not in POPULATION_METHODS:
         raise ValueError(f"method must be one of {POPULATION_METHODS}, got {method!r}")
-
-
-def population_from_estimates(estimates: np.ndarray, covariances: np.ndarray,
-                              ridge: float = POPULATION_RIDGE) -> PopulationPrior:
-    """:func:`random_effects_population` as a :class:`PopulationPrior`.
-
-    ``ridge`` is added to the covariance's diagonal (its floor, as :meth:`PopulationPrior.from_training`).
-    """
-    mean, cov = random_effects_population(estimates, covariances)
-    return PopulationPrior(mean, cov + ridge * np.eye(estimates.shape[1]))
