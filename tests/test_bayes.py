@@ -14,7 +14,7 @@ from scipy import optimize, stats
 
 import magma_pymc as mp
 from magma_pymc.compare import compare_fits
-from magma_pymc.diagnostics import MAX_RHAT, MIN_ESS, check_diagnostics
+from magma_pymc.diagnostics import MAX_RHAT, MIN_ESS, check_diagnostics, extreme
 from magma_pymc.jitter import SAMPLING_JITTER
 from magma_pymc.model import PRIOR_SD
 from magma_pymc.sampling import build_marginal_model
@@ -75,6 +75,20 @@ def test_diagnostics_warn_on_divergences_rhat_and_ess():
     with pytest.warns(mp.ConvergenceWarning, match="1 divergent") as record:
         problems = check_diagnostics(tree)
     assert "r_hat" in str(record[0].message) and "ESS" in str(record[0].message) and len(problems) == 3
+    # The chains of log_mu0_hp differ by 5 sd: the worst r_hat is there, and the warning says so.
+    assert "r_hat" in problems[1] and " at log_mu0_hp[mean_hp=" in problems[1]
+
+
+def test_extreme_names_the_entry_and_skips_nan():
+    values = xr.Dataset(
+        {"a": (("individual", "hp"), np.array([[1.0, np.nan], [1.2, 1.05]])), "b": ((), 1.1),
+         "c": (("hp",), np.array([np.nan, np.nan]))},
+        coords={"individual": ["x", "y"], "hp": ["variance", "noise"]})
+    assert extreme(values, largest=True) == (1.2, "a[individual=y, hp=variance]")
+    assert extreme(values, largest=False) == (1.0, "a[individual=x, hp=variance]")
+    assert extreme(values[["b"]], largest=True) == (1.1, "b")
+    value, where = extreme(values[["c"]], largest=True)
+    assert np.isnan(value) and where == "c"
 
 
 # ----------------------------------------------------------------------------------- sampling

@@ -64,7 +64,7 @@ from scipy.special import logsumexp
 
 from magma_pymc.cluster.init import initial_log_params
 from magma_pymc.cluster.model import COMPONENT_LOG_LIKELIHOOD, PRIOR_SD, build_cluster_model
-from magma_pymc.diagnostics import warn_on_problems
+from magma_pymc.diagnostics import extreme, warn_on_problems
 from magma_pymc.jitter import SAMPLING_JITTER
 from magma_pymc.params import NOISE
 from magma_pymc.results import input_coords
@@ -254,9 +254,9 @@ def nuts_datatree(model: MagmaClust, pm_model: pm.Model, sampled: xr.DataTree, j
         "constant_data": sampled["constant_data"].to_dataset(), "clusters": cluster_group,
         "vem_trace": vem["vem_trace"].to_dataset(), "hyperposterior": vem["hyperposterior"].to_dataset(),
         "observed_data": vem["observed_data"].to_dataset()})
-    rhat, ess = convergence(tree)
+    (rhat, rhat_at), (ess, ess_at) = convergence(tree)
     n_div = int(stats["diverging"].sum())
-    problems = warn_on_problems(n_div, rhat, ess)
+    problems = warn_on_problems(n_div, rhat, ess, rhat_at=rhat_at, ess_at=ess_at)
     tree.attrs.update({**vem.attrs, "method": "nuts", "jitter": jitter, "divergences": n_div, "max_r_hat": rhat,
                        "min_ess_bulk": ess, "diagnostics": "; ".join(problems) or "ok",
                        "relabelled_draws": int(switched.sum()), "sampling_seconds": seconds[0],
@@ -264,13 +264,15 @@ def nuts_datatree(model: MagmaClust, pm_model: pm.Model, sampled: xr.DataTree, j
     return tree
 
 
-def convergence(tree: xr.DataTree) -> tuple[float, float]:
-    r"""Max :math:`\hat R` and min bulk ESS (ArviZ) over the sampled variables: log HP, weights, mean processes."""
+def convergence(tree: xr.DataTree) -> tuple[tuple[float, str], tuple[float, str]]:
+    r"""Max :math:`\hat R` and min bulk ESS (ArviZ) over the sampled variables, each with where it is.
+
+    The variables: log HP, weights, mean processes; locations as :func:`magma_pymc.diagnostics.extreme`.
+    """
     import arviz as az  # arviz-stats is slow to import: only when sampling
 
     groups = {"unconstrained_posterior": ["log_mu_hp", "log_hp", "mu_white"], "posterior": ["weights", "mu"]}
-    rhat = max(float(v.max()) for group, names in groups.items()
-               for v in az.rhat(tree, group=group, var_names=names).data_vars.values())
-    ess = min(float(v.min()) for group, names in groups.items()
-              for v in az.ess(tree, group=group, var_names=names, method="bulk").data_vars.values())
-    return rhat, ess
+    rhats = [extreme(az.rhat(tree, group=group, var_names=names), largest=True) for group, names in groups.items()]
+    esses = [extreme(az.ess(tree, group=group, var_names=names, method="bulk"), largest=False)
+             for group, names in groups.items()]
+    return max(rhats, key=lambda pair: pair[0]), min(esses, key=lambda pair: pair[0])
