@@ -275,4 +275,6 @@ def convergence(tree: xr.DataTree) -> tuple[tuple[float, str], tuple[float, str]
     rhats = [extreme(az.rhat(tree, group=group, var_names=names), largest=True) for group, names in groups.items()]
     esses = [extreme(az.ess(tree, group=group, var_names=names, method="bulk"), largest=False)
              for group, names in groups.items()]
-    return max(rhats, key=lambda pair: pair[0]), min(esses, key=lambda pair: pair[0])
+    # A group whose entries are all NaN does not hide the other group's worst entry.
+    return (max(rhats, key=lambda pair: -np.inf if np.isnan(pair[0]) else pair[0]),
+            min(esses, key=lambda pair: np.inf if np.isnan(pair[0]) else pair[0]))
