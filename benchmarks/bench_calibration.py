@@ -112,28 +112,29 @@ def _split_fraction(individual: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     return individual.iloc[:n_observed], individual.iloc[n_observed:]
 
 
-def real_cases(common_hp: bool, quick: bool) -> list[Case]:
-    """Held-out individuals of the bundled real data sets (module docstring)."""
+def held_out_case(name: str, data: pd.DataFrame, common_hp: bool, n_train: int, n_test: int, split: int) -> Case:
+    """One split: IDs permuted with seed ``split``; the first ``n_test`` held out, the next ``n_train`` trained on."""
+    ids = np.random.default_rng(split).permutation(np.asarray(data["ID"].unique(), dtype=object))
+    test_ids, train_ids = ids[:n_test], ids[n_test:n_test + n_train]
+    groups = {i: g for i, g in data[data["ID"].isin(test_ids)].groupby("ID")}
+    return Case(name, common_hp, data[data["ID"].isin(train_ids)].reset_index(drop=True),
+                {i: _split_fraction(groups[i]) for i in test_ids}, {i: groups[i] for i in test_ids})
+
+
+def real_cases(common_hp: bool, quick: bool, split: int = 0) -> list[Case]:
+    """Held-out individuals of the bundled real data sets (module docstring), split ``split`` (0: the default)."""
     loaders = {
         "weight": (lambda: mp.datasets.load_weight(), 100, 40),
         "swimmers": (lambda: mp.datasets.load_swimmers(gender=1), 20, 30),
         "ECG5000": (lambda: mp.datasets.load_ecg5000(label=1), 20, 30),
         "traffic": (lambda: mp.datasets.load_dodgerloop(), 20, 30),
     }
-    cases = []
-    for name, (load, n_train, n_test) in loaders.items():
-        data = load()[["ID", "Input", "Output"]]
-        if quick:
-            n_test = 5
-        ids = np.random.default_rng(0).permutation(np.asarray(data["ID"].unique(), dtype=object))
-        test_ids, train_ids = ids[:n_test], ids[n_test:n_test + n_train]
-        groups = {i: g for i, g in data[data["ID"].isin(test_ids)].groupby("ID")}
-        cases.append(Case(name, common_hp, data[data["ID"].isin(train_ids)].reset_index(drop=True),
-                          {i: _split_fraction(groups[i]) for i in test_ids}, {i: groups[i] for i in test_ids}))
-    return cases
+    return [held_out_case(name, load()[["ID", "Input", "Output"]], common_hp, n_train, 5 if quick else n_test, split)
+            for name, (load, n_train, n_test) in loaders.items()]
 
 
-def panel_cases(paths: list[str], common_hp: bool, max_test: int = 30, max_train: int = 100) -> list[Case]:
+def panel_cases(paths: list[str], common_hp: bool, max_test: int = 30, max_train: int = 100,
+                split: int = 0) -> list[Case]:
     """Held-out individuals of the user's own panels: long CSV files with columns ``ID``, ``Input``, ``Output``.
 
     As :func:`real_cases`: a seeded permutation of the IDs holds out ``min(max_test, M // 3)``
@@ -142,12 +143,8 @@ def panel_cases(paths: list[str], common_hp: bool, max_test: int = 30, max_train
     cases = []
     for path in paths:
         data = pd.read_csv(path)[["ID", "Input", "Output"]]
-        ids = np.random.default_rng(0).permutation(np.asarray(data["ID"].unique(), dtype=object))
-        n_test = min(max_test, len(ids) // 3)
-        test_ids, train_ids = ids[:n_test], ids[n_test:n_test + max_train]
-        groups = {i: g for i, g in data[data["ID"].isin(test_ids)].groupby("ID")}
-        cases.append(Case(Path(path).stem, common_hp, data[data["ID"].isin(train_ids)].reset_index(drop=True),
-                          {i: _split_fraction(groups[i]) for i in test_ids}, {i: groups[i] for i in test_ids}))
+        n_test = min(max_test, data["ID"].nunique() // 3)
+        cases.append(held_out_case(Path(path).stem, data, common_hp, max_train, n_test, split))
     return cases
 
 
@@ -391,6 +388,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--panel", action="append", default=[],
                         help="a long CSV (columns ID, Input, Output) of your own to score, as the real data sets; "
                              "repeatable; with --only, name it by its file stem")
+    parser.add_argument("--splits", type=int, default=1,
+                        help="real data and panels: random training / held-out splits pooled per data set "
+                             "(seeds 0..K-1)")
     parser.add_argument("--csv", default="", help="append the summary rows to this CSV")
     parser.add_argument("--tables", default="", help="only print the tables of saved CSVs (comma list)")
     parser.add_argument("--compare", default="", help="with --tables: 'before,after' methods side by side")
@@ -411,8 +411,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         hp = "common" if common_hp else "diff"
         with_sim = not only or "sim" in only
         groups = [simulated_cases(grid, common_hp, n_sim, args.n_new) for grid in (True, False)] if with_sim else []
-        groups += [[c] for c in real_cases(common_hp, args.quick) if not only or c.data in only]
-        groups += [[c] for c in panel_cases(args.panel, common_hp) if not only or c.data in only]
+        # Real data: one case per split, pooled into one row per data set (the held-out group shares the
+        # mean process's estimation error, so one split's coverage varies by a few points from split to split).
+        per_split = [[c for c in (*real_cases(common_hp, args.quick, k), *panel_cases(args.panel, common_hp, split=k))
+                      if not only or c.data in only] for k in range(args.splits)]
+        groups += [list(cases) for cases in zip(*per_split, strict=True)]
         for cases in groups:
             fitted_per_case = [dict() for _ in cases]
             for name in methods:
