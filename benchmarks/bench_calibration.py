@@ -17,6 +17,7 @@ Data (seeded; the same held-out individuals for every method):
   30 held out), ``ECG5000`` (normal beats, 20 training, 30 held out), ``traffic`` (Dodgers loop days,
   20 training, 30 held out). Type I: the first 60 % of a held-out individual's points observed, the
   rest forecast. Type II: all its points forecast, none observed.
+  ``--splits K`` pools K seeded training / held-out splits per data set (default 1: seed 0 only).
 * simulated (the MAGMA paper's protocol, Leroy et al. 2022, section 5, implemented here): grid 0..10
   step 0.05; prior mean m0(t) = a t + b, a ~ U[-2, 2], b ~ U[0, 10]; SE kernels with variance e^u,
   u ~ U[0, 5] and lengthscale e^(v/2), v ~ U[0, 2], for mu0 and each individual; noise variance
@@ -35,6 +36,7 @@ Run (from the repository root)::
     python benchmarks/bench_calibration.py --methods default,single_gp --csv benchmarks/calibration.csv
     python benchmarks/bench_calibration.py --tables benchmarks/calibration.csv   # print saved tables
     python benchmarks/bench_calibration.py --only mine --panel mine.csv   # your own panel (ID, Input, Output)
+    python benchmarks/bench_calibration.py --methods integrated --only weight,swimmers,ECG5000,traffic --splits 6
 """
 
 from __future__ import annotations
