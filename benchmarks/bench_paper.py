@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--worst", type=int, default=10)
     parser.add_argument("--restarts", help="Magma(restarts=...): 'scan' (the default), 'on_bound', 'screen' or a "
                                            "number of EM restarts")
+    parser.add_argument("--new-individual-hp", help="Magma(new_individual_hp=...): 'integrated' (the default), "
+                                                    "'tempered', 'map' or 'ml'")
     args = parser.parse_args()
     if args.load:
         runs = pd.read_csv(args.load)
@@ -89,6 +91,8 @@ def main() -> None:
         start = time.perf_counter()
         options = {} if args.restarts is None else {"restarts": int(args.restarts) if args.restarts.isdigit()
                                                     else args.restarts}
+        if args.new_individual_hp is not None:
+            options["new_individual_hp"] = args.new_individual_hp
         runs = run_paper_experiment(args.settings.split(","), _numbers(args.datasets),
                                     n_observed=_numbers(args.n_observed), progress=True, **options)
         print(f"{time.perf_counter() - start:.0f} s")

@@ -18,6 +18,7 @@ import xarray as xr
 
 from magma_pymc.data import MagmaInputError, TrainingData, as_training_data
 from magma_pymc.files import ModelFileError, checked_array, config_value, decode_ids
+from magma_pymc.settings import NEW_INDIVIDUAL_HP
 
 __all__ = ["check_config", "training_data_from_file", "check_inducing_record", "check_point", "check_hp_in_bounds",
            "LOG_LIMIT", "BOUND_MARGIN"]
@@ -53,8 +54,8 @@ def check_config(config: dict, path: Any, builtin: set[str]) -> None:
     config_value(config, "jitter", _NUMBER, path, check=finite_non_negative, expected="a finite number >= 0")
     config_value(config, "mean_step", (str,), path, check=lambda v: v in ("marginal", "expected"),
                  expected="'marginal' or 'expected'")
-    config_value(config, "new_individual_hp", (str,), path, check=lambda v: v in ("integrated", "map", "ml"),
-                 expected="'integrated', 'map' or 'ml'", default="ml")
+    config_value(config, "new_individual_hp", (str,), path, check=lambda v: v in NEW_INDIVIDUAL_HP,
+                 expected="'integrated', 'tempered', 'map' or 'ml'", default="ml")
     config_value(config, "mean_process_prior", (str, type(None)), path, check=lambda v: v in (None, "weak"),
                  expected="'weak' or null", default=None)
     config_value(config, "prior_mean", (*_NUMBER, type(None)), path, check=lambda v: v is None or np.isfinite(v),

@@ -44,9 +44,12 @@ from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction
 
 __all__ = [
     "PopulationPrior", "HPDraws", "posterior_draws", "population_draws", "log_likelihoods",
-    "conditional_predictions", "MASS_KEPT", "STUDENT_DF", "N_DRAWS",
+    "conditional_predictions", "MASS_KEPT", "STUDENT_DF", "N_DRAWS", "TEMPERED_WEIGHT",
 ]
 
+#: Weight :math:`\eta` of the new individual's likelihood in the tempered posterior of its HP
+#: (``new_individual_hp="tempered"``; ``docs/calibration.md``, *Tempered*).
+TEMPERED_WEIGHT = 0.2
 #: Importance draws per new individual.
 N_DRAWS = 200
 #: Degrees of freedom of the Student-t proposal (heavier tails than the Laplace approximation).
@@ -242,34 +245,51 @@ def posterior_draws(
     mode_log_params: np.ndarray,
     jitter: float,
     *,
+    likelihood_weight: float = 1.0,
     n_draws: int = N_DRAWS,
     seed: int = 0,
     compile_mode: str = DEFAULT_MODE,
 ) -> HPDraws:
-    r"""Importance draws of :math:`p(x \mid y_*)` (module docstring).
+    r"""Importance draws of :math:`p_\eta(x \mid y_*) \propto p(y_* \mid x)^\eta\, \mathcal N(x; \bar x, S)`.
 
-    ``mode_log_params`` is the posterior mode (the MAP under ``prior``); the Laplace covariance is
-    the inverse finite-difference Hessian of :math:`-\log p(x \mid y_*)` there.
+    ``likelihood_weight`` :math:`\eta = 1` (default): the posterior (module docstring), proposal a
+    Student-t at ``mode_log_params`` (the posterior mode, the MAP under ``prior``) with the Laplace
+    covariance (inverse finite-difference Hessian of :math:`-\log p_\eta` there).
+    :math:`0 \le \eta < 1`: the tempered posterior (:data:`TEMPERED_WEIGHT`); the proposal is the
+    defensive mixture :math:`q = \tfrac12 t + \tfrac12 \mathcal N(\bar x, S)` of that Student-t (its
+    covariance from the tempered Hessian) and the population, since the tempered posterior lies
+    between the mode and the population: every draw's weight is bounded by
+    :math:`2\, p(y_* \mid x)^\eta / \max p^\eta`.
     """
+    if not 0.0 <= likelihood_weight <= 1.0:
+        raise ValueError(f"likelihood_weight must be in [0, 1], got {likelihood_weight!r}")
 
-    def log_posterior(x: np.ndarray) -> np.ndarray:
+    def log_target(x: np.ndarray) -> np.ndarray:
         log_lik = log_likelihoods(kernel, x, obs_inputs, obs_outputs, obs_mean, obs_cov, jitter, compile_mode)
-        return log_lik + prior.log_density(x)
+        return likelihood_weight * log_lik + prior.log_density(x)
 
     rng = np.random.default_rng(seed)
-    cov = _laplace_cov(_hessian(log_posterior, mode_log_params), prior)
-    x, log_q = _student_t(rng, mode_log_params, cov, n_draws, STUDENT_DF)
-    x = np.vstack([mode_log_params, x])  # the mode itself, with its proposal density
-    log_q = np.append(_student_t_log_density(mode_log_params, mode_log_params, cov, STUDENT_DF), log_q)
-    return _keep_mass(x, log_posterior(x) - log_q, "integrated")
+    cov = _laplace_cov(_hessian(log_target, mode_log_params), prior)
+    if likelihood_weight == 1.0:
+        x, log_q = _student_t(rng, mode_log_params, cov, n_draws, STUDENT_DF)
+        x = np.vstack([mode_log_params, x])  # the mode itself, with its proposal density
+        log_q = np.append(_student_t_log_density(mode_log_params[None], mode_log_params, cov, STUDENT_DF), log_q)
+        return _keep_mass(x, log_target(x) - log_q, "integrated")
+    half = n_draws // 2
+    from_t, _ = _student_t(rng, mode_log_params, cov, half, STUDENT_DF)
+    from_population = prior.mean + rng.standard_normal((n_draws - half, len(prior.mean))) @ prior.chol.T
+    x = np.vstack([mode_log_params, from_t, from_population])
+    log_q = np.logaddexp(_student_t_log_density(x, mode_log_params, cov, STUDENT_DF), prior.log_density(x))
+    return _keep_mass(x, log_target(x) - (log_q - np.log(2.0)), "tempered")
 
 
-def _student_t_log_density(x: np.ndarray, centre: np.ndarray, cov: np.ndarray, df: float) -> float:
+def _student_t_log_density(x: np.ndarray, centre: np.ndarray, cov: np.ndarray, df: float) -> np.ndarray:
+    """Log density of a multivariate Student-t at the rows of ``x`` ``(S, p)``."""
     p = len(centre)
     chol = np.linalg.cholesky(cov)
-    maha = float((np.linalg.solve(chol, x - centre) ** 2).sum())
-    return float(gammaln((df + p) / 2) - gammaln(df / 2) - 0.5 * p * np.log(df * np.pi) - np.log(np.diag(chol)).sum()
-                 - 0.5 * (df + p) * np.log1p(maha / df))
+    maha = (np.linalg.solve(chol, (x - centre).T) ** 2).sum(axis=0)
+    return (gammaln((df + p) / 2) - gammaln(df / 2) - 0.5 * p * np.log(df * np.pi) - np.log(np.diag(chol)).sum()
+            - 0.5 * (df + p) * np.log1p(maha / df))
 
 
 def population_draws(prior: PopulationPrior, *, n_draws: int = N_DRAWS, seed: int = 0) -> HPDraws:

@@ -101,7 +101,8 @@ def predict(
     ``latent_variance``, ``latent_lower``, ``latent_upper`` (:math:`\mu_0 + f_*`); ``cov`` when
     ``full_cov``. ``attrs``: ``individual``, ``prediction_type``, ``hp_source``, ``n_draws`` and
     ``hp_<name>``, the median over components of the new individual's HP (its posterior mode when
-    integrated). ``new_individual_hp``: ``"integrated"``, ``"map"`` or ``"ml"``
+    integrated; the population's mean for Type II). ``new_individual_hp``: ``"integrated"``,
+    ``"tempered"``, ``"map"`` or ``"ml"``
     (:class:`~magma_pymc.estimator.Magma`). ``components``: also return the mixture's
     ``component_weight``, ``component_mean``, ``component_variance`` (predictive) on dim ``component``.
     """
@@ -122,16 +123,20 @@ def predict(
             parts = _mean_process(problem, state, individual.inputs, pred_inputs)
             parts = parts._replace(mean_pred=m0_pred + parts.mean_pred)
             obs_mean, obs_cov = m0_obs + parts.mean_obs, parts.cov_obs
-        integrate = new_individual_hp == "integrated" and state.log_params.ndim == 2
+        integrate = new_individual_hp in INTEGRATED and state.log_params.ndim == 2
         if integrate and len(state.log_params) < 2:  # stated fallback: no population spread to estimate
             _warn("one training individual: no population distribution of the individual HP to integrate the new "
                   "individual's HP over; they are plugged in (maximum likelihood, or the training HP for Type II)",
                   MagmaWarning)
             integrate = False
         prior = _population(result, state) if integrate else None
-        hp = fit_new_individual(graphs, individual, obs_mean, obs_cov, state.log_params, bounds, state.jitter,
-                                empirical_prior=new_individual_hp != "ml", prior=prior)
-        source = hp.source
+        from_population = integrate and not n_obs
+        if from_population:  # Type II: nothing to condition the HP on
+            draws = hpi.population_draws(prior)
+        else:
+            hp = fit_new_individual(graphs, individual, obs_mean, obs_cov, state.log_params, bounds, state.jitter,
+                                    empirical_prior=new_individual_hp != "ml", prior=prior)
+            source = hp.source
         if not integrate:
             if full_cov:
                 pred = predict_individual(graphs, individual, pred_inputs, joint_mean, joint_cov, hp, state.jitter)
@@ -145,11 +150,10 @@ def predict(
                 predictive.add(mean, predictive_var, weight)
             new_hp.append(hp.log_params)
             continue
-        if n_obs:
+        if not from_population:
             draws = hpi.posterior_draws(graphs.individual_kernel, individual.inputs, individual.outputs, obs_mean,
-                                        obs_cov, prior, hp.log_params, state.jitter, compile_mode=graphs.mode)
-        else:
-            draws = hpi.population_draws(prior)
+                                        obs_cov, prior, hp.log_params, state.jitter, compile_mode=graphs.mode,
+                                        likelihood_weight=INTEGRATED[new_individual_hp])
         if full_cov:
             inner = hpi.conditional_predictions(graphs.individual_kernel, draws.log_params, individual.inputs,
                                                 individual.outputs, pred_inputs, joint_mean, joint_cov, state.jitter,
@@ -166,7 +170,7 @@ def predict(
                 latent.add(mean, latent_var, weight * w)
                 predictive.add(mean, predictive_var, weight * w)
         source = draws.source
-        new_hp.append(hp.log_params if n_obs else prior.mean)
+        new_hp.append(prior.mean if from_population else hp.log_params)
         ess.append(draws.ess)
         diagonal = prior.diagonal
     mean, cov = predictive.moments()
@@ -194,6 +198,10 @@ def predict(
     )
     return ds
 
+
+#: Values of ``new_individual_hp`` that integrate the new individual's HP (a mixture prediction), with the
+#: weight of its observed points' likelihood in their posterior (:func:`magma_pymc.hp_integration.posterior_draws`).
+INTEGRATED = {"integrated": 1.0, "tempered": hpi.TEMPERED_WEIGHT}
 
 #: How the population distribution of the individual HP is estimated from a point fit:
 #: ``"marginal"`` (the individuals' marginal likelihoods, Monte Carlo EM: :mod:`magma_pymc.population_em`),

@@ -68,6 +68,10 @@ class CheckedPriorMean:
         return repr(self.function)
 
 
+#: Values of ``Magma(new_individual_hp=...)`` (:class:`~magma_pymc.estimator.Magma`).
+NEW_INDIVIDUAL_HP = ("integrated", "tempered", "map", "ml")
+
+
 def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_step: Any = "marginal",
                    new_individual_hp: Any = "integrated", inducing: Any = None,
                    mean_process_prior: Any = "weak") -> None:
@@ -81,8 +85,8 @@ def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_st
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if mean_step not in ("marginal", "expected"):
         raise ValueError(f"mean_step must be 'marginal' or 'expected', got {mean_step!r}")
-    if new_individual_hp not in ("integrated", "map", "ml"):
-        raise ValueError(f"new_individual_hp must be 'integrated', 'map' or 'ml', got {new_individual_hp!r}")
+    if new_individual_hp not in NEW_INDIVIDUAL_HP:
+        raise ValueError(f"new_individual_hp must be one of {NEW_INDIVIDUAL_HP}, got {new_individual_hp!r}")
     if mean_process_prior not in ("weak", None):
         raise ValueError(f"mean_process_prior must be 'weak' or None, got {mean_process_prior!r}")
     if inducing is not None and mean_step != "marginal":
