@@ -245,9 +245,10 @@ METHODS: dict[str, Method] = {
     "integrated": Method("integrated", {}, {"components": True},
                          "weak mean-process prior, the new individual's HP integrated (the defaults)",
                          {"new_individual_hp": "integrated"}),
-    "tempered": Method("tempered", {}, {"components": True},
-                       "weak mean-process prior, the new individual's HP integrated over their tempered posterior "
-                       "(likelihood weight hp_integration.TEMPERED_WEIGHT)", {"new_individual_hp": "tempered"}),
+    "calibrated": Method("calibrated", {}, {"components": True},
+                         "weak mean-process prior, the new individual's HP integrated over their tempered posterior, "
+                         "the likelihood weight chosen by the training individuals' held-out forecasts",
+                         {"new_individual_hp": "calibrated"}),
     "prototype": Method("prototype", {}, {}, "integrated_predictor (the prototype)", predictor=integrated_predictor),
     "random_slope": Method("random_slope", {}, {"components": True},
                            "the defaults with random_slope_kernel as the individual kernel, origin at the first "

@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--restarts", help="Magma(restarts=...): 'scan' (the default), 'on_bound', 'screen' or a "
                                            "number of EM restarts")
     parser.add_argument("--new-individual-hp", help="Magma(new_individual_hp=...): 'integrated' (the default), "
-                                                    "'tempered', 'map' or 'ml'")
+                                                    "'calibrated', 'map' or 'ml'")
     args = parser.parse_args()
     if args.load:
         runs = pd.read_csv(args.load)

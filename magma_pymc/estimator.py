@@ -102,7 +102,7 @@ class Magma:
         ``docs/calibration.md``): ``"integrated"`` (default) integrates them over their posterior
         given the observed points and the population distribution of the training individuals' log
         HP (:mod:`magma_pymc.hp_integration`; the prediction is a Gaussian mixture, its intervals
-        exact mixture quantiles; Type II: draws from the population distribution); ``"tempered"``
+        exact mixture quantiles; Type II: draws from the population distribution); ``"calibrated"``
         integrates them over the tempered posterior, the observed points' likelihood raised to the power
         :data:`magma_pymc.hp_integration.TEMPERED_WEIGHT` (a few early points of a curve whose behaviour
         changes later say less about its HP than the model assumes); ``"map"`` plugs
@@ -149,7 +149,7 @@ class Magma:
         jitter: float = JITTER_DEFAULT,
         mean_step: Literal["marginal", "expected"] = "marginal",
         inducing: int | np.ndarray | None = None,
-        new_individual_hp: Literal["integrated", "tempered", "map", "ml"] = "integrated",
+        new_individual_hp: Literal["integrated", "calibrated", "map", "ml"] = "integrated",
         mean_process_prior: Literal["weak"] | None = "weak",
         restarts: Literal["scan", "on_bound", "screen"] | int = "scan",
     ) -> None:

@@ -55,7 +55,7 @@ def check_config(config: dict, path: Any, builtin: set[str]) -> None:
     config_value(config, "mean_step", (str,), path, check=lambda v: v in ("marginal", "expected"),
                  expected="'marginal' or 'expected'")
     config_value(config, "new_individual_hp", (str,), path, check=lambda v: v in NEW_INDIVIDUAL_HP,
-                 expected="'integrated', 'tempered', 'map' or 'ml'", default="ml")
+                 expected="'integrated', 'calibrated', 'map' or 'ml'", default="ml")
     config_value(config, "mean_process_prior", (str, type(None)), path, check=lambda v: v in (None, "weak"),
                  expected="'weak' or null", default=None)
     config_value(config, "prior_mean", (*_NUMBER, type(None)), path, check=lambda v: v is None or np.isfinite(v),

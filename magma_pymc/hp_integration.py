@@ -44,12 +44,9 @@ from magma_pymc.threads import COMPILE_LOCK, PerThreadFunction
 
 __all__ = [
     "PopulationPrior", "HPDraws", "posterior_draws", "population_draws", "log_likelihoods",
-    "conditional_predictions", "MASS_KEPT", "STUDENT_DF", "N_DRAWS", "TEMPERED_WEIGHT",
+    "conditional_predictions", "MASS_KEPT", "STUDENT_DF", "N_DRAWS",
 ]
 
-#: Weight :math:`\eta` of the new individual's likelihood in the tempered posterior of its HP
-#: (``new_individual_hp="tempered"``; ``docs/calibration.md``, *Tempered*).
-TEMPERED_WEIGHT = 0.2
 #: Importance draws per new individual.
 N_DRAWS = 200
 #: Degrees of freedom of the Student-t proposal (heavier tails than the Laplace approximation).
@@ -255,7 +252,7 @@ def posterior_draws(
     ``likelihood_weight`` :math:`\eta = 1` (default): the posterior (module docstring), proposal a
     Student-t at ``mode_log_params`` (the posterior mode, the MAP under ``prior``) with the Laplace
     covariance (inverse finite-difference Hessian of :math:`-\log p_\eta` there).
-    :math:`0 \le \eta < 1`: the tempered posterior (:data:`TEMPERED_WEIGHT`); the proposal is the
+    :math:`0 \le \eta < 1`: the tempered posterior (:mod:`magma_pymc.likelihood_weight`); the proposal is the
     defensive mixture :math:`q = \tfrac12 t + \tfrac12 \mathcal N(\bar x, S)` of that Student-t (its
     covariance from the tempered Hessian) and the population, since the tempered posterior lies
     between the mode and the population: every draw's weight is bounded by

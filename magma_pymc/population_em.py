@@ -112,11 +112,14 @@ def leave_one_out(residuals: np.ndarray, cov: np.ndarray, psi: np.ndarray) -> tu
     return residuals + update[:, -1], 0.5 * (loo_cov + loo_cov.T)
 
 
-def individual_terms(problem: Problem, estep_result: tuple, rows: Sequence[int]) -> list[IndividualTerms]:
+def individual_terms(problem: Problem, estep_result: tuple, rows: Sequence[int], *,
+                     max_points: int | None = None) -> list[IndividualTerms]:
     r""":class:`IndividualTerms` of the training individuals ``rows`` (``None`` where :func:`real_points` is).
 
-    ``estep_result`` is the ``(current, state)`` of :func:`magma_pymc.em.estep` at the fit's state.
+    ``estep_result`` is the ``(current, state)`` of :func:`magma_pymc.em.estep` at the fit's state;
+    ``max_points``: that of :func:`real_points` (default :data:`LAPLACE_POINTS`).
     """
+    max_points = LAPLACE_POINTS if max_points is None else max_points
     wanted = {int(r): k for k, r in enumerate(rows)}
     current, state = estep_result
     graphs, x = problem.graphs, np.asarray(state.log_params)
@@ -132,20 +135,20 @@ def individual_terms(problem: Problem, estep_result: tuple, rows: Sequence[int])
     points: list[tuple | None] = [None] * len(wanted)
     for row, *padded in pieces:
         if int(row) in wanted:
-            points[wanted[int(row)]] = real_points(*padded)
+            points[wanted[int(row)]] = real_points(*padded, max_points=max_points)
     return terms_of_points(graphs.individual_kernel, graphs.mode, x[np.asarray(rows, dtype=int)], state.jitter,
                            points)
 
 
-def real_points(inputs: np.ndarray, deviations: np.ndarray, cov_block: np.ndarray,
-                mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def real_points(inputs: np.ndarray, deviations: np.ndarray, cov_block: np.ndarray, mask: np.ndarray,
+                max_points: int = LAPLACE_POINTS) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     r"""An individual's padded E-step slots cut to its real points: inputs, :math:`y_i - \hat m(t_i)`, :math:`\hat K`.
 
-    ``None`` for an individual of more than :data:`LAPLACE_POINTS` points, which keeps the measurement
+    ``None`` for an individual of more than ``max_points`` points, which keeps the measurement
     model (its :math:`O(n^2)` block is neither needed nor, in a distributed fit, sent).
     """
     n = int(np.asarray(mask).sum())   # real slots come first
-    if n > LAPLACE_POINTS:
+    if n > max_points:
         return None
     return np.asarray(inputs[:n]), np.asarray(deviations[:n]), np.asarray(cov_block[:n, :n])
 

@@ -31,6 +31,7 @@ from magma_pymc.estep_buckets import bucketed_factors
 from magma_pymc.exceptions import MagmaWarning
 from magma_pymc.exceptions import warn as _warn
 from magma_pymc.fit_result import FitResult
+from magma_pymc.likelihood_weight import WeightChoice, likelihood_weight_of_fit
 from magma_pymc.mixture import GaussianMixture
 from magma_pymc.population import population_prior
 from magma_pymc.predict import fit_new_individual, predict_individual
@@ -102,7 +103,7 @@ def predict(
     ``full_cov``. ``attrs``: ``individual``, ``prediction_type``, ``hp_source``, ``n_draws`` and
     ``hp_<name>``, the median over components of the new individual's HP (its posterior mode when
     integrated; the population's mean for Type II). ``new_individual_hp``: ``"integrated"``,
-    ``"tempered"``, ``"map"`` or ``"ml"``
+    ``"calibrated"``, ``"map"`` or ``"ml"``
     (:class:`~magma_pymc.estimator.Magma`). ``components``: also return the mixture's
     ``component_weight``, ``component_mean``, ``component_variance`` (predictive) on dim ``component``.
     """
@@ -113,7 +114,7 @@ def predict(
     m0_obs, m0_pred = result.prior_mean(individual.inputs), result.prior_mean(pred_inputs)
     bounds = problem.bounds[: len(result.hp_names)]
     latent, predictive = GaussianMixture(full_cov), GaussianMixture(full_cov)
-    new_hp, ess, diagonal, source = [], [], False, ""
+    new_hp, ess, diagonal, source, likelihood_weight = [], [], False, "", 1.0
     for weight, state in result.components():
         if full_cov:  # mu0 jointly at (t_*, t_p)
             parts = _mean_process(problem, state, joint_inputs, joint_inputs[:0])
@@ -151,9 +152,11 @@ def predict(
             new_hp.append(hp.log_params)
             continue
         if not from_population:
+            if new_individual_hp == "calibrated":
+                likelihood_weight = _likelihood_weight(result, state, prior).weight
             draws = hpi.posterior_draws(graphs.individual_kernel, individual.inputs, individual.outputs, obs_mean,
                                         obs_cov, prior, hp.log_params, state.jitter, compile_mode=graphs.mode,
-                                        likelihood_weight=INTEGRATED[new_individual_hp])
+                                        likelihood_weight=likelihood_weight)
         if full_cov:
             inner = hpi.conditional_predictions(graphs.individual_kernel, draws.log_params, individual.inputs,
                                                 individual.outputs, pred_inputs, joint_mean, joint_cov, state.jitter,
@@ -190,7 +193,7 @@ def predict(
         # ESS of the importance weights (worst component); "diagonal": too few training individuals
         # for a full population covariance (hp_integration.PopulationPrior.from_training).
         ds.attrs.update(hp_draws_ess=float(np.min(ess)), n_hp_draws=len(predictive.means) // result.n_draws,
-                        population_cov="diagonal" if diagonal else "full")
+                        population_cov="diagonal" if diagonal else "full", hp_likelihood_weight=likelihood_weight)
     ds.attrs.update(
         individual=str(individual.id), prediction_type="I" if n_obs else "II", hp_source=source,
         n_draws=result.n_draws, intervals=_INTERVALS,
@@ -201,7 +204,7 @@ def predict(
 
 #: Values of ``new_individual_hp`` that integrate the new individual's HP (a mixture prediction), with the
 #: weight of its observed points' likelihood in their posterior (:func:`magma_pymc.hp_integration.posterior_draws`).
-INTEGRATED = {"integrated": 1.0, "tempered": hpi.TEMPERED_WEIGHT}
+INTEGRATED = ("integrated", "calibrated")
 
 #: How the population distribution of the individual HP is estimated from a point fit:
 #: ``"marginal"`` (the individuals' marginal likelihoods, Monte Carlo EM: :mod:`magma_pymc.population_em`),
@@ -210,6 +213,20 @@ INTEGRATED = {"integrated": 1.0, "tempered": hpi.TEMPERED_WEIGHT}
 #: ``"empirical"``; a distributed EM fit computes the same estimate at the end of the fit
 #: (:mod:`magma_pymc.distributed.population`).
 POPULATION_ESTIMATE = "marginal"
+
+
+def _likelihood_weight(result: FitResult, state, prior: hpi.PopulationPrior) -> WeightChoice:
+    """The weight of the observed points' likelihood in the new individual's HP posterior
+    (``new_individual_hp="calibrated"``, :mod:`magma_pymc.likelihood_weight`; cached on a point fit).
+    Fits without a point estimate or the training data at hand (sampled, distributed) keep the posterior (1).
+    """
+    if result.method not in ("em", "fixed") or not isinstance(result.data, TrainingData):
+        return WeightChoice(1.0, {}, 0)
+    cached = result.__dict__.get("_likelihood_weight")
+    if cached is None:
+        cached = likelihood_weight_of_fit(result.problem, result.point, prior)
+        object.__setattr__(result, "_likelihood_weight", cached)  # a frozen record: computed once, on first use
+    return cached
 
 
 def _population(result: FitResult, state) -> hpi.PopulationPrior:

@@ -69,7 +69,7 @@ class CheckedPriorMean:
 
 
 #: Values of ``Magma(new_individual_hp=...)`` (:class:`~magma_pymc.estimator.Magma`).
-NEW_INDIVIDUAL_HP = ("integrated", "tempered", "map", "ml")
+NEW_INDIVIDUAL_HP = ("integrated", "calibrated", "map", "ml")
 
 
 def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_step: Any = "marginal",

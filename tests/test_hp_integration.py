@@ -168,19 +168,22 @@ def test_predict_integrates_by_default_and_states_its_fallbacks(small_problem):
             model.predict((NEW_T, NEW_Y), T_PRED, prob=prob)
 
 
-def test_tempered_option_predicts_the_tempered_mixture_and_checks_its_weight(small_problem):
-    """``new_individual_hp="tempered"``: Magma.predict's mixture mean and variance match a dense
-    trapezoid rule over the tempered posterior under the fit's population distribution (likelihood to
-    the power TEMPERED_WEIGHT; 200 importance draws: within 3 % of the sd and 6 % of the variance);
-    the posterior's (weight 1) lie outside those tolerances; a weight outside [0, 1] is an error."""
+def test_calibrated_option_predicts_the_tempered_mixture(small_problem):
+    """``new_individual_hp="calibrated"`` at a likelihood weight of 0.2 (set on the fit, as its choice is
+    cached): Magma.predict's mixture mean and variance match a dense trapezoid rule over the tempered
+    posterior under the fit's population distribution (200 importance draws: within 3 % of the sd and of
+    the variance); the posterior's (weight 1) variance lies outside that tolerance; a weight outside
+    [0, 1] is an error."""
+    from magma_pymc.likelihood_weight import WeightChoice
     from magma_pymc.predictive import _population
 
     model, reference = fit_fixed(small_problem, common_hp=False)
-    model.new_individual_hp = "tempered"
+    model.new_individual_hp = "calibrated"
+    object.__setattr__(model.result_, "_likelihood_weight", WeightChoice(0.2, {}, 0))
     pred = model.predict((NEW_T, NEW_Y), T_PRED, components=True)
-    assert pred.attrs["hp_source"] == "tempered" and pred.attrs["prediction_type"] == "I"
+    assert pred.attrs["hp_source"] == "tempered" and pred.attrs["hp_likelihood_weight"] == 0.2
     prior = _population(model.result_, model.result_.point)
-    ref_mean, ref_var = quadrature_moments(reference, prior, hpi.TEMPERED_WEIGHT)
+    ref_mean, ref_var = quadrature_moments(reference, prior, 0.2)
     np.testing.assert_allclose(pred["mean"].values, ref_mean, atol=0.03 * np.sqrt(ref_var).min())
     np.testing.assert_allclose(pred["variance"].values, ref_var, rtol=0.03)
     # The weight matters here: the untempered posterior's variance is more than twice that tolerance away.
@@ -191,4 +194,4 @@ def test_tempered_option_predicts_the_tempered_mixture_and_checks_its_weight(sma
         hpi.posterior_draws(model.kernel, NEW_T[:, None], NEW_Y, NEW_Y * 0, np.eye(n), prior, prior.mean, 0.0,
                             likelihood_weight=1.5)
     with pytest.raises(ValueError, match="new_individual_hp"):
-        mp.Magma(common_hp=False, new_individual_hp="population")
+        mp.Magma(common_hp=False, new_individual_hp="tempered")
