@@ -110,8 +110,10 @@ def held_out_crps(graphs, term: IndividualTerms, log_params: np.ndarray, prior: 
 
 
 def likelihood_weight_of_fit(problem, state, prior: hpi.PopulationPrior, *, seed: int = 0) -> WeightChoice:
-    r""":func:`choose_likelihood_weight` for a point fit of different HP: at most :data:`MAX_INDIVIDUALS`
-    training individuals (a seeded subset), :math:`\mu_0` at its last E-step.
+    r""":func:`choose_likelihood_weight` for a point fit of different HP.
+
+    At most :data:`MAX_INDIVIDUALS` training individuals (a seeded subset) forecast themselves, :math:`\mu_0`
+    at the fit's last E-step.
     """
     from magma_pymc.em import estep
 
@@ -128,9 +130,10 @@ def likelihood_weight_of_fit(problem, state, prior: hpi.PopulationPrior, *, seed
 def choose_likelihood_weight(graphs, terms: Sequence[IndividualTerms | None], log_params: np.ndarray,
                              prior: hpi.PopulationPrior, bounds: list, jitter: float,
                              weights: Sequence[float] = CANDIDATE_WEIGHTS) -> WeightChoice:
-    """The weight of ``weights`` with the lowest CRPS averaged over the training individuals' held-out
-    forecasts (module docstring); ``terms[k]`` belongs to the individual with log HP ``log_params[k]``
-    (``None``: not scored). With fewer than :data:`MIN_INDIVIDUALS` scored individuals: 1.
+    """The weight of ``weights`` with the lowest CRPS averaged over the training individuals' held-out forecasts.
+
+    (Module docstring.) ``terms[k]`` belongs to the individual with log HP ``log_params[k]`` (``None``:
+    not scored). With fewer than :data:`MIN_INDIVIDUALS` scored individuals: 1, the count stated.
     """
     scores = [s for term in terms if term is not None
               for s in [held_out_crps(graphs, term, log_params, prior, bounds, jitter, weights)] if s is not None]

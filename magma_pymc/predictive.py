@@ -216,9 +216,10 @@ POPULATION_ESTIMATE = "marginal"
 
 
 def _likelihood_weight(result: FitResult, state, prior: hpi.PopulationPrior) -> WeightChoice:
-    """The weight of the observed points' likelihood in the new individual's HP posterior
-    (``new_individual_hp="calibrated"``, :mod:`magma_pymc.likelihood_weight`; cached on a point fit).
-    Fits without a point estimate or the training data at hand (sampled, distributed) keep the posterior (1).
+    """The weight of the observed points' likelihood in the new individual's HP posterior (cached on a point fit).
+
+    ``new_individual_hp="calibrated"``, :mod:`magma_pymc.likelihood_weight`. Fits without a point estimate
+    or the training data at hand (sampled, distributed) keep the posterior (1).
     """
     if result.method not in ("em", "fixed") or not isinstance(result.data, TrainingData):
         return WeightChoice(1.0, {}, 0)
