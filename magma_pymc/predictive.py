@@ -93,7 +93,7 @@ def predict(
     *,
     prob: float = 0.95,
     full_cov: bool = False,
-    new_individual_hp: str = "integrated",
+    new_individual_hp: str = "calibrated",
     components: bool = False,
 ) -> xr.Dataset:
     r"""Mixture prediction of ``individual`` at ``pred_inputs`` (module docstring).

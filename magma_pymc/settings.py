@@ -73,7 +73,7 @@ NEW_INDIVIDUAL_HP = ("integrated", "calibrated", "map", "ml")
 
 
 def check_settings(common_hp: Any, max_iter: Any, tol: Any, jitter: Any, mean_step: Any = "marginal",
-                   new_individual_hp: Any = "integrated", inducing: Any = None,
+                   new_individual_hp: Any = "calibrated", inducing: Any = None,
                    mean_process_prior: Any = "weak") -> None:
     """Early, explicit errors for the estimator's settings (a zero or NaN jitter could loop forever)."""
     if common_hp not in (True, False):
