@@ -47,6 +47,8 @@ CANDIDATE_WEIGHTS = (1.0, 0.5, 0.2)
 OBSERVED_FRACTION = 0.6
 #: At most this many training individuals (a seeded subset) forecast themselves.
 MAX_INDIVIDUALS = 40
+#: At most this many of a training individual's forecast points are scored (evenly spaced).
+MAX_TARGETS = 30
 #: HP draws per batch of conditional predictions.
 _CHUNK = 25
 #: Fewer held-out forecasts than this: the posterior (:math:`\eta = 1`) is kept, stated in the choice.
@@ -72,40 +74,63 @@ def _split(term: IndividualTerms) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def held_out_crps(graphs, term: IndividualTerms, log_params: np.ndarray, prior: hpi.PopulationPrior, bounds: list,
-                  jitter: float, weights: Sequence[float], seed: int = 0) -> np.ndarray | None:
+                  jitter: float, weights: Sequence[float], seed: int = 0,
+                  n_draws: int = hpi.N_DRAWS) -> np.ndarray | None:
     r"""Mean CRPS of one training individual's forecast of its last points, at each weight in ``weights``.
 
     ``term`` holds its inputs, residuals :math:`y_i - \hat m_{-i}(t_i)` and :math:`\hat K_{-i}(t_i, t_i)`
-    (:mu0 without it), so the forecast is that of a new individual with prior mean 0 for the residuals;
-    ``log_params`` are the training individuals' fitted log HP (the starts of the MAP search). ``None``
-    when the individual has too few points to split.
+    (:math:`\mu_0` without it), so the forecast is that of a new individual with prior mean 0 for the
+    residuals; ``log_params`` are the training individuals' fitted log HP (the start of the MAP search).
+    At most :data:`MAX_TARGETS` forecast points, evenly spaced in input order, are scored. One set of
+    importance draws serves every weight: the defensive mixture of
+    :func:`~magma_pymc.hp_integration.posterior_draws` at the smallest weight (the widest target), the
+    observed points' likelihood evaluated once and raised to each weight. ``None`` when the individual
+    has too few points to split.
     """
     split = _split(term)
     if split is None:
         return None
     observed, target = split
+    target = target[np.unique(np.linspace(0, len(target) - 1, min(len(target), MAX_TARGETS)).round().astype(int))]
     inputs, residuals, cov = term
     joint = np.concatenate([observed, target])
     joint_cov = cov[np.ix_(joint, joint)]
-    obs_cov = joint_cov[: len(observed), : len(observed)]
-    individual = Individual("held-out", inputs[observed], residuals[observed], np.arange(len(observed)))
+    n_obs = len(observed)
+    obs_inputs, obs_residuals, obs_cov = inputs[observed], residuals[observed], joint_cov[:n_obs, :n_obs]
     zeros = np.zeros(len(joint))
+    kernel, mode_name = graphs.individual_kernel, graphs.mode
     # One start (the training median): the proposal's centre need not be the exact mode (importance weights).
-    mode = fit_new_individual(graphs, individual, zeros[: len(observed)], obs_cov, log_params, bounds, jitter,
+    individual = Individual("held-out", obs_inputs, obs_residuals, np.arange(n_obs))
+    mode = fit_new_individual(graphs, individual, zeros[:n_obs], obs_cov, log_params, bounds, jitter,
                               n_restarts=1, empirical_prior=True, prior=prior).log_params
+
+    def log_likelihood(x: np.ndarray) -> np.ndarray:
+        return hpi.log_likelihoods(kernel, x, obs_inputs, obs_residuals, zeros[:n_obs], obs_cov, jitter, mode_name)
+
+    widest = min(weights)
+    rng = np.random.default_rng(seed)
+    proposal_cov = hpi._laplace_cov(hpi._hessian(lambda x: widest * log_likelihood(x) + prior.log_density(x), mode),
+                                    prior)
+    from_t, _ = hpi._student_t(rng, mode, proposal_cov, n_draws // 2, hpi.STUDENT_DF)
+    from_population = prior.mean + rng.standard_normal((n_draws - n_draws // 2, len(mode))) @ prior.chol.T
+    draws = np.vstack([mode, from_t, from_population])
+    log_q = np.logaddexp(hpi._student_t_log_density(draws, mode, proposal_cov, hpi.STUDENT_DF),
+                         prior.log_density(draws))
+    log_lik, log_prior = log_likelihood(draws), prior.log_density(draws)
+    usable = np.isfinite(log_lik)
+    draws, log_q, log_lik, log_prior = draws[usable], log_q[usable], log_lik[usable], log_prior[usable]
+    means, sds = [], []
+    for start in range(0, len(draws), _CHUNK):  # (draws, n, n) covariances: bounded memory
+        comp = hpi.conditional_predictions(kernel, draws[start:start + _CHUNK], obs_inputs, obs_residuals,
+                                           inputs[target], zeros, joint_cov, jitter, mode_name)
+        means.append(comp.means)
+        sds.append(np.sqrt(np.maximum(np.diagonal(comp.latent_covs, axis1=1, axis2=2) + comp.noise[:, None], 0)))
+    means, sds = np.vstack(means), np.vstack(sds)
     scores = []
     for weight in weights:
-        draws = hpi.posterior_draws(graphs.individual_kernel, inputs[observed], residuals[observed],
-                                    zeros[: len(observed)], obs_cov, prior, mode, jitter, likelihood_weight=weight,
-                                    seed=seed, compile_mode=graphs.mode)
-        means, sds = [], []
-        for start in range(0, len(draws.weights), _CHUNK):  # (draws, n, n) covariances: bounded memory
-            comp = hpi.conditional_predictions(graphs.individual_kernel, draws.log_params[start:start + _CHUNK],
-                                               inputs[observed], residuals[observed], inputs[target], zeros,
-                                               joint_cov, jitter, graphs.mode)
-            means.append(comp.means)
-            sds.append(np.sqrt(np.maximum(np.diagonal(comp.latent_covs, axis1=1, axis2=2) + comp.noise[:, None], 0)))
-        scores.append(float(crps_mixture(residuals[target], draws.weights, np.vstack(means), np.vstack(sds)).mean()))
+        log_w = weight * log_lik + log_prior - log_q
+        w = np.exp(log_w - log_w.max())
+        scores.append(float(crps_mixture(residuals[target], w / w.sum(), means, sds).mean()))
     return np.array(scores)
 
 
